@@ -1,0 +1,206 @@
+"""The bundle's one validated configuration.
+
+A data set is declared once, in a YAML file (``config/churn.yaml`` by default): its columns and dtypes,
+its id/timestamp/target columns, where data lives (a storage root URI) and the thresholds every lifecycle
+stage reads. Pointing the bundle at a new tabular data set means a new config file plus a GX suite, never
+DAG code.
+
+Resolution order for the file: the ``path`` argument, then ``$MLOPS_CONFIG``, then the default file of
+this checkout. Any scalar field can be overridden with an environment variable
+``MLOPS_<SECTION>__<FIELD>`` (for example ``MLOPS_STORAGE__ROOT_URI=s3://bucket/prefix``); values are
+parsed as YAML scalars so ``true``/``42``/``0.5`` keep their types.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "MLOPS_"
+CONFIG_ENV = "MLOPS_CONFIG"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "churn.yaml"
+
+DType = Literal["int", "float", "string", "category", "bool", "datetime"]
+
+
+class ConfigError(ValueError):
+    """The config file is missing or invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    name: str = Field(min_length=1)
+    dtype: DType
+    nullable: bool = False
+    description: str = ""
+
+
+class DatasetConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    columns: list[ColumnSpec] = Field(min_length=2)
+    id_column: str
+    timestamp_column: str
+    target: str
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> DatasetConfig:
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate column names: {dupes}")
+        for role in ("id_column", "timestamp_column", "target"):
+            value = getattr(self, role)
+            if value not in names:
+                raise ValueError(f"{role}={value!r} is not one of the declared columns {names}")
+        if self.column(self.timestamp_column).dtype != "datetime":
+            raise ValueError(f"timestamp_column {self.timestamp_column!r} must have dtype 'datetime'")
+        return self
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        skip = {self.id_column, self.timestamp_column, self.target}
+        return [c.name for c in self.columns if c.name not in skip]
+
+    def column(self, name: str) -> ColumnSpec:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+
+class StorageConfig(_Strict):
+    # file:///abs/path, a path relative to the config file's folder, or s3://bucket/prefix
+    root_uri: str = "../var/lake"
+    # Airflow connection used for s3:// roots; credentials never live in this file
+    aws_conn_id: str = "aws_default"
+    landing_prefix: str = "landing"
+    staging_prefix: str = "staging"
+    quarantine_prefix: str = "quarantine"
+    reports_prefix: str = "reports"
+
+
+class IngestConfig(_Strict):
+    file_patterns: list[str] = Field(default_factory=lambda: ["*.csv", "*.csv.gz", "*.parquet"])
+    csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: Literal["utf-8"] = "utf-8"
+    # how many offending values an error message shows per column
+    error_examples: int = Field(default=5, ge=1, le=50)
+
+
+class ValidationConfig(_Strict):
+    # relative paths are resolved against the project root
+    gx_root: str = "great_expectations"
+    suite_name: str
+    validation_definition: str
+    checkpoint_name: str
+    # keep this many stored validation results per suite; older ones are pruned
+    result_retention: int = Field(default=30, ge=1)
+    build_data_docs: bool = True
+
+
+class TrainingConfig(_Strict):
+    experiment: str = "mlops-bundle-{dataset}"
+    registered_model: str = "{dataset}-classifier"
+    window_days: int = Field(default=30, ge=1)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    metric: str = "roc_auc"
+    candidates: list[dict] = Field(default_factory=list)
+
+
+class PromotionConfig(_Strict):
+    floor: float = 0.70
+    min_improvement: float = 0.0
+    guard_metrics: dict[str, float] = Field(default_factory=dict)
+    require_approval: bool = False
+
+
+class MonitoringConfig(_Strict):
+    drift_share_threshold: float = Field(default=0.3, gt=0, le=1)
+    sample_cap: int = Field(default=100_000, ge=1_000)
+    cooldown_hours: float = Field(default=6.0, ge=0)
+    max_retrains_per_day: int = Field(default=2, ge=0)
+
+
+class BundleConfig(_Strict):
+    dataset: DatasetConfig
+    storage: StorageConfig = StorageConfig()
+    ingest: IngestConfig = IngestConfig()
+    validation: ValidationConfig
+    training: TrainingConfig = TrainingConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    # where the file came from; relative paths in it resolve against its folder
+    source: str = ""
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else PROJECT_ROOT / "config"
+
+    @property
+    def root_uri(self) -> str:
+        """The storage root as an absolute URI (file:///... or s3://...)."""
+        uri = self.storage.root_uri
+        if uri.startswith("s3://") or uri.startswith("file://"):
+            return uri.rstrip("/")
+        if "://" in uri:
+            raise ConfigError(f"storage.root_uri {uri!r}: only file:// and s3:// are supported")
+        return (self.base_dir / uri).resolve().as_uri()
+
+    @property
+    def gx_root(self) -> Path:
+        p = Path(self.validation.gx_root)
+        return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key or key == CONFIG_ENV:
+            continue
+        section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[field] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> BundleConfig:
+    """Read, merge env overrides into and validate the config; raise ConfigError naming what is wrong."""
+    environ = dict(os.environ if environ is None else environ)
+    cfg_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    if not cfg_path.is_file():
+        raise ConfigError(
+            f"config file {cfg_path} not found: set {CONFIG_ENV} to your data set's config file "
+            f"(see config/churn.yaml for an example)"
+        )
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {cfg_path} must be a mapping of sections, got {type(data).__name__}")
+    for section, fields in _env_overrides(environ).items():
+        if section not in BundleConfig.model_fields or section == "source":
+            raise ConfigError(
+                f"environment override names unknown section {section!r}; "
+                f"sections are {sorted(k for k in BundleConfig.model_fields if k != 'source')}"
+            )
+        data.setdefault(section, {}).update(fields)
+    data["source"] = str(cfg_path.resolve())
+    try:
+        return BundleConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"config file {cfg_path} is invalid: {problems}") from None
