@@ -174,7 +174,9 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
     return out
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> BundleConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> BundleConfig:
     """Read, merge env overrides into and validate the config; raise ConfigError naming what is wrong."""
     environ = dict(os.environ if environ is None else environ)
     cfg_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)

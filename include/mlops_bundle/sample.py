@@ -68,7 +68,9 @@ def generate_batch(
     monthly = rng.normal(65 + 30 * drift + 15 * (payment_idx == 2), 22, size=rows)
     monthly = np.round(np.clip(monthly, 15, 250), 2)
     total = np.round(monthly * np.maximum(tenure, 1) * rng.uniform(0.9, 1.05, size=rows), 2)
-    tickets = rng.poisson(1.2 + 2.0 * (contract_idx == 0) + 1.5 * drift, size=rows).clip(0, 40).astype("int64")
+    tickets = (
+        rng.poisson(1.2 + 2.0 * (contract_idx == 0) + 1.5 * drift, size=rows).clip(0, 40).astype("int64")
+    )
     age = np.round(np.clip(rng.normal(45, 14, size=rows), 18, 95)).astype("float64")
 
     logit = (
@@ -138,7 +140,9 @@ def _corrupt(df: pd.DataFrame, kind: str, rng: np.random.Generator) -> pd.DataFr
     return df
 
 
-def write_landing(df: pd.DataFrame, landing_dir: str | Path, *, fmt: str = "csv", name: str = "batch") -> Path:
+def write_landing(
+    df: pd.DataFrame, landing_dir: str | Path, *, fmt: str = "csv", name: str = "batch"
+) -> Path:
     """Write a batch the way an upstream system would drop it: csv, csv.gz or parquet."""
     landing_dir = Path(landing_dir)
     landing_dir.mkdir(parents=True, exist_ok=True)

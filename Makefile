@@ -1,0 +1,58 @@
+# The bundle's entry points. The first two are the README's: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo up test lint format lock bench clean distclean
+
+## install: venv + the locked dependencies + this project (skipped when the lock is unchanged)
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	@echo "installing the locked dependencies (first run only: a few minutes)"
+	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+## demo: run the main job through a real, project-local Airflow, print a summary, stop
+demo: install
+	$(BIN)/python scripts/demo.py demo
+
+## up: start the project-local Airflow and keep it running (UI on http://localhost:8080)
+up: install
+	$(BIN)/python scripts/demo.py up
+
+## test: lint (ruff, incl. AIR3 on dags/) and the whole test suite
+test: install lint
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff check --select AIR3 --preview dags/
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## lock: regenerate requirements.lock from requirements.txt (then `make install`)
+lock:
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"; }
+	$(BIN)/uv pip compile requirements.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes -o requirements.lock
+
+## bench: the performance scripts (ratios measured in one run)
+bench: install
+	$(BIN)/python benchmarks/bench_dag_parse.py
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean:
+	rm -rf .airflow var great_expectations/uncommitted .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV)

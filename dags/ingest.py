@@ -1,0 +1,74 @@
+"""
+### Ingest: landing batch -> Great Expectations gate -> staging (or quarantine)
+
+Runs daily (and on demand from the UI or the REST API). For the run's batch date it
+
+1. **discovers** the landing files `landing/<dataset>/<date>/*.csv|*.csv.gz|*.parquet` under the storage
+   root (a local folder or `s3://bucket/prefix` through the Airflow AWS connection in the config), or
+   under the `source` override;
+2. **reads** and **coerces** them to the configured schema, **fingerprints** the canonical data (sha256),
+   and runs the **Great Expectations** checkpoint (Data Docs are updated);
+3. on success writes the partition `staging/<dataset>/ds=<date>/` atomically (a rerun replaces it, never
+   duplicates it) and emits the **`mlops.validated_data`** Asset event with rows, fingerprint and URI;
+4. on failure copies the raw batch and the GX result to `quarantine/<dataset>/ds=<date>/<attempt>/` and
+   fails without retrying, naming the failed expectations, columns and counts.
+
+Landing files are never modified or deleted.
+
+**Params**: `date` (YYYY-MM-DD; default: the day before the run's logical date, i.e. the day that just
+ended), `source` (optional `file://` or `s3://` folder holding the batch, instead of the landing folder).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task
+
+from mlops_airflow.assets import VALIDATED_DATA
+
+
+@dag(
+    schedule="30 0 * * *",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=4,
+    tags=["mlops", "ingest", "great-expectations"],
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=20)},
+    params={
+        "date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Batch date YYYY-MM-DD; empty = the day before the run's logical date",
+        ),
+        "source": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^(file|s3)://.+",
+            description="Optional folder URI holding the batch instead of landing/<dataset>/<date>/",
+        ),
+    },
+    doc_md=__doc__,
+)
+def ingest():
+    @task
+    def discover_files(params=None, logical_date=None, dag_run=None) -> dict:
+        from mlops_airflow.ingest_tasks import discover
+
+        return discover(params, logical_date, dag_run.run_after)
+
+    @task(outlets=[VALIDATED_DATA])
+    def validate_and_stage(batch: dict, outlet_events=None, run_id=None, ti=None) -> dict:
+        from mlops_airflow.ingest_tasks import validate_and_stage as run
+
+        result = run(batch, run_id, ti.try_number)
+        outlet_events[VALIDATED_DATA].extra = {
+            k: result[k] for k in ("dataset", "date", "rows", "fingerprint", "staging_uri", "gx_success")
+        }
+        return result
+
+    validate_and_stage(discover_files())
+
+
+ingest()

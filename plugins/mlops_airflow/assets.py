@@ -1,0 +1,13 @@
+"""The Assets that carry the data flow between the bundle's DAGs (one definition each, imported by DAGs).
+
+They are declared by name only (the URI defaults to the name): an Asset URI with a scheme makes Airflow
+load every provider's URI normalizers at parse time, which imports boto3 through the amazon provider
+and costs ~1 s per DAG file. The storage location of each event travels in its `extra`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+# Emitted by ingest when a batch passed the quality gate; extra: dataset, date, rows, fingerprint, uri.
+VALIDATED_DATA = Asset(name="mlops.validated_data", group="mlops")

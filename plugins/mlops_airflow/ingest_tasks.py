@@ -1,0 +1,64 @@
+"""Task bodies of the ingest DAG: Airflow context in, library call, small JSON-safe value out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from mlops_airflow import runtime
+
+log = logging.getLogger(__name__)
+
+
+def discover(params: dict, logical_date, run_after) -> dict[str, Any]:
+    """List the landing files of the run's batch; fail fast (no retry) when there are none."""
+    from mlops_bundle import ingest
+
+    cfg = runtime.bundle_config()
+    try:
+        date = runtime.batch_date(params.get("date"), logical_date, run_after)
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+    source_uri = params.get("source") or None
+    source = runtime.storage(cfg, source_uri)
+    prefix = "" if source_uri else ingest.landing_prefix(cfg, date)
+    try:
+        files = ingest.discover(source, prefix, cfg.ingest.file_patterns)
+    except ingest.NoLandingFiles as exc:
+        raise AirflowFailException(f"{cfg.dataset.name}/{date}: {exc}") from None
+    log.info("batch %s/%s: %d file(s) under %s", cfg.dataset.name, date, len(files), source.uri(prefix))
+    return {
+        "dataset": cfg.dataset.name,
+        "date": date,
+        "source": source_uri,
+        "prefix": prefix,
+        "files": [{"key": f.key, "size": f.size} for f in files],
+    }
+
+
+def validate_and_stage(batch: dict, run_id: str, try_number: int | None) -> dict[str, Any]:
+    """Read, coerce, fingerprint, GX-check and stage (or quarantine) the discovered batch."""
+    from mlops_bundle import ingest
+    from mlops_bundle.storage import ObjectInfo
+
+    cfg = runtime.bundle_config()
+    store = runtime.storage(cfg)
+    source = runtime.storage(cfg, batch["source"]) if batch.get("source") else store
+    try:
+        result = ingest.ingest_batch(
+            cfg,
+            batch["date"],
+            store,
+            source=source,
+            source_prefix=batch["prefix"],
+            files=[ObjectInfo(f["key"], f["size"]) for f in batch["files"]],
+            attempt=runtime.attempt_label(run_id, try_number),
+        )
+    except ingest.BatchRejected as exc:
+        # bad data does not get better by retrying: fail now, with the whole explanation
+        raise AirflowFailException(str(exc)) from None
+    if result.data_docs_url:
+        log.info("Data Docs: %s", result.data_docs_url)
+    return result.to_xcom()

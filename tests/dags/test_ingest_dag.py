@@ -1,0 +1,116 @@
+"""The ingest DAG run in-process with dag.test() on SQLite: good batch, bad batch, rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlops_bundle.config import load_config
+from mlops_bundle.sample import generate_batch, write_landing
+from tests.conftest import LAKE
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _land(date: str, **kw) -> None:
+    write_landing(generate_batch(date, rows=kw.pop("rows", 800), **kw), LAKE / "landing" / "churn" / date)
+
+
+def _run(dagbag, date: str):
+    from airflow.utils.state import DagRunState  # noqa: F401  (imported for readability of asserts)
+
+    dag = dagbag.get_dag("ingest")
+    dr = dag.test(run_conf={"date": date})
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    return dr, states
+
+
+def _asset_events(date: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "mlops.validated_data")
+            .all()
+        )
+        return [e.extra for e in rows if (e.extra or {}).get("date") == date]
+
+
+def _landing_snapshot(date: str) -> dict[str, bytes]:
+    folder = LAKE / "landing" / "churn" / date
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_good_batch_is_staged_and_emits_asset_event(dagbag):
+    date = "2026-03-02"
+    _land(date)
+    before = _landing_snapshot(date)
+    dr, states = _run(dagbag, date)
+    assert dr.state == "success", states
+    manifest = json.loads((LAKE / "staging" / "churn" / f"ds={date}" / "_manifest.json").read_text())
+    assert manifest["rows"] == 800 and manifest["gx_success"] is True
+    assert manifest["fingerprint"].startswith("sha256:")
+    events = _asset_events(date)
+    assert len(events) == 1
+    extra = events[0]
+    assert extra["rows"] == 800 and extra["gx_success"] is True
+    assert extra["fingerprint"] == manifest["fingerprint"]
+    assert extra["staging_uri"] == (LAKE / "staging" / "churn" / f"ds={date}").as_uri()
+    assert _landing_snapshot(date) == before, "landing files must never change"
+
+
+def test_bad_batch_is_quarantined_and_fails_naming_the_rule(dagbag, capfd):
+    date = "2026-03-03"
+    _land(date, corrupt="unknown_category")
+    before = _landing_snapshot(date)
+    dr, states = _run(dagbag, date)
+    assert dr.state == "failed"
+    assert states == {"discover_files": "success", "validate_and_stage": "failed"}
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "expect_column_values_to_be_in_set" in text and "region" in text and "atlantis" in text
+    assert not (LAKE / "staging" / "churn" / f"ds={date}").exists(), "no staging write for a bad batch"
+    [attempt] = list((LAKE / "quarantine" / "churn" / f"ds={date}").iterdir())
+    assert (attempt / "raw" / "batch.csv").read_bytes() == before["batch.csv"]
+    gx_result = json.loads((attempt / "gx_result.json").read_text())
+    assert gx_result["success"] is False
+    reason = json.loads((attempt / "reason.json").read_text())
+    assert reason["kind"] == "quality" and any("region" in p for p in reason["problems"])
+    assert _landing_snapshot(date) == before
+    assert _asset_events(date) == []
+
+
+def test_rerun_of_same_date_is_idempotent(dagbag):
+    date = "2026-03-04"
+    _land(date)
+    part = LAKE / "staging" / "churn" / f"ds={date}"
+    dr1, _ = _run(dagbag, date)
+    first = (part / "_manifest.json").read_text()
+    dr2, _ = _run(dagbag, date)
+    assert dr1.state == dr2.state == "success"
+    assert sorted(p.name for p in part.iterdir()) == ["_manifest.json", "part-0.parquet"]
+    assert (part / "_manifest.json").read_text() == first, "identical batch: partition left as it was"
+    # a corrected re-delivery replaces the partition, it never adds a second copy
+    _land(date, rows=900)
+    dr3, _ = _run(dagbag, date)
+    assert dr3.state == "success"
+    assert sorted(p.name for p in part.iterdir()) == ["_manifest.json", "part-0.parquet"]
+    import pandas as pd
+
+    assert len(pd.read_parquet(part / "part-0.parquet")) == 900
+
+
+def test_missing_date_fails_with_clear_message(dagbag, capfd):
+    dr, states = _run(dagbag, "2026-03-09")
+    assert dr.state == "failed" and states["discover_files"] == "failed"
+    out = capfd.readouterr()
+    assert "no landing files under" in out.out + out.err
+
+
+def test_config_is_the_one_source(dagbag):
+    cfg = load_config()
+    assert cfg.root_uri == LAKE.as_uri()
