@@ -57,3 +57,67 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def gx_root() -> Path:
     return GX_ROOT
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(session_dir):
+    """A real moto server subprocess on 127.0.0.1: the S3/KMS HTTP APIs (AWS itself cannot exist here)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = open(session_dir / "moto.log", "wb")
+    moto_bin = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start; see {session_dir / 'moto.log'}") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch):
+    """A fresh bucket plus an Airflow AWS connection (`mlops_s3`, endpoint_url in its extra) pointing at it.
+
+    Returns (boto3 client, bucket name). The bundle's storage root is switched to s3://<bucket>/lake.
+    """
+    import json
+    import uuid
+
+    import boto3
+
+    bucket = f"mlops-test-{uuid.uuid4().hex[:10]}"
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=moto_endpoint, **creds)
+    client.create_bucket(Bucket=bucket)
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_S3", json.dumps(conn))
+    monkeypatch.setenv("MLOPS_STORAGE__AWS_CONN_ID", "mlops_s3")
+    monkeypatch.setenv("MLOPS_STORAGE__ROOT_URI", f"s3://{bucket}/lake")
+    return client, bucket
