@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 
 class StorageError(RuntimeError):
@@ -51,12 +51,17 @@ def match_any(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, pat) for pat in patterns)
 
 
+def file_uri(path: Path) -> str:
+    """file:// URI of an absolute path, keeping '=' readable (Path.as_uri() turns ds=... into ds%3D...)."""
+    return "file://" + quote(str(path), safe="/=:@-._~+,")
+
+
 class LocalStorage:
     """A folder on local disk (embedded mode and tests)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        self.root_uri = self.root.as_uri()
+        self.root_uri = file_uri(self.root)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -65,7 +70,7 @@ class LocalStorage:
         return path
 
     def uri(self, key: str) -> str:
-        return self._path(key).as_uri()
+        return file_uri(self._path(key))
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -107,7 +112,7 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return dest.as_uri()
+        return file_uri(dest)
 
     def write_bytes(self, key: str, data: bytes) -> str:
         return self._atomic(key, lambda fh: fh.write(data))

@@ -59,7 +59,7 @@ def test_good_batch_is_staged_and_emits_asset_event(dagbag):
     extra = events[0]
     assert extra["rows"] == 800 and extra["gx_success"] is True
     assert extra["fingerprint"] == manifest["fingerprint"]
-    assert extra["staging_uri"] == (LAKE / "staging" / "churn" / f"ds={date}").as_uri()
+    assert extra["staging_uri"] == f"file://{LAKE}/staging/churn/ds={date}"
     assert _landing_snapshot(date) == before, "landing files must never change"
 
 

@@ -48,7 +48,12 @@ def test_s3_good_batch_staged_in_s3(dagbag, s3_bucket):
 def test_s3_bad_batch_quarantined_in_s3(dagbag, s3_bucket):
     client, bucket = s3_bucket
     date = "2026-04-02"
-    _put_csv(client, bucket, f"lake/landing/churn/{date}/batch.csv", generate_batch(date, 300, corrupt="duplicate_ids"))
+    _put_csv(
+        client,
+        bucket,
+        f"lake/landing/churn/{date}/batch.csv",
+        generate_batch(date, 300, corrupt="duplicate_ids"),
+    )
     dr = dagbag.get_dag("ingest").test(run_conf={"date": date})
     assert dr.state == "failed"
     assert _keys(client, bucket, f"lake/staging/churn/ds={date}/") == []

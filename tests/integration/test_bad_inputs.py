@@ -90,7 +90,10 @@ CORPUS = {
         {"b.parquet": _parquet(_good().rename(columns={"age": "age_years"}).drop(columns=["region"]))},
         ["missing columns ['age', 'region']", "unexpected columns ['age_years']"],
     ),
-    "not_data_png": ({"b.csv": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8}, ["not a CSV file", "PNG image"]),
+    "not_data_png": (
+        {"b.csv": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8},
+        ["not a CSV file", "PNG image"],
+    ),
     "not_parquet": ({"b.parquet": b"customer_id,event_ts\n1,2\n"}, ["b.parquet is not a valid Parquet file"]),
     "ragged_rows": (
         {"b.csv": _csv(_good(50)) + b"1,2,3\n"},
@@ -145,7 +148,7 @@ def test_bad_delivery_is_quarantined_with_a_clear_error(lake, kind):
     assert _snapshot(root / "staging") == staging_before, "staging must be untouched"
     assert _snapshot(landing) == landing_before, "landing must be untouched"
     q = root / "quarantine/churn" / f"ds={DATE}" / f"t-{kind}"
-    assert info.value.quarantine_uri == q.as_uri()
+    assert info.value.quarantine_uri == f"file://{q}"
     for name, data in files.items():
         assert (q / "raw" / name).read_bytes() == data, "the raw delivery is kept byte for byte"
     reason = json.loads((q / "reason.json").read_text())

@@ -1,0 +1,749 @@
+"""Run the bundle through real Airflow processes on this machine (the README's `make demo` / `make up`).
+
+  python scripts/demo.py demo   set up, start Airflow, ingest a good and a corrupt sample batch through the
+                                REST API, follow every run they cause, print a summary, stop Airflow
+  python scripts/demo.py up     set up, start Airflow, unpause the DAGs, keep running until Ctrl-C
+
+Setup is idempotent: the metadata DB is migrated only when Airflow changed, the sample landing batches
+are written only if missing. Airflow (api-server, scheduler, dag-processor, triggerer) runs from
+.airflow/ with LocalExecutor on SQLite; each process logs to .airflow/logs/<name>.log and is stopped on
+exit, Ctrl-C or SIGTERM.
+
+Stdlib only (plus the bundle's own sample-data helpers), so it runs before anything else is set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import airflow_local as al  # noqa: E402
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+GOOD_DATE = "2026-01-05"
+CORRUPT_DATE = "2026-01-06"
+CORRUPTION = "unknown_category"
+SAMPLE_ROWS = 5000
+INGEST_DAG = "ingest"
+GATE_TASK = "validate_and_stage"
+TERMINAL = {"success", "failed"}
+TI_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_ts(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+class DemoError(Exception):
+    """A setup/runtime problem the user has to act on; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        if s.connect_ex((al.HOST, port)) == 0:
+            raise DemoError(
+                f"port {port} is already in use (another Airflow or web server?). Stop it, or run on "
+                f"another port: DEMO_PORT=8081 make demo"
+            )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like uvicorn: TIME_WAIT is fine
+        try:
+            s.bind((al.HOST, port))
+        except OSError as exc:
+            raise DemoError(f"cannot bind {al.HOST}:{port}: {exc}; set DEMO_PORT to a free port") from None
+
+
+def pid_file() -> Path:
+    return al.AIRFLOW_HOME / "demo.pids.json"
+
+
+def check_leftovers() -> None:
+    """Refuse to start beside Airflow processes of an earlier run that was killed hard (kill -9)."""
+    path = pid_file()
+    if not path.is_file():
+        return
+    alive = []
+    for name, pid in json.loads(path.read_text()).items():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "airflow" in cmdline:
+            alive.append((name, pid))
+    if alive:
+        listing = ", ".join(f"{n} (pid {p})" for n, p in alive)
+        groups = " ".join(f"-{p}" for _, p in alive)
+        raise DemoError(
+            f"Airflow processes started by scripts/demo.py for {al.AIRFLOW_HOME} are still running: "
+            f"{listing} (another `make up`/`make demo`, or a run that was killed hard). "
+            f"Stop that one, or: kill -TERM -- {groups}"
+        )
+    path.unlink()
+
+
+def migrate_db(env: dict[str, str]) -> None:
+    """`airflow db migrate`, skipped when this Airflow version already migrated this DB."""
+    db = al.AIRFLOW_HOME / "airflow.db"
+    marker = al.AIRFLOW_HOME / ".db_migrated"
+    version = metadata.version("apache-airflow")
+    if db.is_file() and marker.is_file() and marker.read_text().strip() == version:
+        say(f"metadata DB     {db} (up to date, Airflow {version})")
+        return
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        al.airflow_cmd("db", "migrate"), env=env, capture_output=True, text=True, cwd=al.PROJECT_ROOT
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise DemoError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+    marker.write_text(version + "\n")
+    say(f"metadata DB     {db} (migrated in {time.monotonic() - t0:.1f}s)")
+
+
+def lake_root() -> tuple[Any, Path | None]:
+    """The bundle config and the local path of its storage root (None for s3:// roots)."""
+    try:
+        from mlops_bundle.config import load_config
+    except ImportError:  # not pip-installed yet: use the checkout
+        sys.path.insert(0, str(al.PROJECT_ROOT / "include"))
+        from mlops_bundle.config import load_config
+    cfg = load_config()
+    uri = cfg.root_uri
+    if not uri.startswith("file://"):
+        return cfg, None
+    return cfg, Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def seed_landing() -> None:
+    """Write the demo's sample batches into landing/ unless they are already there."""
+    cfg, root = lake_root()
+    if root is None:
+        say(
+            f"sample data     skipped: storage root is {cfg.root_uri}; upload batches to its landing/ yourself"
+        )
+        return
+    if cfg.dataset.name != "churn":
+        say(
+            f"sample data     skipped: the sample generator makes 'churn' data, config is {cfg.dataset.name!r}"
+        )
+        return
+    from mlops_bundle.sample import generate_batch, write_landing
+
+    # Unpausing the daily ingest DAG makes the scheduler run it once for its latest interval, which
+    # ingests the day before: seed that batch too (either of the last two days, depending on the hour).
+    today = now_utc().date()
+    scheduled = [(str(today - dt.timedelta(days=n)), None) for n in (1, 2)]
+    for day, corrupt in ((GOOD_DATE, None), (CORRUPT_DATE, CORRUPTION), *scheduled):
+        folder = root / cfg.storage.landing_prefix / cfg.dataset.name / day
+        label = f"corrupt: {corrupt}" if corrupt else "good"
+        if folder.is_dir() and any(folder.iterdir()):
+            say(f"sample data     {folder} (already there, {label})")
+            continue
+        df = generate_batch(day, rows=SAMPLE_ROWS, corrupt=corrupt)
+        path = write_landing(df, folder, fmt="csv")
+        say(f"sample data     {path} ({len(df)} rows, {label})")
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+class Processes:
+    """The Airflow components as subprocesses, each in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = al.AIRFLOW_HOME / "logs"
+
+    def log(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            fh = open(self.log(name), "ab")  # noqa: SIM115 (owned by the child)
+            fh.write(f"\n===== {now_utc().isoformat()} airflow {name} (scripts/demo.py) =====\n".encode())
+            fh.flush()
+            self.procs[name] = subprocess.Popen(
+                al.airflow_cmd(name),
+                env=self.env,
+                cwd=al.PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop them in order
+            )
+            fh.close()
+        pid_file().write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+        say(f"started         {', '.join(f'{n} (pid {p.pid})' for n, p in self.procs.items())}")
+        say(f"process logs    {self.log_dir}/<component>.log")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise DemoError(
+                    f"airflow {name} exited with code {proc.returncode}; last lines of {self.log(name)}:\n"
+                    + tail_file(self.log(name))
+                )
+
+    def _descendants(self) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        out: set[int] = set()
+        todo = [p.pid for p in self.procs.values()]
+        while todo:
+            pid = todo.pop()
+            for child in children.get(pid, []):
+                if child not in out:
+                    out.add(child)
+                    todo.append(child)
+        return out
+
+    def stop(self, timeout: float = 30.0) -> None:
+        running = {n: p for n, p in self.procs.items() if p.poll() is None}
+        if not self.procs:
+            return
+        say(f"stopping        {', '.join(running) or 'nothing left running'}")
+        try:
+            descendants = self._descendants()  # task processes run in their own groups
+        except OSError:
+            descendants = set()
+        for proc in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in running.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"                {name} ignored SIGTERM for {timeout:.0f}s: killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers left in the component's group
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            pid_file().unlink()
+        self.procs.clear()
+        say("stopped         all Airflow processes")
+
+
+def tail_file(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+class Api:
+    """Minimal Airflow REST client (urllib; proxies bypassed since the server is on loopback)."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base.rstrip("/")
+        self.username, self.password = username, password
+        self.token: str | None = None
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict | None = None,
+        auth: bool = True,
+        timeout: float = 30,
+    ) -> Any:
+        url = self.base + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params, doseq=True)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        with self.opener.open(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        if self.token is None:
+            self.login()
+        try:
+            return self._call(method, path, body, **kw)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
+            self.login()  # expired token
+            return self._call(method, path, body, **kw)
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.call("GET", path, params=params or None)
+
+    def login(self) -> None:
+        resp = self._call(
+            "POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False
+        )
+        self.token = resp["access_token"]
+
+    def ready(self) -> bool:
+        try:
+            self._call("GET", "/api/v2/monitor/health", auth=False, timeout=3)
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+
+def http_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read() or b"{}")
+        return f"HTTP {exc.code}: {body.get('detail', body)}"
+    except (ValueError, AttributeError):
+        return f"HTTP {exc.code}"
+
+
+def wait_for(what: str, check, timeout: float, procs: Processes, every: float = 5.0) -> Any:
+    """Poll check() until truthy; print a progress line every few seconds."""
+    t0 = time.monotonic()
+    last = t0
+    while True:
+        procs.check_alive()
+        result = check()
+        if result:
+            return result
+        elapsed = time.monotonic() - t0
+        if elapsed > timeout:
+            raise DemoError(f"gave up waiting for {what} after {timeout:.0f}s; see {procs.log_dir}/*.log")
+        if time.monotonic() - last >= every:
+            say(f"waiting for {what}... {elapsed:.0f}s")
+            last = time.monotonic()
+        time.sleep(1)
+
+
+def candidate_dag_files(folder: Path) -> set[str]:
+    """Files in the DAG folder Airflow will parse (its default heuristic: mentions 'airflow' and 'dag')."""
+    out = set()
+    for path in folder.rglob("*.py"):
+        if any(part.startswith((".", "__")) for part in path.relative_to(folder).parts):
+            continue
+        text = path.read_text(errors="replace").lower()
+        if "airflow" in text and "dag" in text:
+            out.add(str(path.resolve()))
+    return out
+
+
+def wait_for_dags(api: Api, procs: Processes, need: set[str], timeout: float = 180) -> list[dict]:
+    """Wait until every DAG file was parsed (a DAG or an import error for it) and `need` DAGs exist."""
+    folder = Path(procs.env["AIRFLOW__CORE__DAGS_FOLDER"])
+    files = candidate_dag_files(folder)
+    state: dict[str, Any] = {}
+
+    def check():
+        dags = api.get("/api/v2/dags", limit=100)["dags"]
+        errors = api.get("/api/v2/importErrors", limit=100)["import_errors"]
+        seen = {str(Path(d["fileloc"]).resolve()) for d in dags}
+        seen |= {str((folder / e["filename"]).resolve()) for e in errors}
+        seen |= {str(Path(e["filename"]).resolve()) for e in errors}
+        names = {d["dag_id"] for d in dags}
+        if names != state.get("names"):
+            state.update(names=names, changed_at=time.monotonic())
+        state.update(dags=dags, errors=errors, missing=files - seen)
+        stable_for = time.monotonic() - state["changed_at"]
+        if need <= names:
+            # files that hold no DAG (helpers) leave no trace: accept once the DAG list stops changing
+            return not state["missing"] or stable_for > 15
+        if not state["missing"] or stable_for > 30:
+            # every file parsed (or nothing changes any more) but a needed DAG is absent: say so
+            state.setdefault("parsed_at", time.monotonic())
+            if time.monotonic() - state["parsed_at"] > 20:
+                raise DemoError(
+                    f"DAG(s) {sorted(need - names)} not found in {folder}; found {sorted(names) or 'no DAGs'}"
+                    + (" (see the import errors above)" if errors else "")
+                )
+        return False
+
+    try:
+        wait_for(f"DAGs to be parsed from {folder}", check, timeout, procs)
+    finally:
+        for err in state.get("errors", []):
+            say(
+                f"IMPORT ERROR in {err['filename']}:\n"
+                + "\n".join("    " + line for line in err["stack_trace"].strip().splitlines()[-12:])
+            )
+    return state["dags"]
+
+
+def unpause_all(api: Api, dags: list[dict]) -> None:
+    for dag in dags:
+        if dag["is_paused"]:
+            api.call("PATCH", f"/api/v2/dags/{q(dag['dag_id'])}", {"is_paused": False})
+    say(f"unpaused        {', '.join(sorted(d['dag_id'] for d in dags)) or '(no DAGs)'}")
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+# ------------------------------------------------------------------------------------------- follow
+
+
+def run_key(run: dict) -> tuple[str, str]:
+    return run["dag_id"], run["dag_run_id"]
+
+
+def task_instances(api: Api, dag_id: str, run_id: str) -> list[dict]:
+    return api.get(f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances", limit=100)["task_instances"]
+
+
+def follow(
+    api: Api, procs: Processes, since: dt.datetime, mine: set[tuple[str, str]], timeout: float, settle: float
+) -> dict[tuple[str, str], dict]:
+    """Poll the runs we started and every run created since `since` (e.g. Asset-triggered ones) until
+    all are finished and nothing new appeared for `settle` seconds."""
+    runs: dict[tuple[str, str], dict] = {}
+    shown: dict[tuple[str, str], str] = {}
+    t0 = time.monotonic()
+    quiet_since: float | None = None
+    # updated_at covers runs created since (any run type); queued_at/run_after then drops older runs
+    # that merely changed state meanwhile
+    params = {"updated_at_gte": since.isoformat(), "limit": 100, "order_by": "id"}
+    while True:
+        procs.check_alive()
+        for run in api.get("/api/v2/dags/~/dagRuns", **params)["dag_runs"]:
+            created = parse_ts(run.get("queued_at") or run.get("run_after"))
+            if run_key(run) in mine or (created and created >= since):
+                runs[run_key(run)] = run
+        for key in mine - runs.keys():  # cannot happen unless the filter misses them; fetch directly
+            runs[key] = api.get(f"/api/v2/dags/{q(key[0])}/dagRuns/{q(key[1])}")
+        active = False
+        for key, run in runs.items():
+            state = run["state"]
+            tis = task_instances(api, *key)
+            done = sum(1 for t in tis if t["state"] in TI_DONE)
+            line = f"{state}: {done}/{len(tis)} tasks done" if tis else state
+            running = [
+                t["task_id"] for t in tis if t["state"] in ("running", "queued", "scheduled", "deferred")
+            ]
+            if state not in TERMINAL and running:
+                line += f" (now: {', '.join(running)})"
+            if shown.get(key) != line:
+                tag = "" if key in mine else f" <- {run['run_type']}"
+                say(f"[{key[0]} {key[1]}] {line}{tag}")
+                shown[key] = line
+            active |= state not in TERMINAL
+        if active:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+            say(f"all {len(runs)} run(s) finished; watching {settle:.0f}s for runs they trigger...")
+        elif time.monotonic() - quiet_since >= settle:
+            return runs
+        if time.monotonic() - t0 > timeout:
+            still = [
+                f"{d} {r} ({run['state']})" for (d, r), run in runs.items() if run["state"] not in TERMINAL
+            ]
+            raise DemoError(
+                f"timed out after {timeout:.0f}s; still not finished: {', '.join(still) or 'none'}. "
+                f"Airflow logs: {procs.log_dir} (task logs under dag_id=*/); UI: {al.ui_url()}"
+            )
+        time.sleep(2)
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def xcom_return(api: Api, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+    try:
+        entry = api.get(
+            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}"
+            f"/xcomEntries/return_value",
+            map_index=map_index,
+        )
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    value = entry.get("value")
+    if isinstance(value, str):  # stored JSON text in some versions/backends
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    return value
+
+
+def task_log_tail(api: Api, dag_id: str, run_id: str, ti: dict, lines: int = 15) -> list[str]:
+    try:
+        resp = api.get(
+            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(ti['task_id'])}"
+            f"/logs/{ti['try_number']}",
+            full_content="true",
+            map_index=ti.get("map_index", -1),
+        )
+    except urllib.error.HTTPError as exc:
+        return [f"(log not available: {http_detail(exc)})"]
+    out: list[str] = []
+    errors: list[str] = []
+    sources: list[str] = []
+    for item in resp.get("content", []):
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        event = str(item.get("event", ""))
+        level = str(item.get("level", "")).upper()
+        sources += [str(x) for x in item.get("sources") or []]
+        if event.startswith(("::group::", "::endgroup::")) or event == "Log message source details":
+            continue
+        out.append(f"{level + ' ' if level else ''}{event}")
+        for err in item.get("error_detail") or []:
+            if isinstance(err, dict):
+                errors.append(f"{err.get('exc_type', 'Error')}: {err.get('exc_value', '')}")
+    picked = [line for line in out if line.strip()][-lines:]
+    return [f"(log file: {x})" for x in sources] + picked + ([f"=> {errors[-1]}"] if errors else [])
+
+
+def fmt_duration(run: dict) -> str:
+    if run.get("duration") is not None:
+        return f"{run['duration']:.1f}s"
+    start, end = parse_ts(run.get("start_date")), parse_ts(run.get("end_date"))
+    return f"{(end - start).total_seconds():.1f}s" if start and end else "-"
+
+
+def result_task(api: Api, run: dict, tis: list[dict]) -> tuple[str | None, Any]:
+    """The run's headline result: validate_and_stage for ingest, else the last task that returned one."""
+    dag_id, run_id = run_key(run)
+    if dag_id == INGEST_DAG:
+        return GATE_TASK, xcom_return(api, dag_id, run_id, GATE_TASK)
+    done = [t for t in tis if t["state"] == "success" and t.get("end_date")]
+    for ti in sorted(done, key=lambda t: t["end_date"], reverse=True):
+        value = xcom_return(api, dag_id, run_id, ti["task_id"], ti.get("map_index", -1))
+        if value is not None:
+            return ti["task_id"], value
+    return None, None
+
+
+def expected_state(run: dict, mine: set[tuple[str, str]]) -> str | None:
+    """What the demo expects of a run; None = not judged (e.g. the scheduled run Airflow creates for
+    the latest interval when a DAG is unpaused)."""
+    if run_key(run) not in mine and run["run_type"] not in ("asset_triggered", "asset_materialization"):
+        return None
+    if run["dag_id"] == INGEST_DAG and (run.get("conf") or {}).get("date") == CORRUPT_DATE:
+        return "failed"
+    return "success"
+
+
+def print_value(value: Any, indent: str = "    ") -> None:
+    if isinstance(value, dict):
+        width = max((len(str(k)) for k in value), default=0)
+        for k, v in value.items():
+            say(f"{indent}{str(k):<{width}}  {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    else:
+        say(f"{indent}{value}")
+
+
+def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]]) -> bool:
+    cfg, root = lake_root()
+    say("")
+    say("=" * 100)
+    say("SUMMARY")
+    say("=" * 100)
+    all_ok = True
+    ordered = sorted(runs.values(), key=lambda r: (r.get("queued_at") or r["run_after"], r["dag_id"]))
+    for run in ordered:
+        dag_id, run_id = run_key(run)
+        tis = task_instances(api, dag_id, run_id)
+        want = expected_state(run, mine)
+        ok = want is None or run["state"] == want
+        verdict = "as expected" if ok else f"UNEXPECTED (expected {want})"
+        if want is None:
+            verdict = "not part of the demo (created by the DAG's schedule when it was unpaused)"
+        elif ok and want == "failed":
+            verdict = "as expected: the quality gate stopped a corrupt batch"
+        all_ok &= ok
+        date = (run.get("conf") or {}).get("date")
+        say(f"\n{dag_id}  {run_id}  [{run['run_type']}{', date ' + date if date else ''}]")
+        say(f"  state: {run['state']}  duration: {fmt_duration(run)}  -> {verdict}")
+        task_id, value = result_task(api, run, tis)
+        if dag_id == INGEST_DAG and isinstance(value, dict):
+            say(f"  rows ingested : {value.get('rows')}")
+            gx = value.get("gx_success")
+            say(f"  GX verdict    : {'passed' if gx else 'FAILED' if gx is not None else '-'}")
+            say(f"  fingerprint   : {value.get('fingerprint')}")
+            say(f"  staging       : {value.get('staging_uri')}")
+            say(f"  Data Docs     : {value.get('data_docs_url')}")
+        elif value is not None:
+            say(f"  result of {task_id}:")
+            print_value(value)
+        failed = [t for t in tis if t["state"] == "failed"]
+        for ti in failed:
+            say(f"  failed task {ti['task_id']} (try {ti['try_number']}), log tail:")
+            for line in task_log_tail(api, dag_id, run_id, ti):
+                say(f"    | {line}")
+        if dag_id == INGEST_DAG and run["state"] == "failed" and date and root is not None:
+            quarantine = root / cfg.storage.quarantine_prefix / cfg.dataset.name / f"ds={date}"
+            where = quarantine if quarantine.exists() else f"{quarantine} (not created)"
+            say(f"  quarantine    : {where}")
+            say(f"  raw batch kept: {root / cfg.storage.landing_prefix / cfg.dataset.name / date}")
+    missing = mine - runs.keys()
+    for dag_id, run_id in sorted(missing):
+        say(f"\n{dag_id} {run_id}: never seen")
+        all_ok = False
+    say("")
+    say("=" * 100)
+    say(
+        f"RESULT: {'OK - every run ended as expected' if all_ok else 'NOT OK - see UNEXPECTED above'}"
+        f"  (UI: {al.ui_url()}, logs: {al.AIRFLOW_HOME / 'logs'})"
+    )
+    return all_ok
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
+    run_id = f"demo__{date}__{now_utc().strftime('%Y%m%dT%H%M%S')}"
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": date}}
+    try:
+        api.call("POST", f"/api/v2/dags/{q(dag_id)}/dagRuns", body)
+    except urllib.error.HTTPError as exc:
+        raise DemoError(f"triggering {dag_id} for {date} failed: {http_detail(exc)}") from None
+    say(f"triggered       {dag_id} {run_id} (conf date={date})")
+    return dag_id, run_id
+
+
+@contextlib.contextmanager
+def airflow_running(env: dict[str, str]) -> Iterator[Processes]:
+    procs = Processes(env)
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        procs.start()
+        yield procs
+    finally:
+        # a second Ctrl-C while stopping must not leave processes behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        procs.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "mode", choices=("demo", "up"), help="demo: run the sample job and stop; up: keep running"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="demo: give up after this many seconds (900)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=15,
+        help="demo: after the last run finished, wait this long for runs it triggers (15)",
+    )
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    # Ctrl-C must reach us even if the parent shell started us with SIGINT ignored (background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        check_leftovers()
+        check_port_free(al.PORT)
+        al.write_auth_files()
+        env = al.airflow_env()
+        say(f"AIRFLOW_HOME    {al.AIRFLOW_HOME}")
+        say(f"DAGs folder     {env['AIRFLOW__CORE__DAGS_FOLDER']}")
+        migrate_db(env)
+        with airflow_running(env) as procs:
+            seed_landing()
+            api = Api(al.api_url(), "admin", al.USERS["admin"])
+            t_api = time.monotonic()
+            wait_for("api-server", api.ready, 180, procs)
+            say(f"api-server      ready after {time.monotonic() - t_api:.1f}s ({al.api_url()})")
+            api.login()
+            need = {INGEST_DAG} if args.mode == "demo" else set()
+            dags = wait_for_dags(api, procs, need)
+            since = now_utc() - dt.timedelta(seconds=1)
+            unpause_all(api, dags)
+            if args.mode == "up":
+                say("")
+                say(
+                    f"Airflow UI: {al.ui_url()}  login: admin / {al.USERS['admin']}"
+                    f"  (read-only: viewer / {al.USERS['viewer']})"
+                )
+                say(f"REST API:   {al.api_url()}/api/v2 (token: POST {al.api_url()}/auth/token)")
+                say(f"ready after {time.monotonic() - started:.0f}s; press Ctrl-C to stop")
+                try:
+                    while True:
+                        procs.check_alive()
+                        time.sleep(2)
+                except KeyboardInterrupt:
+                    say("\nCtrl-C")
+                    return 0
+            mine = {trigger(api, INGEST_DAG, GOOD_DATE), trigger(api, INGEST_DAG, CORRUPT_DATE)}
+            say(f"(the {CORRUPT_DATE} batch is corrupt on purpose: its run is EXPECTED to fail at the gate)")
+            runs = follow(api, procs, since, mine, args.timeout, args.settle)
+            ok = summarize(api, runs, mine)
+            say(f"demo took {time.monotonic() - started:.0f}s")
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+        return 130
+    except DemoError as exc:
+        say(f"\nERROR: {exc}")
+        return 1
+    except urllib.error.HTTPError as exc:
+        say(
+            f"\nERROR: Airflow API call {exc.url} failed: {http_detail(exc)}; logs: {al.AIRFLOW_HOME / 'logs'}"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
