@@ -33,7 +33,9 @@ def storage(cfg: BundleConfig, uri: str | None = None) -> Storage:
     return open_storage(uri, client)
 
 
-def batch_date(param_date: str | None, logical_date: dt.datetime | None, run_after: dt.datetime | None) -> str:
+def batch_date(
+    param_date: str | None, logical_date: dt.datetime | None, run_after: dt.datetime | None
+) -> str:
     """The batch a run ingests: the `date` Param if given, else the day before the run's logical date.
 
     A scheduled run at midnight therefore ingests the day that just ended.
