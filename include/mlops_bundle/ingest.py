@@ -249,7 +249,11 @@ def coerce(df: pd.DataFrame, cfg: BundleConfig) -> tuple[pd.DataFrame, list[str]
         except (TypeError, ValueError) as exc:
             problems.append(f"column {spec.name} cannot be read as {spec.dtype}: {exc}")
             continue
-        bad = new.isna() & col.notna()
+        # values the cast turned into missing ones (text cannot lose values, so skip the check there)
+        if spec.dtype in ("string", "category") or new.dtype == col.dtype:
+            bad = pd.Series(False, index=col.index)
+        else:
+            bad = new.isna() & col.notna()
         if spec.dtype == "int" and new.dtype.kind == "f":
             frac = new.notna() & (new != np.floor(new))
             if frac.any():
@@ -281,11 +285,16 @@ def _cast(col: pd.Series, dtype: str) -> pd.Series:
         num = pd.to_numeric(col, errors="coerce")
         return num.astype("float64") if num.dtype.kind in "iuf" else num
     if dtype in ("string", "category"):
-        if col.dtype == object:
-            nonstr = col.notna() & ~col.map(lambda v: isinstance(v, str))
-            if not nonstr.any():
-                return col
-        return col.map(lambda v: v if v is None or isinstance(v, str) else (None if pd.isna(v) else str(v)))
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            text = col.astype(object)
+        else:
+            text = col
+        if text.dtype != object or pd.api.types.infer_dtype(text, skipna=True) not in ("string", "empty"):
+            text = text.map(
+                lambda v: v if v is None or isinstance(v, str) else (None if pd.isna(v) else str(v))
+            )
+        # categories as pandas 'category': cheaper to validate, fingerprint and store than Python strings
+        return text.astype("category") if dtype == "category" else text
     if dtype == "bool":
         mapping = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
         if col.dtype.kind == "b":

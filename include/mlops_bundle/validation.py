@@ -109,7 +109,7 @@ class ValidationOutcome:
     evaluated: int
     successful: int
     failures: list[ExpectationFailure]
-    result: dict  # JSON-serialisable validation result (SUMMARY format), what gets stored in quarantine
+    result: dict  # JSON-serialisable validation result (BASIC format: counts + example values), what gets stored in quarantine
     data_docs_url: str | None  # file:// URL of the Data Docs page of this run (else the index), or None
 
     def describe(self) -> str:
@@ -171,7 +171,7 @@ def validate_frame(
                     f"validation definition {validation_definition!r} runs suite {vd.suite.name!r}, "
                     f"not {suite_name!r}"
                 )
-            suite_result = vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY", run_id=run_id)
+            suite_result = vd.run(batch_parameters={"dataframe": df}, result_format="BASIC", run_id=run_id)
             key = None
         docs_url = _docs_url(context, key) if build_data_docs else None
     dtypes = {str(c): str(t) for c, t in df.dtypes.items()}

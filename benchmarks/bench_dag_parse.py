@@ -1,0 +1,174 @@
+"""How long each file in dags/ takes to parse, beyond what Airflow itself costs.
+
+The DAG processor parses every file again and again (every ``min_file_process_interval``), in a process
+where Airflow's task SDK is already loaded. What a DAG file adds on top of that is what this measures:
+
+* **parse**: in a fresh interpreter, ``import airflow.sdk`` (and resolve every name it exports, as the
+  DAG processor has) untimed, then time the import of the DAG file alone (compile + exec, the way the
+  DagBag loads it). Repeated ``--repeat`` times, each in a new process; the median is reported.
+* **imports**: in the same processes, the top-level modules the file newly loaded (e.g. ``pandas``
+  would be a finding) and the import share of the parse time (first exec minus a second exec of the same
+  file in the same process, when every import is already cached).
+
+``plugins/`` is put on ``sys.path`` (PYTHONPATH=plugins) as Airflow does; AIRFLOW_HOME is a temporary
+folder so nothing is written into the repo or ``~/airflow``.
+
+Goal: under 50 ms per file. Prints PASS/FAIL per file and a ``file/goal`` ratio line; exits 0 unless
+``--strict`` is given and a file misses the goal.
+
+    .venv/bin/python benchmarks/bench_dag_parse.py [--repeat 5] [--strict] [--no-preload] [FILE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+PLUGINS = REPO / "plugins"
+GOAL_MS = 50.0
+
+# Runs in the child interpreter: argv = [dag_file, preload(0|1)]; prints one JSON line.
+_CHILD = r"""
+import importlib.util, json, sys, time
+
+path, preload = sys.argv[1], sys.argv[2] == "1"
+t = time.perf_counter()
+import airflow.sdk
+if preload:
+    for name in getattr(airflow.sdk, "__all__", []):
+        try:
+            getattr(airflow.sdk, name)
+        except Exception:
+            pass
+sdk_s = time.perf_counter() - t
+
+
+def load(mod_name):
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    t0 = time.perf_counter()
+    spec.loader.exec_module(module)
+    return time.perf_counter() - t0
+
+
+before = set(sys.modules)
+first_s = load("unusual_prefix_bench_dag_1")
+after = set(sys.modules)
+second_s = load("unusual_prefix_bench_dag_2")
+added = sorted(after - before - {"unusual_prefix_bench_dag_1"})
+new = sorted({m.split(".")[0] for m in added})
+print(json.dumps({"sdk_s": sdk_s, "first_s": first_s, "second_s": second_s,
+                  "new_top_level": new, "added": added}))
+"""
+
+
+def dag_files(names: list[str]) -> list[Path]:
+    if names:
+        return [Path(n).resolve() for n in names]
+    return sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
+
+
+def child_env(airflow_home: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PLUGINS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.update(
+        {
+            "AIRFLOW_HOME": airflow_home,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home}/airflow.db",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    return env
+
+
+def measure(path: Path, env: dict[str, str], preload: bool) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), "1" if preload else "0"],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"parsing {path} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="*", help="DAG files (default: every dags/*.py not starting with '_')")
+    ap.add_argument("--repeat", type=int, default=5, help="fresh processes per file (median is reported)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if any file misses the goal")
+    ap.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="do not resolve airflow.sdk's lazy names first (charges them to the first DAG file)",
+    )
+    args = ap.parse_args(argv)
+    files = dag_files(args.files)
+    if not files:
+        print(f"no DAG files in {DAGS}")
+        return 0
+
+    print(f"DAG parse benchmark: goal < {GOAL_MS:.0f} ms per file (median of {args.repeat} fresh processes)")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; baseline per process: import airflow.sdk"
+        + ("" if args.no_preload else " + every name it exports")
+        + " (untimed); PYTHONPATH=plugins"
+    )
+    misses = 0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-dag-parse-") as home:
+        env = child_env(home)
+        for path in files:
+            runs = [measure(path, env, not args.no_preload) for _ in range(args.repeat)]
+            parse_ms = statistics.median(r["first_s"] for r in runs) * 1000
+            warm_ms = statistics.median(r["second_s"] for r in runs) * 1000
+            sdk_ms = statistics.median(r["sdk_s"] for r in runs) * 1000
+            new = runs[0]["new_top_level"]
+            ok = parse_ms < GOAL_MS
+            misses += not ok
+            rows.append((path.name, parse_ms, ok))
+            print(f"\n{path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+            print(
+                f"  parse (cold, median)  {parse_ms:8.1f} ms   "
+                f"[min {min(r['first_s'] for r in runs) * 1000:.1f}, max {max(r['first_s'] for r in runs) * 1000:.1f}]"
+            )
+            print(f"  re-exec (imports cached) {warm_ms:5.1f} ms")
+            print(
+                f"  import cost beyond airflow.sdk {max(parse_ms - warm_ms, 0.0):6.1f} ms, "
+                f"{len(runs[0]['added'])} new modules"
+            )
+            print(f"  new top-level modules: {', '.join(new) if new else '(none)'}")
+            if 0 < len(runs[0]["added"]) <= 25:
+                print(f"  new modules: {', '.join(runs[0]['added'])}")
+            print(f"  (airflow.sdk baseline itself: {sdk_ms:.0f} ms, not counted)")
+            print(f"  {'PASS' if ok else 'FAIL'}: {parse_ms:.1f} ms vs goal {GOAL_MS:.0f} ms")
+
+    print("\nratio file/goal (< 1.00 meets the goal):")
+    for name, parse_ms, ok in rows:
+        print(
+            f"  {name}: {parse_ms / GOAL_MS:.2f} ({parse_ms:.1f} ms / {GOAL_MS:.0f} ms) {'PASS' if ok else 'FAIL'}"
+        )
+    print(f"\n{len(rows) - misses}/{len(rows)} files under the {GOAL_MS:.0f} ms goal")
+    return 1 if (args.strict and misses) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
