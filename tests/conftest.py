@@ -121,3 +121,52 @@ def s3_bucket(moto_endpoint, monkeypatch):
     monkeypatch.setenv("MLOPS_STORAGE__AWS_CONN_ID", "mlops_s3")
     monkeypatch.setenv("MLOPS_STORAGE__ROOT_URI", f"s3://{bucket}/lake")
     return client, bucket
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_dir):
+    """A real `mlflow server` subprocess (SQLite backend, proxied artifacts) on 127.0.0.1.
+
+    Yields its http:// tracking URI. Job execution is disabled (it would fork ~2 GB of workers).
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    root = session_dir / "mlflow-server"
+    root.mkdir(exist_ok=True)
+    log = open(root / "server.log", "wb")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"mlflow server did not start; see {root / 'server.log'}") from None
+            time.sleep(0.5)
+    yield url
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

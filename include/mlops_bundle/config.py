@@ -110,20 +110,47 @@ class ValidationConfig(_Strict):
     build_data_docs: bool = True
 
 
-class TrainingConfig(_Strict):
-    experiment: str = "mlops-bundle-{dataset}"
+class MlflowConfig(_Strict):
+    # a folder (relative to the config file) -> local SQLite tracking store + artifacts in it;
+    # or http(s)://host:port of an MLflow server; or a database URI (postgresql://...)
+    tracking_uri: str = "../var/mlflow"
+    experiment: str = "{dataset}-training"
     registered_model: str = "{dataset}-classifier"
+
+
+class CandidateSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    # a model family known to mlops_bundle.training (checked when training starts, with a clear error)
+    family: str
+    params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+
+class TrainingConfig(_Strict):
+    # the training window: this many days of validated partitions ending at the run's batch date
     window_days: int = Field(default=30, ge=1)
+    # the most recent share of the window (by timestamp) is the holdout, never trained on
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     metric: str = "roc_auc"
-    candidates: list[dict] = Field(default_factory=list)
+    min_rows: int = Field(default=200, ge=10)
+    candidates: list[CandidateSpec] = Field(default_factory=list)
+    # Airflow pool that limits concurrently training candidates
+    pool: str = "mlops_training"
+    pool_slots: int = Field(default=2, ge=1)
+    seed: int = 42
 
 
 class PromotionConfig(_Strict):
+    # the challenger must reach this value of training.metric on the holdout
     floor: float = 0.70
+    # ... and beat the champion (on the same holdout) by at least this much
     min_improvement: float = 0.0
+    # metric -> largest tolerated drop vs the champion
     guard_metrics: dict[str, float] = Field(default_factory=dict)
+    # pause for a human approval (Airflow's Required Actions) before any promotion
     require_approval: bool = False
+    # where promotions serialize: a postgresql:// URI (advisory lock) or empty for a file lock next to
+    # the tracking store (only safe when every worker shares that disk)
+    lock_uri: str = ""
 
 
 class MonitoringConfig(_Strict):
@@ -138,6 +165,7 @@ class BundleConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
     validation: ValidationConfig
+    mlflow: MlflowConfig = MlflowConfig()
     training: TrainingConfig = TrainingConfig()
     promotion: PromotionConfig = PromotionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
@@ -157,6 +185,32 @@ class BundleConfig(_Strict):
         if "://" in uri:
             raise ConfigError(f"storage.root_uri {uri!r}: only file:// and s3:// are supported")
         return (self.base_dir / uri).resolve().as_uri()
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI; a plain folder becomes a SQLite store inside it."""
+        uri = self.mlflow.tracking_uri
+        if "://" in uri or uri.startswith("sqlite:"):
+            return uri
+        folder = Path(uri) if Path(uri).is_absolute() else (self.base_dir / uri).resolve()
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Where a local tracking store keeps artifacts (None: the server decides)."""
+        uri = self.mlflow.tracking_uri
+        if "://" in uri or uri.startswith("sqlite:"):
+            return None
+        folder = Path(uri) if Path(uri).is_absolute() else (self.base_dir / uri).resolve()
+        return f"file://{folder / 'artifacts'}"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment.format(dataset=self.dataset.name)
+
+    @property
+    def model_name(self) -> str:
+        return self.mlflow.registered_model.format(dataset=self.dataset.name)
 
     @property
     def gx_root(self) -> Path:
