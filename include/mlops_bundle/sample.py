@@ -41,12 +41,14 @@ def generate_batch(
     seed: int = 7,
     drift: float = 0.0,
     corrupt: str | None = None,
+    label_noise: float = 0.05,
 ) -> pd.DataFrame:
     """Return one day's batch.
 
     drift: 0 = the reference distribution; 1 = strong drift (pricier, shorter-tenure, more month-to-month
     customers from the south, and a shifted relation to the label).
     corrupt: one of CORRUPTIONS, to produce a batch the quality gate must reject.
+    label_noise: share of labels flipped at random (0.5 = labels carry no signal: "worse data").
     """
     if isinstance(day, str):
         day = dt.date.fromisoformat(day)
@@ -85,7 +87,9 @@ def generate_batch(
         + drift * (0.9 * (region_idx == 1) - 0.02 * (monthly - 65))  # concept drift
     )
     churned = (rng.uniform(size=rows) < 1 / (1 + np.exp(-logit))).astype("int64")
-    noise = rng.uniform(size=rows) < 0.05  # label noise
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+    noise = rng.uniform(size=rows) < label_noise
     churned = np.where(noise, 1 - churned, churned)
 
     # missing values: total_charges for brand-new customers' billing lag, age not given

@@ -11,3 +11,9 @@ from airflow.sdk import Asset
 
 # Emitted by ingest when a batch passed the quality gate; extra: dataset, date, rows, fingerprint, uri.
 VALIDATED_DATA = Asset(name="mlops.validated_data", group="mlops")
+
+# Emitted when the champion alias moves (promotion or rollback); extra: model, version, previous, verdict.
+CHAMPION_MODEL = Asset(name="mlops.champion_model", group="mlops")
+
+# The Airflow pool that bounds concurrently training candidates (slots: training.pool_slots in the config).
+TRAINING_POOL = "mlops_training"

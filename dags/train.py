@@ -1,0 +1,117 @@
+"""
+### Train: validated data -> candidate models -> gate vs champion -> promotion
+
+Runs whenever ingest publishes **`mlops.validated_data`**, and on demand from the UI or the REST API.
+
+1. **prepare_window** assembles the training window from validated staging partitions (`window_days`
+   days ending at the batch date), splits it by time (the most recent slice is the holdout, never trained
+   on) and checks that MLflow is reachable;
+2. **train_candidate** trains every configured candidate (`training.candidates` in the config) as a
+   dynamically mapped task in the `mlops_training` pool, logging params, metrics, the model (signature,
+   input example), the datasets and lineage tags to MLflow;
+3. **register_best** registers the best candidate by `training.metric` as a model version (a rerun with
+   the same data and params reuses the version instead of registering a duplicate);
+4. **evaluate_gate** / **approve** pause for a human approval when `promotion.require_approval` is set
+   (approve in *Required Actions* or through the REST API);
+5. **promote** compares challenger and champion on the same holdout under a lock, with the configured
+   floor, minimum improvement and guard metrics, then moves the `champion` alias (old one kept as
+   `previous`) or rejects; the decision record is an MLflow artifact plus version tags;
+6. **publish_champion** emits **`mlops.champion_model`** only when the champion changed.
+
+Load the champion anywhere with `mlflow.sklearn.load_model("models:/<dataset>-classifier@champion")`.
+
+**Params**: `end_date` (YYYY-MM-DD; default: the newest date among the triggering asset events, else
+yesterday), `window_days`, `candidates` (names from the config; default all), `force` + `justification`
+(promote even if the gate says no; the justification is required and recorded).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task
+
+from mlops_airflow.assets import CHAMPION_MODEL, TRAINING_POOL, VALIDATED_DATA
+
+
+@dag(
+    schedule=VALIDATED_DATA,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=2,
+    tags=["mlops", "train", "mlflow"],
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=15)},
+    params={
+        "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window"),
+        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Default: from config"),
+        "candidates": Param(
+            None, type=["null", "array"], items={"type": "string"}, description="Subset of configured names"
+        ),
+        "force": Param(False, type="boolean", description="Promote even if the gate rejects"),
+        "justification": Param(None, type=["null", "string"], description="Required with force"),
+    },
+    doc_md=__doc__,
+)
+def train():
+    @task
+    def prepare_window(params=None, dag_run=None) -> list[dict]:
+        from mlops_airflow.train_tasks import prepare
+
+        return prepare(params, dag_run)
+
+    @task(pool=TRAINING_POOL)
+    def train_candidate(job: dict, dag_run=None) -> dict:
+        from mlops_airflow.train_tasks import train_one
+
+        return train_one(job, dag_run)
+
+    @task
+    def register_best(results: list, dag_run=None) -> dict:
+        from mlops_airflow.train_tasks import register
+
+        return register(results, dag_run)
+
+    @task.branch
+    def evaluate_gate(registered: dict, params=None, dag_run=None):
+        from mlops_airflow.train_tasks import pre_approval
+
+        return pre_approval(registered, params, dag_run)
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote the new model version to champion?",
+        body="The gate passed; see the evaluate_gate log and the MLflow version for the metrics.",
+    )
+    no_approval_needed = EmptyOperator(task_id="no_approval_needed")
+
+    @task.branch(trigger_rule="none_failed_min_one_success")
+    def promote(registered: dict, params=None, dag_run=None, ti=None):
+        from mlops_airflow.train_tasks import gate
+
+        decision = gate(registered, params, dag_run, apply=True)
+        ti.xcom_push(key="decision", value=decision)
+        return ["publish_champion"] if decision["applied"] else []
+
+    @task(outlets=[CHAMPION_MODEL])
+    def publish_champion(outlet_events=None, ti=None) -> dict:
+        decision = ti.xcom_pull(task_ids="promote", key="decision")
+        extra = {
+            "model": decision["model"],
+            "version": decision["challenger"]["version"],
+            "previous": decision.get("previous_champion"),
+            "verdict": decision["verdict"],
+            "decision_id": decision["decision_id"],
+        }
+        outlet_events[CHAMPION_MODEL].extra = extra
+        return extra
+
+    registered = register_best(train_candidate.expand(job=prepare_window()))
+    branch = evaluate_gate(registered)
+    promoted = promote(registered)
+    branch >> [approve, no_approval_needed] >> promoted
+    promoted >> publish_champion()
+
+
+train()

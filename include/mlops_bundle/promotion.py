@@ -1,0 +1,500 @@
+"""Gated, race-safe champion/challenger promotion with one decision record per call.
+
+Why it is built this way:
+
+* ``decide`` is a pure function of two metric dicts and a ``GatePolicy``; every rule lives there and is
+  table-tested. It only ever answers ``"promote"`` or ``"reject"``.
+* MLflow alias updates are last-writer-wins, so two training runs finishing together could both read
+  "no champion" (or an old champion) and both promote; the worse one could win. ``gate`` and ``rollback``
+  therefore run inside ``promotion_lock`` (a PostgreSQL advisory lock, or an ``fcntl.flock`` file lock next
+  to a local tracking store) and re-read the champion alias inside the lock before deciding.
+* Every decision (promoted, rejected, no-op, rollback) is written as JSON to the challenger's run
+  (``decisions/<decided_at>-<decision_id>.json``) and summarised in ``gate.*`` model-version tags, so the
+  registry itself answers "why is this the champion?".
+
+Verdicts recorded by ``gate``/``rollback`` (``Decision.verdict``):
+
+``promote``   the rules (or a justified ``force``) allow the challenger; ``Decision.applied`` says whether
+              the aliases were changed (``apply=False`` computes the verdict before a human approval step)
+``reject``    a rule failed; the champion is untouched
+``noop``      the challenger already is the champion; nothing was scored or changed
+``rollback``  ``rollback`` moved ``champion`` back to an earlier version
+
+Aliases: ``champion`` (what scoring uses) and ``previous`` (the champion it replaced; the default
+rollback target).
+
+Rule details (``decide``):
+
+* a missing or NaN primary/guard metric on the challenger is a ``GateError``: the gate cannot be evaluated.
+* a champion without the primary metric is a ``GateError`` too (the safe option: never replace a champion
+  we cannot compare against); ``force=True`` with a justification overrides it and the reason says so.
+* a champion without a guard metric: that guard is skipped and the reason says so (older champions may
+  predate a newly added guard; the primary comparison still protects the champion).
+* improvement (challenger minus champion, sign-flipped for lower-is-better metrics) must be strictly
+  > 0 AND >= ``min_improvement``: an exact tie is always rejected, a negative ``min_improvement`` does not
+  let a worse model through.
+* ``floor`` is the worst acceptable value: ``>= floor`` for higher-is-better metrics, ``<= floor`` (a
+  ceiling) for lower-is-better ones (``LOWER_IS_BETTER``).
+* a guard metric may drop (get worse) by at most its tolerance.
+* comparisons allow ``EPSILON`` (1e-9) of float noise, so 0.80 -> 0.78 is a drop of exactly 0.02.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_bundle.config import PROJECT_ROOT, BundleConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PROMOTE = "promote"
+REJECT = "reject"
+NOOP = "noop"
+ROLLBACK = "rollback"
+VERDICTS = (PROMOTE, REJECT, NOOP, ROLLBACK)
+
+CHAMPION_ALIAS = "champion"
+PREVIOUS_ALIAS = "previous"
+
+# metrics where smaller is better; everything else is higher-is-better
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "brier_score"})
+EPSILON = 1e-9
+MIN_JUSTIFICATION = 10
+MIN_ROLLBACK_REASON = 10
+# model-version tag values may hold 100k chars in MLflow 3.17, run tags 8k; keep tags readable
+TAG_VALUE_MAX = 1000
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+_POLL_S = 0.1
+
+
+class GateError(ValueError):
+    """The promotion gate cannot be evaluated or applied; the message names what is wrong and what to do."""
+
+
+class PromotionLockTimeout(TimeoutError):
+    """Another promotion of the same model held the promotion lock for longer than the timeout."""
+
+
+# --------------------------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The thresholds a challenger must meet; built from ``promotion`` + ``training.metric`` config."""
+
+    metric: str
+    floor: float
+    min_improvement: float = 0.0
+    guard_metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            raise GateError("GatePolicy.metric is empty: set training.metric in the config (e.g. roc_auc)")
+        bad = {k: v for k, v in self.guard_metrics.items() if not (v >= 0)}
+        if bad:
+            raise GateError(
+                f"promotion.guard_metrics tolerances must be >= 0 (largest tolerated drop), got {bad}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: BundleConfig) -> GatePolicy:
+        """The policy the config declares: ``training.metric`` is the primary metric."""
+        p = cfg.promotion
+        return cls(
+            metric=cfg.training.metric,
+            floor=float(p.floor),
+            min_improvement=float(p.min_improvement),
+            guard_metrics={k: float(v) for k, v in p.guard_metrics.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe thresholds for the decision record."""
+        return {
+            "metric": self.metric,
+            "floor": self.floor,
+            "min_improvement": self.min_improvement,
+            "guard_metrics": dict(self.guard_metrics),
+            "lower_is_better": sorted(
+                m for m in {self.metric, *self.guard_metrics} if m in LOWER_IS_BETTER
+            ),
+        }
+
+
+def _fmt(value: float) -> str:
+    """4 decimals at most, 2 at least: 0.7 -> '0.70', 0.81234 -> '0.8123'."""
+    text = f"{value:.4f}".rstrip("0")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return text + "0" * max(0, 2 - decimals)
+
+
+def _delta(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _better_by(metric: str, challenger: float, champion: float) -> float:
+    """How much better the challenger is (positive = better), whatever the metric's direction."""
+    return champion - challenger if metric in LOWER_IS_BETTER else challenger - champion
+
+
+def _metric_value(metrics: Mapping[str, float], name: str) -> float | None:
+    value = metrics.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _require(metrics: Mapping[str, float], name: str, role: str) -> float:
+    value = _metric_value(metrics, name)
+    if value is None:
+        raise GateError(
+            f"{role} metrics have no usable {name!r} (got keys {sorted(metrics)}): the gate needs it; "
+            f"make the scoring function return {name!r} or change the promotion policy"
+        )
+    return value
+
+
+def _floor_rule(policy: GatePolicy, value: float) -> tuple[bool, str]:
+    m = policy.metric
+    if m in LOWER_IS_BETTER:
+        ok = value <= policy.floor + EPSILON
+        sign = "<=" if ok else ">"
+        return ok, f"{m} {_fmt(value)} {sign} ceiling {_fmt(policy.floor)} (lower is better)"
+    ok = value >= policy.floor - EPSILON
+    return ok, f"{m} {_fmt(value)} {'>=' if ok else '<'} floor {_fmt(policy.floor)}"
+
+
+def _improvement_rule(policy: GatePolicy, challenger: float, champion: float) -> tuple[bool, str]:
+    m = policy.metric
+    gain = _better_by(m, challenger, champion)
+    ok = gain > EPSILON and gain >= policy.min_improvement - EPSILON
+    if ok:
+        return True, (
+            f"{m} {_fmt(challenger)} beats champion {_fmt(champion)} by {_delta(gain)} "
+            f"(>= min_improvement {_fmt(policy.min_improvement)})"
+        )
+    what = "ties" if abs(gain) <= EPSILON else "does not beat" if gain < 0 else "beats too little"
+    return False, (
+        f"{m} {_fmt(challenger)} {what} champion {_fmt(champion)} (improvement {_delta(gain)}; "
+        f"needs > 0 and >= min_improvement {_fmt(policy.min_improvement)})"
+    )
+
+
+def _guard_rules(
+    policy: GatePolicy, challenger: Mapping[str, float], champion: Mapping[str, float]
+) -> tuple[list[str], list[str], list[str]]:
+    """(failures, passes, skipped) of the guard metrics."""
+    failures: list[str] = []
+    passes: list[str] = []
+    skipped: list[str] = []
+    for name, tolerance in sorted(policy.guard_metrics.items()):
+        ch = _require(challenger, name, "challenger")
+        cp = _metric_value(champion, name)
+        if cp is None:
+            skipped.append(f"guard {name} skipped: champion has no {name}")
+            continue
+        drop = -_better_by(name, ch, cp)
+        if drop > tolerance + EPSILON:
+            failures.append(
+                f"guard {name} got worse by {_fmt(drop)}: champion {_fmt(cp)} -> challenger {_fmt(ch)} "
+                f"(tolerance {_fmt(tolerance)})"
+            )
+        else:
+            passes.append(f"{name} {_fmt(ch)} vs champion {_fmt(cp)} (tolerance {_fmt(tolerance)})")
+    return failures, passes, skipped
+
+
+def decide(
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    policy: GatePolicy,
+    *,
+    force: bool = False,
+    justification: str | None = None,
+) -> tuple[str, str]:
+    """Pure gate: ``("promote" | "reject", human reason)``. Rules are in the module docstring.
+
+    ``force=True`` promotes whatever the rules say but needs a justification of at least 10 characters;
+    the reason then lists every rule it overrode, so a forced promotion is never silent.
+    """
+    if force and len((justification or "").strip()) < MIN_JUSTIFICATION:
+        raise GateError(
+            f"force=True needs a justification of at least {MIN_JUSTIFICATION} characters saying why the "
+            f"gate is overridden (got {justification!r})"
+        )
+    value = _require(challenger, policy.metric, "challenger")
+    for name in policy.guard_metrics:
+        _require(challenger, name, "challenger")
+
+    failures: list[str] = []
+    notes: list[str] = []
+    floor_ok, floor_text = _floor_rule(policy, value)
+    if not floor_ok:
+        failures.append(floor_text)
+
+    passes: list[str] = []
+    if champion is None:
+        if floor_ok:
+            passes.append(f"no champion yet: first model promoted ({floor_text})")
+    else:
+        champ_value = _metric_value(champion, policy.metric)
+        if champ_value is None:
+            if not force:
+                raise GateError(
+                    f"champion metrics have no usable {policy.metric!r} (got keys {sorted(champion)}), so "
+                    f"the challenger cannot be compared; fix the scoring of the champion, or promote with "
+                    f"force=True and a justification"
+                )
+            failures.append(f"champion has no {policy.metric}: no comparison possible")
+        else:
+            improved, text = _improvement_rule(policy, value, champ_value)
+            (passes if improved else failures).append(text)
+        g_fail, g_pass, g_skip = _guard_rules(policy, challenger, champion)
+        failures.extend(g_fail)
+        notes.extend(g_skip)
+        if g_pass:
+            passes.append("guards ok: " + ", ".join(g_pass))
+
+    tail = f" [{'; '.join(notes)}]" if notes else ""
+    if force:
+        just = " ".join((justification or "").split())
+        if failures:
+            return PROMOTE, f"FORCED promotion (justification: {just}) overriding: {'; '.join(failures)}{tail}"
+        return PROMOTE, f"FORCED promotion (justification: {just}); no rules overridden: {'; '.join(passes)}{tail}"
+    if failures:
+        return REJECT, "; ".join(failures) + tail
+    return PROMOTE, "; ".join(passes) + tail
+
+
+# ------------------------------------------------------------------------------------------- decision
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively coerce caller-supplied context into JSON (NaN/inf -> None, unknown objects -> str)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        with contextlib.suppress(Exception):
+            return _json_safe(value.item())
+    return str(value)
+
+
+@dataclass
+class Decision:
+    """One promotion decision, exactly as recorded (JSON artifact + ``gate.*`` version tags)."""
+
+    model_name: str
+    verdict: str
+    reason: str
+    # {"version": "3", "run_id": "...", "metrics": {...}}
+    challenger: dict[str, Any]
+    # the champion it was compared with: {"version": "2", "metrics": {...}} or None
+    champion: dict[str, Any] | None
+    policy: dict[str, Any]
+    actor: str
+    context: dict[str, Any] = field(default_factory=dict)
+    forced: bool = False
+    justification: str | None = None
+    # True when this call changed the aliases
+    applied: bool = False
+    # the champion version before this decision (None: there was none)
+    previous_champion: str | None = None
+    decision_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    decided_at: str = field(default_factory=_utc_now)
+    # run-relative artifact path of the JSON record (None: kept in the version tag gate.decision)
+    artifact_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (what is written to the artifact and returned over XCom)."""
+        return _json_safe(dataclasses.asdict(self))
+
+    @property
+    def promoted(self) -> bool:
+        return self.verdict == PROMOTE and self.applied
+
+
+# ----------------------------------------------------------------------------------------------- lock
+
+
+def lock_key(model_name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for one model (same on every host and Python version)."""
+    digest = hashlib.sha256(f"mlops-promotion:{model_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+_PG_URI = re.compile(r"^postgres(?:ql)?(?:\+[A-Za-z0-9_]+)?://")
+
+
+def _pg_dsn(uri: str) -> str | None:
+    """``postgresql[+driver]://...`` (SQLAlchemy/MLflow style) -> a libpq URI; None for other schemes."""
+    match = _PG_URI.match(uri or "")
+    return "postgresql://" + uri[match.end() :] if match else None
+
+
+def _redact(uri: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+
+
+def _lock_dir(cfg: BundleConfig) -> Path:
+    """Where file locks live: ``file://`` lock_uri, else the SQLite tracking DB's folder, else var/locks."""
+    lock_uri = cfg.promotion.lock_uri
+    if lock_uri.startswith("file://"):
+        return Path(lock_uri[len("file://") :])
+    tracking = cfg.tracking_uri
+    if tracking.startswith("sqlite:///"):
+        return Path(tracking[len("sqlite:///") :]).resolve().parent
+    return PROJECT_ROOT / "var" / "locks"
+
+
+def _safe_name(model_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model_name)
+
+
+def _timeout_message(model_name: str, timeout_s: float, where: str, hint: str) -> str:
+    return (
+        f"another promotion of {model_name!r} has held the lock for {timeout_s:g} s ({where}); "
+        f"wait for it to finish and retry, or pass a longer timeout. {hint}"
+    )
+
+
+@contextlib.contextmanager
+def _pg_lock(dsn: str, model_name: str, timeout_s: float) -> Iterator[None]:
+    import psycopg2
+
+    key = lock_key(model_name)
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="mlops-promotion-lock")
+    except psycopg2.Error as exc:
+        raise GateError(
+            f"cannot connect to the promotion lock database {_redact(dsn)}: {str(exc).strip()}; "
+            f"check promotion.lock_uri (or the postgresql:// tracking URI) and that PostgreSQL is reachable"
+        ) from exc
+    try:
+        conn.autocommit = True
+        deadline = time.monotonic() + timeout_s
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    raise PromotionLockTimeout(
+                        _timeout_message(
+                            model_name,
+                            timeout_s,
+                            f"PostgreSQL advisory lock {key} on {_redact(dsn)}",
+                            "The holder shows up in: SELECT pid, application_name FROM pg_locks JOIN "
+                            "pg_stat_activity USING (pid) WHERE locktype = 'advisory';",
+                        )
+                    )
+                time.sleep(_POLL_S)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    finally:
+        conn.close()  # closing the session releases the lock even if the unlock failed
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, model_name: str, timeout_s: float) -> Iterator[None]:
+    import fcntl
+    import os
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
+                    raise PromotionLockTimeout(
+                        _timeout_message(
+                            model_name,
+                            timeout_s,
+                            f"file lock {path}, held by {holder}",
+                            "A file lock is released when its process exits; if that process hangs, stop "
+                            "it (see `fuser` on the lock file).",
+                        )
+                    ) from None
+                time.sleep(_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_utc_now()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def lock_description(cfg: BundleConfig, model_name: str) -> str:
+    """Which lock ``promotion_lock`` would take (for logs and docs)."""
+    dsn = _pg_dsn(cfg.promotion.lock_uri) or _pg_dsn(cfg.tracking_uri)
+    if dsn:
+        return f"postgres advisory lock {lock_key(model_name)} on {_redact(dsn)}"
+    return f"file lock {_lock_dir(cfg) / f'promotion-{_safe_name(model_name)}.lock'}"
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    cfg: BundleConfig, model_name: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> Iterator[None]:
+    """Serialize promotions of one model across processes and hosts.
+
+    Why: MLflow alias writes are last-writer-wins, so "read champion, compare, set alias" must not
+    interleave. Order of choice: ``promotion.lock_uri`` if it is ``postgresql://`` (advisory lock on a
+    dedicated connection), else a ``postgresql://`` tracking URI (same, on the tracking DB), else an
+    ``fcntl.flock`` file ``promotion-<model>.lock`` in the ``file://`` lock_uri folder, the SQLite tracking
+    DB's folder or ``var/locks`` (only safe when every worker shares that disk). Raises
+    ``PromotionLockTimeout`` after ``timeout_s``.
+    """
+    lock_uri = cfg.promotion.lock_uri
+    if lock_uri and not (_pg_dsn(lock_uri) or lock_uri.startswith("file://")):
+        raise GateError(
+            f"promotion.lock_uri {_redact(lock_uri)!r} is not supported: use a postgresql:// URI (advisory "
+            f"lock), a file:// folder on a disk all workers share, or leave it empty"
+        )
+    dsn = _pg_dsn(lock_uri) or _pg_dsn(cfg.tracking_uri)
+    if dsn:
+        with _pg_lock(dsn, model_name, timeout_s):
+            yield
+        return
+    path = _lock_dir(cfg) / f"promotion-{_safe_name(model_name)}.lock"
+    with _file_lock(path, model_name, timeout_s):
+        yield

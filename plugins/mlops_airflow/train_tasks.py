@@ -1,0 +1,211 @@
+"""Task bodies of the train and rollback DAGs: Airflow context in, library calls, small JSON-safe values out.
+
+Training errors caused by the data or the config (empty window, one class, unknown model family) fail at
+once without retries; infrastructure errors (MLflow unreachable, storage hiccups) raise normally so the
+task's retries apply.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from mlops_airflow import runtime
+
+log = logging.getLogger(__name__)
+
+
+def actor(dag_run: Any) -> str:
+    """Who or what started this run, for MLflow tags and decision records."""
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
+    who = dag_run.triggering_user_name or ("scheduler" if run_type != "manual" else "unknown")
+    return f"{run_type}:{who}"
+
+
+def run_tags(dag_run: Any) -> dict[str, str]:
+    tags = {
+        "airflow.dag_id": dag_run.dag_id,
+        "airflow.run_id": dag_run.run_id,
+        "airflow.run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+        "airflow.triggered_by": actor(dag_run),
+    }
+    sources = sorted({f"{e.source_dag_id}/{e.source_run_id}" for e in dag_run.consumed_asset_events or []})
+    if sources:
+        tags["airflow.triggering_asset_runs"] = ",".join(sources)[:500]
+    return tags
+
+
+def _end_date(params: dict, dag_run: Any) -> str:
+    from mlops_bundle.ingest import parse_date
+
+    if params.get("end_date"):
+        return parse_date(params["end_date"])
+    dates = [(e.extra or {}).get("date") for e in dag_run.consumed_asset_events or []]
+    dates = [d for d in dates if d]
+    if dates:
+        return max(dates)
+    return (dag_run.run_after.date() - dt.timedelta(days=1)).isoformat()
+
+
+def prepare(params: dict, dag_run: Any) -> list[dict[str, Any]]:
+    """Check MLflow is reachable, assemble and persist the training window, resolve the candidates.
+
+    Returns one small job per candidate (the mapped training tasks' input): window location, spec, key.
+    """
+    from mlops_bundle import tracking, training
+
+    cfg = runtime.bundle_config()
+    tracking.check_reachable(cfg)  # ConnectionError -> retried
+    try:
+        specs = training.resolve_candidates(cfg, params.get("candidates") or None)
+        end = _end_date(params, dag_run)
+        window = training.assemble_window(runtime.storage(cfg), cfg, end, params.get("window_days"))
+    except (training.TrainingError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from None
+    key = runtime.attempt_label(dag_run.run_id, None).removesuffix("-try1")
+    info = training.save_window(runtime.storage(cfg), cfg, window, key)
+    train_key = training.train_key(window.fingerprint, specs, cfg)
+    log.info(
+        "window %s..%s: %d train / %d holdout rows from %d partition(s); %d candidate(s)",
+        window.start,
+        window.end,
+        len(window.train),
+        len(window.holdout),
+        len(window.partitions),
+        len(specs),
+    )
+    return [
+        {"window": info, "candidate": s.model_dump(), "train_key": train_key, "end_date": end} for s in specs
+    ]
+
+
+def train_one(job: dict, dag_run: Any) -> dict[str, Any]:
+    """Fit one candidate, evaluate it on the holdout and log it to MLflow."""
+    from mlops_bundle import training
+    from mlops_bundle.config import CandidateSpec
+
+    cfg = runtime.bundle_config()
+    spec = CandidateSpec.model_validate(job["candidate"])
+    window = training.load_window(runtime.storage(cfg), cfg, job["window"])
+    try:
+        model, metrics = training.train_candidate(spec, window, cfg)
+    except training.TrainingError as exc:
+        raise AirflowFailException(str(exc)) from None
+    run_id = training.log_candidate(cfg, spec, model, metrics, window, run_tags(dag_run))
+    log.info("candidate %s: %s (MLflow run %s)", spec.name, _fmt(metrics), run_id)
+    return {
+        "candidate": spec.name,
+        "run_id": run_id,
+        "metrics": metrics,
+        "window": job["window"],
+        "train_key": job["train_key"],
+    }
+
+
+def register(results: list[dict], dag_run: Any) -> dict[str, Any]:
+    """Register the best candidate as a model version (reused when this exact training already ran).
+
+    The returned dict also carries the window location and train key for the gate tasks.
+    """
+    from mlops_bundle import training
+
+    cfg = runtime.bundle_config()
+    results = list(results)
+    train_key = results[0]["train_key"]
+    best = training.register_best(cfg, results, train_key, run_tags(dag_run))
+    best = {**best, "window": results[0]["window"], "train_key": train_key}
+    log.info(
+        "best candidate %s -> %s version %s%s",
+        best["candidate"],
+        cfg.model_name,
+        best["version"],
+        " (already registered by an earlier run with the same data and params)" if best["reused"] else "",
+    )
+    return best
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
+    )
+
+
+def _scorer(cfg, window_info: dict):
+    from mlops_bundle import training
+
+    holdout = training.load_window(runtime.storage(cfg), cfg, window_info).holdout
+
+    def score(model_uri: str) -> dict[str, float]:
+        return training.evaluate(training.load_model(cfg, model_uri), holdout, cfg)
+
+    return score
+
+
+def gate(registered: dict, params: dict, dag_run: Any, *, apply: bool) -> dict[str, Any]:
+    """Challenger vs champion on the challenger's holdout; with apply, promote under the lock."""
+    from mlops_bundle import promotion, tracking
+
+    cfg = runtime.bundle_config()
+    force = bool(params.get("force"))
+    try:
+        decision = promotion.gate(
+            cfg,
+            tracking.client(cfg),
+            challenger_version=str(registered["version"]),
+            score=_scorer(cfg, registered["window"]),
+            force=force,
+            justification=params.get("justification"),
+            actor=actor(dag_run),
+            context={
+                "data_fingerprint": registered["window"].get("fingerprint"),
+                "partitions": registered["window"].get("partitions"),
+                "train_key": registered["train_key"],
+                "gx": "every partition passed the GX gate at ingest (staging holds only validated data)",
+                **run_tags(dag_run),
+            },
+            apply=apply,
+        )
+    except promotion.GateError as exc:
+        raise AirflowFailException(str(exc)) from None
+    record = decision.to_dict()
+    log.info("gate decision %s: %s — %s", record["decision_id"], record["verdict"], record["reason"])
+    return record
+
+
+def pre_approval(registered: dict, params: dict, dag_run: Any) -> list[str]:
+    """Branch: without an approval step go straight to promote; with one, evaluate first (recorded, not
+    applied) and ask a human only when the gate would promote."""
+    cfg = runtime.bundle_config()
+    if not cfg.promotion.require_approval:
+        return ["no_approval_needed"]
+    decision = gate(registered, params, dag_run, apply=False)
+    if decision["verdict"] != "promote":
+        log.info("gate rejects version %s: no approval requested", registered["version"])
+        return []
+    return ["approve"]
+
+
+def roll_back(params: dict, dag_run: Any) -> dict[str, Any]:
+    """Move the champion back to `previous` (or to_version), recorded with the reason and the actor."""
+    from mlops_bundle import promotion, tracking
+
+    cfg = runtime.bundle_config()
+    try:
+        decision = promotion.rollback(
+            cfg,
+            tracking.client(cfg),
+            reason=params.get("reason") or "",
+            actor=actor(dag_run),
+            to_version=params.get("to_version") or None,
+            context=run_tags(dag_run),
+        )
+    except promotion.GateError as exc:
+        raise AirflowFailException(str(exc)) from None
+    record = decision.to_dict()
+    log.info(
+        "rollback %s: champion is now version %s", record["decision_id"], record["challenger"]["version"]
+    )
+    return record

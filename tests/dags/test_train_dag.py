@@ -1,0 +1,216 @@
+"""The train and rollback DAGs via dag.test() against a real MLflow tracking server subprocess.
+
+The tests of this module build on each other (first champion, rejected challenger, rerun, forced
+promotion, rollback), like the life of one registered model; they share one model name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from mlops_bundle import ingest
+from mlops_bundle.config import load_config
+from mlops_bundle.sample import generate_batch
+from mlops_bundle.storage import LocalStorage
+from tests.conftest import LAKE
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+MODEL = f"churn-test-{uuid.uuid4().hex[:8]}"
+CLEAN_DAYS = [f"2026-06-0{d}" for d in range(1, 6)]
+NOISY_DAYS = ["2026-06-06", "2026-06-07", "2026-06-08"]
+
+
+@pytest.fixture(scope="module")
+def mlflow_env(mlflow_server, session_dir):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLOPS_MLFLOW__TRACKING_URI", mlflow_server)
+    mp.setenv("MLOPS_MLFLOW__REGISTERED_MODEL", MODEL)
+    mp.setenv("MLOPS_MLFLOW__EXPERIMENT", f"{MODEL}-training")
+    mp.setenv("MLOPS_PROMOTION__LOCK_URI", "")
+    mp.setenv("MLOPS_TRAINING__CANDIDATES", json.dumps(_candidates()))
+    cfg = load_config()
+    store = LocalStorage(LAKE)
+    for day in CLEAN_DAYS:
+        _stage(cfg, store, day, generate_batch(day, rows=1500))
+    for day in NOISY_DAYS:  # labels carry no signal: any model trained on them is worse
+        _stage(cfg, store, day, generate_batch(day, rows=1500, label_noise=0.5))
+    yield load_config()
+    mp.undo()
+
+
+def _candidates():
+    return [
+        {"name": "logreg", "family": "logistic_regression", "params": {"C": 1.0}},
+        {"name": "hist_gbm", "family": "hist_gradient_boosting", "params": {"max_iter": 60}},
+    ]
+
+
+def _stage(cfg, store, day, df):
+    coerced, problems = ingest.coerce(df, cfg)
+    assert not problems
+    ingest.write_staging(
+        store, cfg, day, coerced, {"rows": len(coerced), "fingerprint": ingest.fingerprint(coerced)}
+    )
+
+
+def _client(cfg):
+    from mlops_bundle import tracking
+
+    return tracking.client(cfg)
+
+
+def _champion(cfg):
+    from mlops_bundle import tracking
+
+    return tracking.alias_version(_client(cfg), cfg.model_name, "champion")
+
+
+def _run(dagbag, dag_id, conf):
+    dr = dagbag.get_dag(dag_id).test(run_conf=conf)
+    return dr, {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+
+
+def _decision(dr):
+    ti = dr.get_task_instance("promote")
+    return ti.xcom_pull(task_ids="promote", key="decision")
+
+
+def _versions(cfg):
+    return sorted(int(v.version) for v in _client(cfg).search_model_versions(f"name='{cfg.model_name}'"))
+
+
+def test_first_run_promotes_the_first_model(dagbag, mlflow_env):
+    cfg = mlflow_env
+    dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1], "window_days": 5})
+    assert dr.state == "success", states
+    assert states[("train_candidate", 0)] == states[("train_candidate", 1)] == "success"
+    decision = _decision(dr)
+    assert decision["verdict"] == "promote" and decision["applied"] is True
+    assert "no champion" in decision["reason"]
+    assert _champion(cfg) == decision["challenger"]["version"] == "1"
+    assert states[("publish_champion", -1)] == "success"
+    run = _client(cfg).get_run(decision["challenger"]["run_id"])
+    assert run.data.tags["airflow.dag_id"] == "train" and run.data.tags["airflow.run_id"] == dr.run_id
+    artifacts = [a.path for a in _client(cfg).list_artifacts(run.info.run_id, "decisions")]
+    assert len(artifacts) == 1
+
+
+def test_worse_data_is_rejected_and_champion_stays(dagbag, mlflow_env):
+    cfg = mlflow_env
+    dr, states = _run(dagbag, "train", {"end_date": NOISY_DAYS[-1], "window_days": 3})
+    assert dr.state == "success", states
+    decision = _decision(dr)
+    assert decision["verdict"] == "reject" and decision["applied"] is False
+    assert "floor" in decision["reason"] or "champion" in decision["reason"]
+    assert states[("publish_champion", -1)] == "skipped"
+    assert _champion(cfg) == "1"
+    version = _client(cfg).get_model_version(cfg.model_name, decision["challenger"]["version"])
+    assert version.tags["gate.verdict"] == "reject"
+
+
+def test_champion_loads_and_predicts(mlflow_env):
+    import mlflow
+    from sklearn.metrics import roc_auc_score
+
+    from mlops_bundle import tracking
+
+    cfg = mlflow_env
+    tracking.use(cfg)
+    model = mlflow.sklearn.load_model(f"models:/{cfg.model_name}@champion")
+    df = generate_batch("2026-06-20", rows=2000)
+    coerced, _ = ingest.coerce(df, cfg)
+    proba = model.predict_proba(coerced[cfg.dataset.feature_columns])[:, 1]
+    assert roc_auc_score(coerced[cfg.dataset.target], proba) > 0.7
+
+
+def test_rerun_with_same_data_and_params_registers_no_duplicate(dagbag, mlflow_env):
+    cfg = mlflow_env
+    before = _versions(cfg)
+    dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1], "window_days": 5})
+    assert dr.state == "success", states
+    registered = dr.get_task_instance("register_best").xcom_pull(task_ids="register_best")
+    assert registered["reused"] is True and registered["version"] == "1"
+    assert _versions(cfg) == before
+    assert _champion(cfg) == "1"
+
+
+def test_forced_promotion_requires_a_justification(dagbag, mlflow_env, capfd):
+    cfg = mlflow_env
+    dr, states = _run(dagbag, "train", {"end_date": NOISY_DAYS[-1], "window_days": 3, "force": True})
+    assert dr.state == "failed" and states[("promote", -1)] == "failed"
+    assert "justification" in "".join(capfd.readouterr())
+    assert _champion(cfg) == "1"
+    dr, states = _run(
+        dagbag,
+        "train",
+        {
+            "end_date": NOISY_DAYS[-1],
+            "window_days": 3,
+            "force": True,
+            "justification": "incident 4711: ship the retrained model for the audit",
+        },
+    )
+    assert dr.state == "success", states
+    decision = _decision(dr)
+    assert decision["verdict"] == "promote" and decision["forced"] is True
+    assert _champion(cfg) == decision["challenger"]["version"] != "1"
+
+
+def test_rollback_restores_the_previous_champion(dagbag, mlflow_env):
+    from mlops_bundle import tracking
+
+    cfg = mlflow_env
+    current = _champion(cfg)
+    dr, states = _run(dagbag, "rollback", {"reason": "forced model misbehaves in shadow traffic"})
+    assert dr.state == "success", states
+    assert _champion(cfg) == "1"
+    assert tracking.alias_version(_client(cfg), cfg.model_name, "previous") == current
+    record = dr.get_task_instance("roll_back").xcom_pull(task_ids="roll_back")
+    assert record["verdict"] == "rollback" and "shadow traffic" in record["reason"]
+
+
+def test_rollback_needs_a_reason(dagbag, mlflow_env):
+    with pytest.raises(Exception, match="reason"):
+        _run(dagbag, "rollback", {"reason": "oops"})
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"end_date": "2030-01-01", "window_days": 3}, "no validated partitions"),
+        ({"end_date": CLEAN_DAYS[-1], "candidates": ["xgboost_deluxe"]}, "xgboost_deluxe"),
+    ],
+    ids=["empty-window", "unknown-candidate"],
+)
+def test_bad_training_input_fails_clearly(dagbag, mlflow_env, capfd, conf, message):
+    cfg = mlflow_env
+    before = _versions(cfg)
+    dr, states = _run(dagbag, "train", conf)
+    assert dr.state == "failed" and states[("prepare_window", -1)] == "failed"
+    assert message in "".join(capfd.readouterr())
+    assert _versions(cfg) == before
+
+
+def test_one_class_window_fails_clearly(dagbag, mlflow_env, capfd):
+    cfg = mlflow_env
+    day = "2026-07-01"
+    df = generate_batch(day, rows=800)
+    df["churned"] = 0
+    _stage(cfg, LocalStorage(LAKE), day, df)
+    dr, states = _run(dagbag, "train", {"end_date": day, "window_days": 1})
+    assert dr.state == "failed"
+    assert "only class 0" in "".join(capfd.readouterr())
+
+
+def test_unknown_model_family_in_config_fails_clearly(dagbag, mlflow_env, capfd, monkeypatch):
+    monkeypatch.setenv(
+        "MLOPS_TRAINING__CANDIDATES", json.dumps([{"name": "boosted", "family": "xgboost", "params": {}}])
+    )
+    dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1]})
+    assert dr.state == "failed"
+    out = "".join(capfd.readouterr())
+    assert "unknown model family 'xgboost'" in out
