@@ -42,7 +42,7 @@ def rollback():
 
         record = run(params, dag_run)
         outlet_events[CHAMPION_MODEL].extra = {
-            "model": record["model"],
+            "model": record["model_name"],
             "version": record["challenger"]["version"],
             "previous": record.get("previous_champion"),
             "verdict": record["verdict"],

@@ -98,7 +98,7 @@ def train():
     def publish_champion(outlet_events=None, ti=None) -> dict:
         decision = ti.xcom_pull(task_ids="promote", key="decision")
         extra = {
-            "model": decision["model"],
+            "model": decision["model_name"],
             "version": decision["challenger"]["version"],
             "previous": decision.get("previous_champion"),
             "verdict": decision["verdict"],

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+MLFLOW_PORT = int(os.environ.get("DEMO_MLFLOW_PORT") or 5000)
+TRAIN_DAG = "train"
 GOOD_DATE = "2026-01-05"
 CORRUPT_DATE = "2026-01-06"
 CORRUPTION = "unknown_category"
@@ -178,22 +180,24 @@ def seed_landing() -> None:
 class Processes:
     """The Airflow components as subprocesses, each in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], extra: dict[str, list[str]] | None = None) -> None:
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
         self.log_dir = al.AIRFLOW_HOME / "logs"
+        # name -> argv; extra services (the MLflow server) start first
+        self.commands = {**(extra or {}), **{name: al.airflow_cmd(name) for name in COMPONENTS}}
 
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in COMPONENTS:
+        for name, argv in self.commands.items():
             fh = open(self.log(name), "ab")  # noqa: SIM115 (owned by the child)
-            fh.write(f"\n===== {now_utc().isoformat()} airflow {name} (scripts/demo.py) =====\n".encode())
+            fh.write(f"\n===== {now_utc().isoformat()} {name} (scripts/demo.py) =====\n".encode())
             fh.flush()
             self.procs[name] = subprocess.Popen(
-                al.airflow_cmd(name),
+                argv,
                 env=self.env,
                 cwd=al.PROJECT_ROOT,
                 stdin=subprocess.DEVNULL,
@@ -210,7 +214,7 @@ class Processes:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise DemoError(
-                    f"airflow {name} exited with code {proc.returncode}; last lines of {self.log(name)}:\n"
+                    f"{name} exited with code {proc.returncode}; last lines of {self.log(name)}:\n"
                     + tail_file(self.log(name))
                 )
 
@@ -262,7 +266,7 @@ class Processes:
         with contextlib.suppress(FileNotFoundError):
             pid_file().unlink()
         self.procs.clear()
-        say("stopped         all Airflow processes")
+        say("stopped         all processes")
 
 
 def tail_file(path: Path, lines: int = 30) -> str:
@@ -640,6 +644,62 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
 # --------------------------------------------------------------------------------------------- main
 
 
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | None]:
+    """With a local (SQLite) tracking store in the config, serve it with `mlflow server` for the demo.
+
+    Every Airflow task then talks to one server (no SQLite writers racing each other) and the MLflow UI
+    is there to look at. The server's store is the configured folder, so runs survive between demos.
+    """
+    cfg, _ = lake_root()
+    uri = cfg.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        say(f"MLflow          {uri} (as configured)")
+        return {}, None
+    check_port_free(MLFLOW_PORT)
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = db.parent / "artifacts"
+    url = f"http://{al.HOST}:{MLFLOW_PORT}"
+    argv = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host", al.HOST,
+        "--port", str(MLFLOW_PORT),
+        "--workers", "1",
+        "--backend-store-uri", uri,
+        "--artifacts-destination", str(artifacts),
+        "--allowed-hosts", f"{al.HOST}:{MLFLOW_PORT},localhost:{MLFLOW_PORT}",
+    ]  # fmt: skip
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else it forks ~2 GB of job workers
+    env["MLOPS_MLFLOW__TRACKING_URI"] = url
+    say(f"MLflow          {url} serving {db} (artifacts {artifacts})")
+    return {"mlflow": argv}, url
+
+
+def ensure_pool(api: Api) -> None:
+    """The pool that bounds concurrently training candidates; slots from training.pool_slots."""
+    cfg, _ = lake_root()
+    sys.path.insert(0, str(al.PLUGINS_FOLDER))
+    from mlops_airflow.names import TRAINING_POOL
+
+    body = {"name": TRAINING_POOL, "slots": cfg.training.pool_slots, "description": "mlops: training"}
+    try:
+        api.call("POST", "/api/v2/pools", body)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise
+        api.call("PATCH", f"/api/v2/pools/{q(TRAINING_POOL)}", body)
+    say(f"pool            {TRAINING_POOL} ({cfg.training.pool_slots} slots)")
+
+
 def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
     run_id = f"demo__{date}__{now_utc().strftime('%Y%m%dT%H%M%S')}"
     body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": date}}
@@ -652,8 +712,8 @@ def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def airflow_running(env: dict[str, str]) -> Iterator[Processes]:
-    procs = Processes(env)
+def airflow_running(env: dict[str, str], extra: dict[str, list[str]] | None = None) -> Iterator[Processes]:
+    procs = Processes(env, extra)
 
     def on_term(signum, _frame):
         raise SystemExit(128 + signum)
@@ -687,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         default=15,
         help="demo: after the last run finished, wait this long for runs it triggers (15)",
     )
+    parser.add_argument("--no-seed", action="store_true", help="up: do not write the sample landing batches")
+    parser.add_argument("--paused", action="store_true", help="up: leave the DAGs paused")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -700,17 +762,24 @@ def main(argv: list[str] | None = None) -> int:
         say(f"AIRFLOW_HOME    {al.AIRFLOW_HOME}")
         say(f"DAGs folder     {env['AIRFLOW__CORE__DAGS_FOLDER']}")
         migrate_db(env)
-        with airflow_running(env) as procs:
-            seed_landing()
+        extra, mlflow_url = mlflow_service(env)
+        with airflow_running(env, extra) as procs:
+            if not args.no_seed:
+                seed_landing()
             api = Api(al.api_url(), "admin", al.USERS["admin"])
             t_api = time.monotonic()
             wait_for("api-server", api.ready, 180, procs)
             say(f"api-server      ready after {time.monotonic() - t_api:.1f}s ({al.api_url()})")
+            if mlflow_url:
+                wait_for("mlflow server", lambda: http_ok(mlflow_url + "/health"), 120, procs)
+                say(f"mlflow server   ready ({mlflow_url})")
             api.login()
             need = {INGEST_DAG} if args.mode == "demo" else set()
             dags = wait_for_dags(api, procs, need)
             since = now_utc() - dt.timedelta(seconds=1)
-            unpause_all(api, dags)
+            ensure_pool(api)
+            if not args.paused:
+                unpause_all(api, dags)
             if args.mode == "up":
                 say("")
                 say(
@@ -718,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  (read-only: viewer / {al.USERS['viewer']})"
                 )
                 say(f"REST API:   {al.api_url()}/api/v2 (token: POST {al.api_url()}/auth/token)")
+                if mlflow_url:
+                    say(f"MLflow UI:  {mlflow_url}")
                 say(f"ready after {time.monotonic() - started:.0f}s; press Ctrl-C to stop")
                 try:
                     while True:

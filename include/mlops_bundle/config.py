@@ -133,8 +133,7 @@ class TrainingConfig(_Strict):
     metric: str = "roc_auc"
     min_rows: int = Field(default=200, ge=10)
     candidates: list[CandidateSpec] = Field(default_factory=list)
-    # Airflow pool that limits concurrently training candidates
-    pool: str = "mlops_training"
+    # slots of the Airflow pool that bounds concurrently training candidates
     pool_slots: int = Field(default=2, ge=1)
     seed: int = 42
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
+from mlops_airflow import names
+from mlops_airflow.names import TRAINING_POOL  # noqa: F401  (re-exported for the DAG files)
+
 # Emitted by ingest when a batch passed the quality gate; extra: dataset, date, rows, fingerprint, uri.
-VALIDATED_DATA = Asset(name="mlops.validated_data", group="mlops")
+VALIDATED_DATA = Asset(name=names.VALIDATED_DATA, group="mlops")
 
 # Emitted when the champion alias moves (promotion or rollback); extra: model, version, previous, verdict.
-CHAMPION_MODEL = Asset(name="mlops.champion_model", group="mlops")
-
-# The Airflow pool that bounds concurrently training candidates (slots: training.pool_slots in the config).
-TRAINING_POOL = "mlops_training"
+CHAMPION_MODEL = Asset(name=names.CHAMPION_MODEL, group="mlops")

@@ -21,7 +21,7 @@ def _run(dagbag, date: str):
     from airflow.utils.state import DagRunState  # noqa: F401  (imported for readability of asserts)
 
     dag = dagbag.get_dag("ingest")
-    dr = dag.test(run_conf={"date": date})
+    dr = dag.test(run_conf={"date": date, "source": None})  # every param: dag.test() keeps them
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     return dr, states
 
@@ -63,15 +63,15 @@ def test_good_batch_is_staged_and_emits_asset_event(dagbag):
     assert _landing_snapshot(date) == before, "landing files must never change"
 
 
-def test_bad_batch_is_quarantined_and_fails_naming_the_rule(dagbag, capfd):
+def test_bad_batch_is_quarantined_and_fails_naming_the_rule(dagbag, task_errors):
     date = "2026-03-03"
     _land(date, corrupt="unknown_category")
     before = _landing_snapshot(date)
     dr, states = _run(dagbag, date)
     assert dr.state == "failed"
     assert states == {"discover_files": "success", "validate_and_stage": "failed"}
-    out = capfd.readouterr()
-    text = out.out + out.err
+    text = task_errors["validate_and_stage"]
+    assert text.startswith("AirflowFailException")
     assert "expect_column_values_to_be_in_set" in text and "region" in text and "atlantis" in text
     assert not (LAKE / "staging" / "churn" / f"ds={date}").exists(), "no staging write for a bad batch"
     [attempt] = list((LAKE / "quarantine" / "churn" / f"ds={date}").iterdir())
@@ -104,11 +104,10 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     assert len(pd.read_parquet(part / "part-0.parquet")) == 900
 
 
-def test_missing_date_fails_with_clear_message(dagbag, capfd):
+def test_missing_date_fails_with_clear_message(dagbag, task_errors):
     dr, states = _run(dagbag, "2026-03-09")
     assert dr.state == "failed" and states["discover_files"] == "failed"
-    out = capfd.readouterr()
-    assert "no landing files under" in out.out + out.err
+    assert "no landing files under" in task_errors["discover_files"]
 
 
 def test_config_is_the_one_source(dagbag):

@@ -29,7 +29,7 @@ def test_s3_good_batch_staged_in_s3(dagbag, s3_bucket):
     _put_csv(client, bucket, f"lake/landing/churn/{date}/batch.csv", df)
     raw_before = client.get_object(Bucket=bucket, Key=f"lake/landing/churn/{date}/batch.csv")["Body"].read()
 
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date})
+    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "success"
     assert _keys(client, bucket, f"lake/staging/churn/ds={date}/") == [
         f"lake/staging/churn/ds={date}/_manifest.json",
@@ -54,7 +54,7 @@ def test_s3_bad_batch_quarantined_in_s3(dagbag, s3_bucket):
         f"lake/landing/churn/{date}/batch.csv",
         generate_batch(date, 300, corrupt="duplicate_ids"),
     )
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date})
+    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "failed"
     assert _keys(client, bucket, f"lake/staging/churn/ds={date}/") == []
     keys = _keys(client, bucket, f"lake/quarantine/churn/ds={date}/")

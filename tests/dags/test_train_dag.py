@@ -69,8 +69,21 @@ def _champion(cfg):
     return tracking.alias_version(_client(cfg), cfg.model_name, "champion")
 
 
+DEFAULTS = {
+    "train": {
+        "end_date": None,
+        "window_days": None,
+        "candidates": None,
+        "force": False,
+        "justification": None,
+    },
+    "rollback": {"to_version": None},
+}
+
+
 def _run(dagbag, dag_id, conf):
-    dr = dagbag.get_dag(dag_id).test(run_conf=conf)
+    # dag.test() keeps run_conf values in the (cached) DAG's params: always pass every param
+    dr = dagbag.get_dag(dag_id).test(run_conf={**DEFAULTS[dag_id], **conf})
     return dr, {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
 
 
@@ -138,11 +151,11 @@ def test_rerun_with_same_data_and_params_registers_no_duplicate(dagbag, mlflow_e
     assert _champion(cfg) == "1"
 
 
-def test_forced_promotion_requires_a_justification(dagbag, mlflow_env, capfd):
+def test_forced_promotion_requires_a_justification(dagbag, mlflow_env, task_errors):
     cfg = mlflow_env
     dr, states = _run(dagbag, "train", {"end_date": NOISY_DAYS[-1], "window_days": 3, "force": True})
     assert dr.state == "failed" and states[("promote", -1)] == "failed"
-    assert "justification" in "".join(capfd.readouterr())
+    assert "justification" in "".join(task_errors.values())
     assert _champion(cfg) == "1"
     dr, states = _run(
         dagbag,
@@ -186,31 +199,47 @@ def test_rollback_needs_a_reason(dagbag, mlflow_env):
     ],
     ids=["empty-window", "unknown-candidate"],
 )
-def test_bad_training_input_fails_clearly(dagbag, mlflow_env, capfd, conf, message):
+def test_bad_training_input_fails_clearly(dagbag, mlflow_env, task_errors, conf, message):
     cfg = mlflow_env
     before = _versions(cfg)
     dr, states = _run(dagbag, "train", conf)
     assert dr.state == "failed" and states[("prepare_window", -1)] == "failed"
-    assert message in "".join(capfd.readouterr())
+    assert message in "".join(task_errors.values())
     assert _versions(cfg) == before
 
 
-def test_one_class_window_fails_clearly(dagbag, mlflow_env, capfd):
+def test_one_class_window_fails_clearly(dagbag, mlflow_env, task_errors):
     cfg = mlflow_env
     day = "2026-07-01"
     df = generate_batch(day, rows=800)
     df["churned"] = 0
     _stage(cfg, LocalStorage(LAKE), day, df)
     dr, states = _run(dagbag, "train", {"end_date": day, "window_days": 1})
-    assert dr.state == "failed"
-    assert "only class 0" in "".join(capfd.readouterr())
+    assert dr.state == "failed" and states[("prepare_window", -1)] == "failed", states
+    assert "only class 0" in "".join(task_errors.values())
 
 
-def test_unknown_model_family_in_config_fails_clearly(dagbag, mlflow_env, capfd, monkeypatch):
+def test_unknown_model_family_in_config_fails_clearly(dagbag, mlflow_env, task_errors, monkeypatch):
     monkeypatch.setenv(
         "MLOPS_TRAINING__CANDIDATES", json.dumps([{"name": "boosted", "family": "xgboost", "params": {}}])
     )
     dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1]})
     assert dr.state == "failed"
-    out = "".join(capfd.readouterr())
+    out = "".join(task_errors.values())
     assert "unknown model family 'xgboost'" in out
+
+
+def test_unreachable_mlflow_retries_then_fails_clearly(dagbag, mlflow_env, task_errors, monkeypatch):
+    from tests.conftest import _free_port
+
+    cfg = mlflow_env
+    before = _versions(cfg)
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MLOPS_MLFLOW__TRACKING_URI", dead)
+    dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1], "window_days": 5})
+    assert dr.state == "failed" and states[("prepare_window", -1)] == "failed"
+    ti = dr.get_task_instance("prepare_window")
+    assert ti.try_number == 3, "retried twice before failing"
+    assert dead in task_errors["prepare_window"] and "TrackingUnavailable" in task_errors["prepare_window"]
+    monkeypatch.setenv("MLOPS_MLFLOW__TRACKING_URI", cfg.tracking_uri)
+    assert _versions(cfg) == before, "nothing half-registered"

@@ -1,0 +1,101 @@
+"""A real, private Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite) plus
+an MLflow server, started through the same runner as `make up`, for tests that need real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, _free_port
+
+
+@dataclass
+class LocalAirflow:
+    url: str
+    mlflow_url: str
+    lake: Path
+    home: Path
+    env: dict
+    token: str = ""
+
+    def call(self, method: str, path: str, body=None, token: str | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode()
+            return json.loads(text) if text else None
+
+    def login(self, user: str = "admin", password: str = "admin") -> str:
+        return self.call("POST", "/auth/token", {"username": user, "password": password}, token="")[
+            "access_token"
+        ]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600, until=("success", "failed")) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in until:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{dag_id}/{run_id} still {run['state']} after {timeout}s; logs in {self.home}"
+                )
+            time.sleep(2)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict:
+        tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
+        return {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
+
+
+@pytest.fixture(scope="module")
+def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
+    """Per test module; a module may set LOCAL_AIRFLOW_ENV = {...} to configure the bundle for it."""
+    tmp = tmp_path_factory.mktemp("local-airflow")
+    lake = tmp / "lake"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_"))} | {
+        "DEMO_AIRFLOW_HOME": str(tmp / "airflow"),
+        "DEMO_PORT": str(_free_port()),
+        "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
+        "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
+        "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
+        "MLOPS_MLFLOW__TRACKING_URI": mlflow_server,
+        "MLOPS_PROMOTION__LOCK_URI": "",
+        **getattr(request.module, "LOCAL_AIRFLOW_ENV", {}),
+    }
+    log = open(tmp / "runner.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "up", "--no-seed", "--paused"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while "press Ctrl-C to stop" not in (tmp / "runner.log").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("local Airflow did not start:\n" + (tmp / "runner.log").read_text()[-4000:])
+        time.sleep(1)
+    af = LocalAirflow(f"http://127.0.0.1:{env['DEMO_PORT']}", mlflow_server, lake, tmp / "airflow", env)
+    af.token = af.login()
+    yield af
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

@@ -1,0 +1,600 @@
+"""Promotion gate: the pure rules (table-driven), gate/rollback against a real local MLflow store, the
+decision records, and the race the promotion lock exists for (concurrent processes, file lock and
+PostgreSQL advisory lock, plus a no-lock control that ends with a worse champion)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlops_bundle import promotion
+from mlops_bundle.config import load_config
+from mlops_bundle.promotion import (
+    NOOP,
+    PROMOTE,
+    REJECT,
+    ROLLBACK,
+    GateError,
+    GatePolicy,
+    PromotionLockTimeout,
+    decide,
+)
+
+# ------------------------------------------------------------------------------------------- decide
+
+POLICY = GatePolicy(metric="roc_auc", floor=0.70, min_improvement=0.005, guard_metrics={"f1": 0.02})
+LOSS_POLICY = GatePolicy(metric="log_loss", floor=0.60, min_improvement=0.01, guard_metrics={"brier": 0.01})
+JUST = "holdout relabelled after incident 42"
+
+DECIDE_CASES = [
+    # id, challenger, champion, policy, kwargs, verdict, reason fragments
+    ("first-above-floor", {"roc_auc": 0.81, "f1": 0.6}, None, POLICY, {}, PROMOTE,
+     ["no champion yet: first model promoted (roc_auc 0.81 >= floor 0.70)"]),
+    ("first-below-floor", {"roc_auc": 0.64, "f1": 0.6}, None, POLICY, {}, REJECT, ["roc_auc 0.64 < floor 0.70"]),
+    ("first-exactly-floor", {"roc_auc": 0.70, "f1": 0.6}, None, POLICY, {}, PROMOTE, [">= floor 0.70"]),
+    ("better", {"roc_auc": 0.83, "f1": 0.61}, {"roc_auc": 0.81, "f1": 0.60}, POLICY, {}, PROMOTE,
+     ["roc_auc 0.83 beats champion 0.81 by +0.0200", "guards ok: f1 0.61 vs champion 0.60"]),
+    ("worse", {"roc_auc": 0.79, "f1": 0.6}, {"roc_auc": 0.81, "f1": 0.6}, POLICY, {}, REJECT,
+     ["roc_auc 0.79 does not beat champion 0.81 (improvement -0.0200"]),
+    ("below-min-improvement", {"roc_auc": 0.813, "f1": 0.6}, {"roc_auc": 0.81, "f1": 0.6}, POLICY, {}, REJECT,
+     ["beats too little", "min_improvement 0.005"]),
+    ("exactly-min-improvement", {"roc_auc": 0.815, "f1": 0.6}, {"roc_auc": 0.81, "f1": 0.6}, POLICY, {},
+     PROMOTE, ["by +0.0050"]),
+    ("exact-tie", {"roc_auc": 0.81, "f1": 0.6}, {"roc_auc": 0.81, "f1": 0.6}, POLICY, {}, REJECT,
+     ["ties champion 0.81"]),
+    ("tie-with-zero-min-improvement", {"roc_auc": 0.81}, {"roc_auc": 0.81},
+     GatePolicy("roc_auc", 0.7, 0.0, {}), {}, REJECT, ["ties champion", "needs > 0"]),
+    ("negative-min-improvement-still-needs-gain", {"roc_auc": 0.80}, {"roc_auc": 0.81},
+     GatePolicy("roc_auc", 0.7, -0.05, {}), {}, REJECT, ["does not beat"]),
+    ("guard-within-tolerance", {"roc_auc": 0.83, "f1": 0.58}, {"roc_auc": 0.81, "f1": 0.60}, POLICY, {},
+     PROMOTE, ["guards ok: f1 0.58 vs champion 0.60 (tolerance 0.02)"]),
+    ("guard-over-tolerance", {"roc_auc": 0.83, "f1": 0.55}, {"roc_auc": 0.81, "f1": 0.60}, POLICY, {}, REJECT,
+     ["guard f1 got worse by 0.05: champion 0.60 -> challenger 0.55 (tolerance 0.02)"]),
+    ("guard-missing-on-champion-is-skipped", {"roc_auc": 0.83, "f1": 0.5}, {"roc_auc": 0.81}, POLICY, {},
+     PROMOTE, ["guard f1 skipped: champion has no f1"]),
+    ("lower-is-better-primary-better", {"log_loss": 0.40, "brier": 0.15}, {"log_loss": 0.45, "brier": 0.15},
+     LOSS_POLICY, {}, PROMOTE, ["log_loss 0.40 beats champion 0.45 by +0.0500"]),
+    ("lower-is-better-primary-worse", {"log_loss": 0.50, "brier": 0.15}, {"log_loss": 0.45, "brier": 0.15},
+     LOSS_POLICY, {}, REJECT, ["log_loss 0.50 does not beat champion 0.45 (improvement -0.0500"]),
+    ("lower-is-better-ceiling", {"log_loss": 0.65, "brier": 0.2}, None, LOSS_POLICY, {}, REJECT,
+     ["log_loss 0.65 > ceiling 0.60 (lower is better)"]),
+    ("lower-is-better-guard", {"log_loss": 0.40, "brier": 0.18}, {"log_loss": 0.45, "brier": 0.15},
+     LOSS_POLICY, {}, REJECT, ["guard brier got worse by 0.03: champion 0.15 -> challenger 0.18"]),
+    ("forced-worse", {"roc_auc": 0.60, "f1": 0.3}, {"roc_auc": 0.81, "f1": 0.6}, POLICY,
+     {"force": True, "justification": JUST}, PROMOTE,
+     ["FORCED promotion (justification: " + JUST + ") overriding:", "roc_auc 0.60 < floor 0.70",
+      "does not beat champion 0.81", "guard f1 got worse by 0.30"]),
+    ("forced-but-fine", {"roc_auc": 0.83, "f1": 0.6}, {"roc_auc": 0.81, "f1": 0.6}, POLICY,
+     {"force": True, "justification": JUST}, PROMOTE, ["FORCED promotion", "no rules overridden"]),
+    ("forced-champion-without-primary", {"roc_auc": 0.83, "f1": 0.6}, {"f1": 0.6}, POLICY,
+     {"force": True, "justification": JUST}, PROMOTE, ["overriding: champion has no roc_auc"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "policy", "kwargs", "verdict", "fragments"),
+    [pytest.param(*case[1:], id=case[0]) for case in DECIDE_CASES],
+)
+def test_decide(challenger, champion, policy, kwargs, verdict, fragments):
+    got_verdict, reason = decide(challenger, champion, policy, **kwargs)
+    assert got_verdict == verdict, reason
+    for fragment in fragments:
+        assert fragment in reason
+
+
+DECIDE_ERRORS = [
+    ("forced-without-justification", {"roc_auc": 0.9, "f1": 0.6}, None, {"force": True}, "justification"),
+    ("forced-blank-justification", {"roc_auc": 0.9, "f1": 0.6}, None,
+     {"force": True, "justification": "   \n  "}, "at least 10 characters"),
+    ("forced-short-justification", {"roc_auc": 0.9, "f1": 0.6}, None,
+     {"force": True, "justification": "because"}, "at least 10 characters"),
+    ("challenger-missing-primary", {"f1": 0.6}, None, {}, "challenger metrics have no usable 'roc_auc'"),
+    ("challenger-nan-primary", {"roc_auc": float("nan"), "f1": 0.6}, None, {}, "no usable 'roc_auc'"),
+    ("challenger-missing-guard", {"roc_auc": 0.9}, {"roc_auc": 0.8, "f1": 0.6}, {},
+     "challenger metrics have no usable 'f1'"),
+    ("challenger-missing-guard-first-model", {"roc_auc": 0.9}, None, {}, "no usable 'f1'"),
+    ("champion-missing-primary", {"roc_auc": 0.9, "f1": 0.6}, {"f1": 0.6}, {},
+     "champion metrics have no usable 'roc_auc'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "kwargs", "message"),
+    [pytest.param(*case[1:], id=case[0]) for case in DECIDE_ERRORS],
+)
+def test_decide_errors(challenger, champion, kwargs, message):
+    with pytest.raises(GateError, match=message.replace("(", r"\(")):
+        decide(challenger, champion, POLICY, **kwargs)
+
+
+def test_policy_from_config_and_validation():
+    cfg = load_config(environ={})
+    policy = GatePolicy.from_config(cfg)
+    assert policy.metric == cfg.training.metric
+    assert policy.floor == cfg.promotion.floor
+    assert policy.guard_metrics == dict(cfg.promotion.guard_metrics)
+    with pytest.raises(GateError, match="tolerances must be >= 0"):
+        GatePolicy("roc_auc", 0.7, 0.0, {"f1": -0.1})
+
+
+def test_lock_key_is_stable_and_signed_64_bit():
+    key = promotion.lock_key("churn-classifier")
+    assert key == promotion.lock_key("churn-classifier") != promotion.lock_key("other")
+    assert -(2**63) <= key < 2**63
+    assert key == 7766059317442499239  # pinned: every host and release must agree
+
+
+def test_decision_to_dict_is_json_safe():
+    decision = promotion.Decision(
+        model_name="m",
+        verdict=REJECT,
+        reason="r",
+        challenger={"version": "1", "run_id": None, "metrics": {"roc_auc": float("nan")}},
+        champion=None,
+        policy=POLICY.to_dict(),
+        actor="test",
+        context={"path": Path("/x"), "n": 3, "tags": {"a", "b"}},
+    )
+    out = json.loads(json.dumps(decision.to_dict()))
+    assert out["challenger"]["metrics"]["roc_auc"] is None
+    assert out["context"]["path"] == "/x"
+    assert len(out["decision_id"]) == 32 and out["decided_at"].endswith("+00:00")
+
+
+# ------------------------------------------------------------------------------------ MLflow fixtures
+
+_WEIGHTS = (1.6, 1.1, 0.8, 0.6, 0.6, 0.0)  # feature 5 is pure noise
+# name -> feature columns; each extra informative column clearly improves roc_auc
+FEATURE_SETS = {
+    "noise": [5],
+    "f1": [0],
+    "f2": [0, 1],
+    "f3": [0, 1, 2],
+    "f4": [0, 1, 2, 3],
+    "f5": [0, 1, 2, 3, 4],
+}
+
+
+def _data(seed: int, n: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(_WEIGHTS)))
+    p = 1 / (1 + np.exp(-(x @ np.array(_WEIGHTS) - 0.3)))
+    return x, (rng.random(n) < p).astype(int)
+
+
+def holdout():
+    return _data(2, 2000)
+
+
+def metrics_of(model, x, y) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    proba = model.predict_proba(x)[:, 1]
+    return {
+        "roc_auc": float(roc_auc_score(y, proba)),
+        "f1": float(f1_score(y, proba >= 0.5)),
+        "accuracy": float(accuracy_score(y, proba >= 0.5)),
+        "log_loss": float(log_loss(y, proba)),
+    }
+
+
+def make_scorer(download_dir: Path):
+    """model URI -> metrics on the fixed holdout (cached per URI), like training.evaluate would give.
+
+    Models are downloaded under download_dir (MLflow's default is a temp dir that is never removed).
+    """
+    import tempfile
+
+    import mlflow.sklearn
+
+    x, y = holdout()
+    cache: dict[str, dict[str, float]] = {}
+
+    def score(uri: str) -> dict[str, float]:
+        if uri not in cache:
+            dst = tempfile.mkdtemp(dir=download_dir)
+            cache[uri] = metrics_of(mlflow.sklearn.load_model(uri, dst_path=dst), x, y)
+        return cache[uri]
+
+    return score
+
+
+def _env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {"MLOPS_MLFLOW__TRACKING_URI": str(tmp_path / "mlflow")}
+    env.update({f"MLOPS_PROMOTION__{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow SQLite DB: creating one costs ~3 s, copying it ~0 s."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, template_db):
+    """A private local tracking store under tmp_path/mlflow (what _env points the config at); restores
+    MLflow's process-global tracking URI afterwards."""
+    import shutil
+
+    import mlflow
+
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "downloads").mkdir()
+    shutil.copy(template_db, tmp_path / "mlflow" / "mlflow.db")
+    before = mlflow.get_tracking_uri()
+    yield tmp_path
+    mlflow.set_tracking_uri(before)
+
+
+def register(cfg, names: list[str]) -> dict[str, str]:
+    """Train and register one tiny sklearn model per feature-set name; returns name -> version."""
+    import mlflow
+    import mlflow.sklearn
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    exp_name = f"promotion-test-{uuid.uuid4().hex[:8]}"
+    exp_id = client.create_experiment(exp_name, artifact_location=cfg.artifact_root)
+    x, y = _data(1, 3000)
+    versions = {}
+    for name in names:
+        model = make_pipeline(
+            ColumnTransformer([("keep", "passthrough", FEATURE_SETS[name])]), LogisticRegression()
+        ).fit(x, y)
+        with mlflow.start_run(experiment_id=exp_id, run_name=name):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                pip_requirements=["scikit-learn"],
+                serialization_format="cloudpickle",
+                registered_model_name=cfg.model_name,
+            )
+        versions[name] = str(info.registered_model_version)
+    return versions
+
+
+def decisions_of(client, cfg, version: str, download_dir: Path) -> list[dict]:
+    run_id = client.get_model_version(cfg.model_name, version).run_id
+    out = []
+    for item in client.list_artifacts(run_id, "decisions"):
+        local = client.download_artifacts(run_id, item.path, dst_path=str(download_dir))
+        out.append(json.loads(Path(local).read_text()))
+    return out
+
+
+# ------------------------------------------------------------------------------------ gate/rollback
+
+
+def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
+    from mlflow import MlflowClient
+
+    cfg = load_config(environ=_env(tmp_path))
+    v = register(cfg, ["f3", "f1", "f5"])
+    client = MlflowClient(cfg.tracking_uri)
+    score = make_scorer(tmp_path / "downloads")
+    ctx = {"dag_id": "train", "run_id": "manual__1", "data_fingerprint": "abc"}
+    assert promotion.champion_info(cfg, client) is None
+
+    first = promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="test", context=ctx)
+    assert (first.verdict, first.applied, first.champion) == (PROMOTE, True, None)
+    assert first.reason.startswith("no champion yet: first model promoted (roc_auc 0.8")
+
+    worse = promotion.gate(cfg, client, challenger_version=v["f1"], score=score, actor="test", context=ctx)
+    assert (worse.verdict, worse.applied) == (REJECT, False)
+    assert worse.reason.startswith(f"vs champion version {v['f3']}: roc_auc 0.7")
+    assert "does not beat champion" in worse.reason
+    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
+    assert promotion._alias_version(client, cfg.model_name, "previous") is None
+
+    # apply=False: the verdict is recorded, aliases untouched (before a human approval step)
+    dry = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test", apply=False)
+    assert (dry.verdict, dry.applied) == (PROMOTE, False)
+    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
+
+    better = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="approver")
+    assert (better.verdict, better.applied, better.previous_champion) == (PROMOTE, True, v["f3"])
+    assert "beats champion" in better.reason and "guards ok: f1" in better.reason
+    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f5"]
+    assert promotion._alias_version(client, cfg.model_name, "previous") == v["f3"]
+
+    again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
+    assert (again.verdict, again.applied) == (NOOP, False)
+    assert again.reason == f"version {v['f5']} is already the champion; nothing changed"
+
+    info = promotion.champion_info(cfg, client)
+    assert info["version"] == v["f5"] and info["previous"] == v["f3"]
+    assert info["aliases"] == ["champion"] and info["metrics"]["roc_auc"] > 0.85
+
+    with pytest.raises(GateError, match="at least 10 characters"):
+        promotion.rollback(cfg, client, reason="oops", actor="oncall")
+    back = promotion.rollback(cfg, client, reason="f5 misbehaves on live traffic", actor="oncall")
+    assert (back.verdict, back.applied, back.challenger["version"]) == (ROLLBACK, True, v["f3"])
+    assert (
+        back.reason
+        == f"rolled back from version {v['f5']} to version {v['f3']}: f5 misbehaves on live traffic"
+    )
+    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
+    assert promotion._alias_version(client, cfg.model_name, "previous") == v["f5"]
+
+    # records: one JSON artifact per call on the subject's run, latest verdict in the version tags
+    f3, f1, f5 = (decisions_of(client, cfg, v[k], tmp_path / "downloads") for k in ("f3", "f1", "f5"))
+    assert sorted(d["verdict"] for d in f3) == [PROMOTE, ROLLBACK]
+    assert [d["verdict"] for d in f1] == [REJECT]
+    assert sorted((d["verdict"], d["applied"]) for d in f5) == [
+        (NOOP, False),
+        (PROMOTE, False),
+        (PROMOTE, True),
+    ]
+    assert f1[0]["context"] == ctx and f1[0]["champion"]["version"] == v["f3"]
+    assert f1[0]["policy"]["floor"] == cfg.promotion.floor and f1[0]["actor"] == "test"
+    tags3 = client.get_model_version(cfg.model_name, v["f3"]).tags
+    assert tags3["gate.verdict"] == ROLLBACK and tags3["gate.decision_id"] == back.decision_id
+    assert tags3["superseded_by"] == v["f5"] and "demoted_at" in tags3 and "promoted_at" in tags3
+    tags1 = client.get_model_version(cfg.model_name, v["f1"]).tags
+    assert tags1["gate.verdict"] == REJECT and tags1["gate.forced"] == "false"
+    assert tags1["gate.reason"] == worse.reason and json.loads(tags1["gate.metrics"])["roc_auc"] < 0.8
+    assert client.get_model_version(cfg.model_name, v["f5"]).tags["superseded_by"] == v["f3"]
+
+
+def test_gate_and_rollback_errors(tmp_path, mlflow_store):
+    from mlflow import MlflowClient
+
+    cfg = load_config(environ=_env(tmp_path))
+    v = register(cfg, ["noise", "f2"])
+    client = MlflowClient(cfg.tracking_uri)
+    score = make_scorer(tmp_path / "downloads")
+    with pytest.raises(GateError, match="no previous champion to roll back to"):
+        promotion.rollback(cfg, client, reason="nothing to roll back to", actor="oncall")
+    with pytest.raises(GateError, match="has no version 99"):
+        promotion.gate(cfg, client, challenger_version="99", score=score, actor="t")
+    with pytest.raises(GateError, match="justification"):
+        promotion.gate(cfg, client, challenger_version=v["f2"], score=score, actor="t", force=True)
+    with pytest.raises(GateError, match="scoring the challenger .* failed"):
+        promotion.gate(cfg, client, challenger_version=v["f2"], score=lambda uri: 1 / 0, actor="t")
+
+    low = promotion.gate(cfg, client, challenger_version=v["noise"], score=score, actor="t")
+    assert low.verdict == REJECT and "< floor 0.70" in low.reason
+    forced = promotion.gate(
+        cfg, client, challenger_version=v["noise"], score=score, actor="t", force=True, justification=JUST
+    )
+    assert (forced.verdict, forced.applied, forced.forced) == (PROMOTE, True, True)
+    assert "overriding: roc_auc 0.5" in forced.reason
+    assert client.get_model_version(cfg.model_name, v["noise"]).tags["gate.forced"] == "true"
+    with pytest.raises(GateError, match="has no version 42"):
+        promotion.rollback(cfg, client, reason="to a version that is gone", actor="o", to_version=42)
+    with pytest.raises(GateError, match="already is the champion"):
+        promotion.rollback(cfg, client, reason="roll back onto itself", actor="o", to_version=v["noise"])
+
+
+# ----------------------------------------------------------------------------------------------- lock
+
+
+def test_file_lock_timeout_names_model_and_holder(tmp_path):
+    cfg = load_config(environ=_env(tmp_path))
+    with promotion.promotion_lock(cfg, "churn-classifier"):
+        lock_file = tmp_path / "mlflow" / "promotion-churn-classifier.lock"
+        assert f"pid {os.getpid()}" in lock_file.read_text()
+        with pytest.raises(PromotionLockTimeout) as err:
+            with promotion.promotion_lock(cfg, "churn-classifier", timeout_s=0.3):
+                pass
+        message = str(err.value)
+        assert "another promotion of 'churn-classifier' has held the lock for 0.3 s" in message
+        assert str(lock_file) in message and f"pid {os.getpid()}" in message
+        # other models are not blocked
+        with promotion.promotion_lock(cfg, "other-model", timeout_s=0.3):
+            pass
+    with promotion.promotion_lock(cfg, "churn-classifier", timeout_s=0.3):
+        pass
+
+
+def test_unsupported_lock_uri(tmp_path):
+    cfg = load_config(environ=_env(tmp_path, lock_uri="redis://localhost"))
+    with pytest.raises(GateError, match="promotion.lock_uri 'redis://localhost' is not supported"):
+        with promotion.promotion_lock(cfg, "m"):
+            pass
+
+
+@pytest.fixture
+def pg_lock_uri():
+    """A throwaway PostgreSQL database for advisory locks (skipped only when PG is absent outside CI)."""
+    import psycopg2
+
+    admin = os.environ.get("MLOPS_TEST_POSTGRES_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        conn = psycopg2.connect(admin, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        problem = f"PostgreSQL at {admin} is not reachable ({str(exc).strip()})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}; CI must run the advisory-lock tests (set MLOPS_TEST_POSTGRES_URI)")
+        pytest.skip(
+            f"{problem}; start PostgreSQL or set MLOPS_TEST_POSTGRES_URI to run the advisory-lock tests"
+        )
+    conn.autocommit = True
+    db = f"mlops_promotion_test_{uuid.uuid4().hex[:10]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{db}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.close()
+
+
+def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
+    cfg = load_config(environ=_env(tmp_path, lock_uri=pg_lock_uri))
+    assert promotion.lock_description(cfg, "m").startswith("postgres advisory lock")
+    acquired = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with promotion.promotion_lock(cfg, "churn-classifier"):
+            acquired.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert acquired.wait(10)
+        with pytest.raises(PromotionLockTimeout, match=r"'churn-classifier' has held the lock for 0.3 s"):
+            with promotion.promotion_lock(cfg, "churn-classifier", timeout_s=0.3):
+                pass
+    finally:
+        release.set()
+        holder.join(10)
+    with promotion.promotion_lock(cfg, "churn-classifier", timeout_s=2):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- race
+
+
+RACER_PRELOAD = [
+    "mlflow",
+    "mlflow.sklearn",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.command",
+    "psycopg2",
+    "sklearn.compose",
+    "sklearn.linear_model",
+    "sklearn.metrics",
+    "sklearn.pipeline",
+    "mlops_bundle.promotion",
+    __name__,
+]
+
+
+def _race_worker(env, version, rank, mode, barrier, write_barrier, results):
+    """One process = one training run finishing at the same moment as the others and calling gate()."""
+    import time
+
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    try:
+        import mlflow
+        from mlflow import MlflowClient
+
+        cfg = load_config(environ=env)
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        client = MlflowClient(cfg.tracking_uri)
+        score = make_scorer(Path(env["MLOPS_MLFLOW__TRACKING_URI"]).parent / "downloads")
+        if mode == "nolock":
+            # what happens without serialization: every eligible racer has read "no champion" before the
+            # first alias write (write_barrier), then the better a version, the earlier it writes, so the
+            # last writer (who wins) is the worst eligible version
+            promotion.promotion_lock = lambda *a, **k: contextlib.nullcontext()
+            original = client.set_registered_model_alias
+
+            def slow_set(name, alias, ver):
+                write_barrier.wait(timeout=60)
+                time.sleep(0.3 * rank)
+                return original(name, alias, ver)
+
+            client.set_registered_model_alias = slow_set
+        barrier.wait(timeout=120)
+        decision = promotion.gate(
+            cfg,
+            client,
+            challenger_version=version,
+            score=score,
+            actor=f"racer-{version}",
+            context={"mode": mode},
+        )
+        results.put((version, decision.verdict, decision.applied, decision.previous_champion, None))
+    except Exception as exc:  # report, never hang the parent
+        results.put((version, None, None, None, f"{type(exc).__name__}: {exc}"))
+
+
+def _race(tmp_path, mode: str, **promotion_env: str):
+    import multiprocessing
+
+    from mlflow import MlflowClient
+
+    env = _env(tmp_path, guard_metrics="{}", **promotion_env)
+    cfg = load_config(environ=env)
+    versions = register(cfg, list(FEATURE_SETS))
+    score = make_scorer(tmp_path / "downloads")
+    scores = {v: score(f"models:/{cfg.model_name}/{v}")["roc_auc"] for v in versions.values()}
+    eligible = sorted((s, v) for v, s in scores.items() if s >= cfg.promotion.floor)
+    gaps = [b[0] - a[0] for a, b in zip(eligible, eligible[1:], strict=False)]
+    assert min(gaps) > cfg.promotion.min_improvement, scores  # precondition: clearly different scores
+    best = eligible[-1][1]
+    # rank 0 = best (writes first in the no-lock variant)
+    ranks = {v: i for i, (_, v) in enumerate(sorted(((s, v) for v, s in scores.items()), reverse=True))}
+
+    # forkserver + preload: the heavy imports (~5 s of CPU per process) are paid once, not per racer
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(RACER_PRELOAD)
+    barrier = ctx.Barrier(len(versions))
+    write_barrier = ctx.Barrier(len(eligible))  # used by the no-lock variant only
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, barrier, write_barrier, results))
+        for v in versions.values()
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(30)
+    errors = [o for o in outcomes if o[4]]
+    assert not errors, errors
+    client = MlflowClient(cfg.tracking_uri)
+    return cfg, client, versions, scores, best, eligible, outcomes
+
+
+def _assert_race_safe(tmp_path, **promotion_env):
+    cfg, client, versions, scores, best, eligible, outcomes = _race(tmp_path, "lock", **promotion_env)
+    champion = promotion._alias_version(client, cfg.model_name, "champion")
+    assert champion == best, (champion, scores, outcomes)
+    for v in versions.values():
+        records = decisions_of(client, cfg, v, tmp_path / "downloads")
+        assert len(records) == 1, (v, records)
+    promoted = [o for o in outcomes if o[1] == PROMOTE and o[2]]
+    # serialized: each applied promotion replaced the one applied just before it (a chain from None)
+    by_previous = {o[3]: o[0] for o in promoted}
+    assert len(by_previous) == len(promoted)
+    chain, current = [], None
+    while current in by_previous:
+        current = by_previous[current]
+        chain.append(current)
+    assert chain[-1] == best and len(chain) == len(promoted)
+    assert [scores[c] for c in chain] == sorted(scores[c] for c in chain)
+    previous = promotion._alias_version(client, cfg.model_name, "previous")
+    assert (previous is None and len(chain) == 1) or previous == chain[-2]
+    below_floor = [v for v, s in scores.items() if s < cfg.promotion.floor]
+    assert all(o[1] == REJECT for o in outcomes if o[0] in below_floor)
+
+
+def test_race_file_lock(tmp_path, mlflow_store):
+    _assert_race_safe(tmp_path)
+
+
+def test_race_postgres_advisory_lock(tmp_path, mlflow_store, pg_lock_uri):
+    _assert_race_safe(tmp_path, lock_uri=pg_lock_uri)
+
+
+def test_race_without_lock_can_end_with_worse_champion(tmp_path, mlflow_store):
+    """The control: with the lock replaced by a no-op every racer sees "no champion" and the last alias
+    write wins, so the champion ends up a worse model than the best one that was gated."""
+    cfg, client, versions, scores, best, eligible, outcomes = _race(tmp_path, "nolock")
+    champion = promotion._alias_version(client, cfg.model_name, "champion")
+    applied = [o for o in outcomes if o[1] == PROMOTE and o[2]]
+    assert len(applied) > 1 and all(o[3] is None for o in applied)  # all believed they were first
+    assert champion != best and scores[champion] < scores[best]
