@@ -1,7 +1,8 @@
 """
 ### Train: validated data -> candidate models -> gate vs champion -> promotion
 
-Runs whenever ingest publishes **`mlops.validated_data`**, and on demand from the UI or the REST API.
+Runs whenever ingest publishes **`mlops.validated_data`** or monitor publishes **`mlops.drift_detected`**
+(drift that passed the guard rails), and on demand from the UI or the REST API.
 
 1. **prepare_window** assembles the training window from validated staging partitions (`window_days`
    days ending at the batch date), splits it by time (the most recent slice is the holdout, never trained
@@ -33,11 +34,11 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from mlops_airflow.assets import CHAMPION_MODEL, TRAINING_POOL, VALIDATED_DATA
+from mlops_airflow.assets import CHAMPION_MODEL, DRIFT_DETECTED, TRAINING_POOL, VALIDATED_DATA
 
 
 @dag(
-    schedule=VALIDATED_DATA,
+    schedule=VALIDATED_DATA | DRIFT_DETECTED,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=2,
@@ -68,10 +69,10 @@ def train():
         return train_one(job, dag_run)
 
     @task
-    def register_best(results: list, dag_run=None) -> dict:
+    def register_best(results: list, dag_run=None, ti=None) -> dict:
         from mlops_airflow.train_tasks import register
 
-        return register(results, dag_run)
+        return register(results, dag_run, ti)
 
     @task.branch
     def evaluate_gate(registered: dict, params=None, dag_run=None):

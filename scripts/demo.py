@@ -498,11 +498,12 @@ def follow(
 # ------------------------------------------------------------------------------------------ summary
 
 
-def xcom_return(api: Api, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+def xcom_return(
+    api: Api, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"
+) -> Any:
     try:
         entry = api.get(
-            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}"
-            f"/xcomEntries/return_value",
+            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/xcomEntries/{q(key)}",
             map_index=map_index,
         )
     except urllib.error.HTTPError as exc:
@@ -585,6 +586,37 @@ def print_value(value: Any, indent: str = "    ") -> None:
         say(f"{indent}{value}")
 
 
+def summarize_train(api: Api, dag_id: str, run_id: str) -> None:
+    """MLflow run, registered version, the gate's decision and how to load the champion."""
+    reg = xcom_return(api, dag_id, run_id, "register_best")
+    decision = xcom_return(api, dag_id, run_id, "promote", key="decision")
+    cfg, _ = lake_root()
+    mlflow_url = os.environ.get("DEMO_MLFLOW_URL") or f"http://localhost:{MLFLOW_PORT}"
+    if isinstance(reg, dict):
+        metrics = reg.get("metrics") or {}
+        score = metrics.get(cfg.training.metric)
+        say(
+            f"  best candidate: {reg.get('candidate')} ({cfg.training.metric}="
+            f"{score:.4f}) MLflow run {reg.get('run_id')}"
+            if isinstance(score, float)
+            else f"  best candidate: {reg.get('candidate')} MLflow run {reg.get('run_id')}"
+        )
+        reused = " (reused: same data and params as an earlier run)" if reg.get("reused") else ""
+        say(f"  registered    : {cfg.model_name} version {reg.get('version')}{reused}")
+        say(f"  MLflow UI     : {mlflow_url}/#/models/{cfg.model_name}/versions/{reg.get('version')}")
+    if isinstance(decision, dict):
+        say(f"  gate decision : {decision.get('verdict')} - {decision.get('reason')}")
+        if decision.get("applied"):
+            say(
+                f"  champion      : version {decision['challenger']['version']} (previous: "
+                f"{decision.get('previous_champion') or 'none'})"
+            )
+    say(
+        f"  load it       : mlflow.sklearn.load_model('models:/{cfg.model_name}@champion')"
+        f"  (MLFLOW_TRACKING_URI={mlflow_url})"
+    )
+
+
 def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]]) -> bool:
     cfg, root = lake_root()
     say("")
@@ -615,6 +647,8 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
             say(f"  fingerprint   : {value.get('fingerprint')}")
             say(f"  staging       : {value.get('staging_uri')}")
             say(f"  Data Docs     : {value.get('data_docs_url')}")
+        elif dag_id == TRAIN_DAG:
+            summarize_train(api, dag_id, run_id)
         elif value is not None:
             say(f"  result of {task_id}:")
             print_value(value)
@@ -660,6 +694,7 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     """
     cfg, _ = lake_root()
     uri = cfg.tracking_uri
+    os.environ["DEMO_MLFLOW_URL"] = uri
     if not uri.startswith("sqlite:///"):
         say(f"MLflow          {uri} (as configured)")
         return {}, None
@@ -680,6 +715,7 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     ]  # fmt: skip
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else it forks ~2 GB of job workers
     env["MLOPS_MLFLOW__TRACKING_URI"] = url
+    os.environ["DEMO_MLFLOW_URL"] = url
     say(f"MLflow          {url} serving {db} (artifacts {artifacts})")
     return {"mlflow": argv}, url
 

@@ -834,3 +834,109 @@ def append_history(store: Storage, key: str, record: Mapping[str, Any]) -> list[
         records = records[-HISTORY_KEEP:]
         store.write_bytes(key, json.dumps({"records": records}, indent=1).encode("utf-8"))
     return records
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+REFERENCE_ARTIFACT_DIR = "reference"
+REFERENCE_FILE = "reference.parquet"
+
+
+def log_reference(cfg: BundleConfig, client: Any, run_id: str, model: Any, train: pd.DataFrame) -> str:
+    """Record the drift reference of a model at training time: a sample of its training data (capped at
+    monitoring.sample_cap rows) scored by the model itself, as an artifact of its MLflow run.
+
+    Monitoring later compares new batches with the reference of whichever version is champion, so the
+    reference follows the champion (a rollback brings its own reference back). Returns the artifact path.
+    """
+    import tempfile
+    from pathlib import Path
+
+    ref = score_batch(model, sample(train, cfg.monitoring.sample_cap, seed=cfg.training.seed), cfg)
+    with tempfile.TemporaryDirectory(prefix="mlops-reference-") as tmp:
+        path = Path(tmp) / REFERENCE_FILE
+        ref.to_parquet(path, index=False)
+        client.log_artifact(run_id, str(path), REFERENCE_ARTIFACT_DIR)
+    return f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+
+
+def load_reference(client: Any, run_id: str) -> pd.DataFrame:
+    """The reference recorded by log_reference for the run that produced a model version."""
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="mlops-reference-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}", tmp)
+        except Exception as exc:
+            raise MonitoringError(
+                f"MLflow run {run_id} has no drift reference ({REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}): the "
+                "champion was trained before references were recorded; retrain it with the train DAG"
+            ) from exc
+        return pd.read_parquet(local)
+
+
+# ----------------------------------------------------------------------------------- monitoring runs
+
+
+def predictions_key(cfg: BundleConfig, date: str) -> str:
+    """Where a day's scores live: next to the validated partition, one object per day (rerun = replace)."""
+    return f"predictions/{cfg.dataset.name}/ds={date}/predictions.parquet"
+
+
+def reports_prefix(cfg: BundleConfig, date: str) -> str:
+    return f"{cfg.storage.reports_prefix}/{cfg.dataset.name}/{date}"
+
+
+def log_monitoring_run(
+    cfg: BundleConfig,
+    client: Any,
+    *,
+    date: str,
+    summary: Mapping[str, Any],
+    operations: Mapping[str, float],
+    tags: Mapping[str, str],
+) -> str:
+    """Log one day's key numbers to the MLflow monitoring experiment (`<dataset>-monitoring`).
+
+    Drift share, per-column scores, prediction drift and quality (when labels exist) sit next to the
+    operational figures (rows scored/rejected, scoring throughput, task durations), so one MLflow chart
+    shows whether the model, the data or the pipeline changed. Returns the MLflow run id.
+    """
+    name = f"{cfg.dataset.name}-monitoring"
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = f"{cfg.artifact_root}/{name}" if cfg.artifact_root else None
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except Exception:  # created meanwhile by another worker
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, run_name=f"monitor-{date}", tags={"date": date, **tags})
+    metrics: dict[str, float] = {
+        "drift_share": float(summary["drift_share"]),
+        "dataset_drift": float(bool(summary["dataset_drift"])),
+        "prediction_drift_score": float(summary["prediction_drift"].get("score") or 0.0),
+        "rows_reference": float(summary["rows_reference"]),
+        "rows_current": float(summary["rows_current"]),
+    }
+    for col, score in summary["column_scores"].items():
+        if score.get("score") is not None:
+            metrics[f"drift.{col}"] = float(score["score"])
+    for side, values in (summary.get("quality") or {}).items():
+        for k, v in (values or {}).items():
+            if v is not None:
+                metrics[f"quality.{side}.{k}"] = float(v)
+    metrics.update({k: float(v) for k, v in operations.items()})
+    from mlflow.entities import Metric
+
+    stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
+    client.log_dict(run.info.run_id, dict(summary), "summary.json")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -17,3 +17,6 @@ VALIDATED_DATA = Asset(name=names.VALIDATED_DATA, group="mlops")
 
 # Emitted when the champion alias moves (promotion or rollback); extra: model, version, previous, verdict.
 CHAMPION_MODEL = Asset(name=names.CHAMPION_MODEL, group="mlops")
+
+# Emitted by monitor when drift passed the guard rails; extra: dataset, date, drift share, columns, report.
+DRIFT_DETECTED = Asset(name=names.DRIFT_DETECTED, group="mlops")

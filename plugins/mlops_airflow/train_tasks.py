@@ -105,7 +105,7 @@ def train_one(job: dict, dag_run: Any) -> dict[str, Any]:
     }
 
 
-def register(results: list[dict], dag_run: Any) -> dict[str, Any]:
+def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any]:
     """Register the best candidate as a model version (reused when this exact training already ran).
 
     The returned dict also carries the window location and train key for the gate tasks.
@@ -117,6 +117,18 @@ def register(results: list[dict], dag_run: Any) -> dict[str, Any]:
     train_key = results[0]["train_key"]
     best = training.register_best(cfg, results, train_key, run_tags(dag_run))
     best = {**best, "window": results[0]["window"], "train_key": train_key}
+    if not best["reused"]:
+        from mlops_bundle import monitoring, tracking
+
+        window = training.load_window(runtime.storage(cfg), cfg, best["window"])
+        model = training.load_model(cfg, best["model_uri"])
+        path = monitoring.log_reference(cfg, tracking.client(cfg), best["run_id"], model, window.train)
+        log.info("drift reference recorded as %s of run %s", path, best["run_id"])
+    from mlops_airflow import links
+
+    url = links.mlflow_model_url(cfg.tracking_uri, cfg.model_name, best["version"])
+    if url and ti is not None:
+        ti.xcom_push(key=links.MLFLOW_URL_KEY, value=url)
     log.info(
         "best candidate %s -> %s version %s%s",
         best["candidate"],

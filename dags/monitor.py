@@ -1,0 +1,71 @@
+"""
+### Monitor: score with the champion -> Evidently drift report -> guarded retrain trigger
+
+Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
+
+1. **score_batch** scores the day's validated partition with `models:/<dataset>-classifier@champion`
+   and writes `predictions/<dataset>/ds=<date>/predictions.parquet` (a rerun replaces it). No champion
+   yet, or no validated partition for the day: the run is skipped with the reason in the log.
+2. **drift_report** builds an Evidently report of the day against the champion's reference (a sample of
+   its training data recorded at training time, so the reference follows the champion): data drift on
+   the features and the prediction with pinned methods (normed Wasserstein for numbers, Jensen-Shannon for
+   categories), and classification quality when labels exist. HTML, JSON and a summary go to
+   `reports/<dataset>/<date>/`; the numbers and operational figures go to the MLflow experiment
+   `<dataset>-monitoring`. The task's **Drift report** link opens the HTML.
+3. **decide_retrain** emits **`mlops.drift_detected`** (which schedules the train DAG) only if the share
+   of drifted features reaches `monitoring.drift_share_threshold`, the batch passed GX, the cooldown since
+   the last drift-triggered retrain has passed and the daily maximum is not reached. A retrain it starts
+   still goes through the data and promotion gates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task
+
+from mlops_airflow.assets import DRIFT_DETECTED
+
+
+@dag(
+    schedule="0 6 * * *",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,  # the retrain history is read-modify-write
+    tags=["mlops", "monitor", "evidently"],
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=20)},
+    params={
+        "date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Day to monitor YYYY-MM-DD; empty = the day before the run's logical date",
+        ),
+    },
+    doc_md=__doc__,
+)
+def monitor():
+    @task
+    def score_batch(params=None, logical_date=None, dag_run=None, ti=None) -> dict:
+        from mlops_airflow.monitor_tasks import score
+
+        return score(params, logical_date, dag_run.run_after, ti)
+
+    @task
+    def drift_report(scored: dict, dag_run=None, ti=None) -> dict:
+        from mlops_airflow.monitor_tasks import report
+
+        return report(scored, dag_run, ti)
+
+    @task(outlets=[DRIFT_DETECTED])
+    def decide_retrain(result: dict, outlet_events=None, ti=None) -> dict:
+        from mlops_airflow.monitor_tasks import decide_retrain as decide
+
+        record = decide(result, ti)
+        outlet_events[DRIFT_DETECTED].extra = record
+        return record
+
+    decide_retrain(drift_report(score_batch()))
+
+
+monitor()
