@@ -44,6 +44,23 @@ CORRUPTION = "unknown_category"
 SAMPLE_ROWS = 5000
 INGEST_DAG = "ingest"
 GATE_TASK = "validate_and_stage"
+DRIFT_DATE = "2026-01-07"
+MONITOR_DAG = "monitor"
+# What the demo does, in order; each phase waits until its runs and the runs they trigger have finished.
+PHASES = (
+    (
+        "day 1: a good and a corrupt batch arrive (the good one trains the first champion)",
+        ((INGEST_DAG, GOOD_DATE), (INGEST_DAG, CORRUPT_DATE)),
+    ),
+    (
+        "day 3: a batch with drifted customers arrives (validated, so it retrains; the gate judges)",
+        ((INGEST_DAG, DRIFT_DATE),),
+    ),
+    (
+        "monitoring day 3 against the champion's reference: drift report, guarded retrain trigger",
+        ((MONITOR_DAG, DRIFT_DATE),),
+    ),
+)
 TERMINAL = {"success", "failed"}
 TI_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
@@ -163,13 +180,16 @@ def seed_landing() -> None:
     # ingests the day before: seed that batch too (either of the last two days, depending on the hour).
     today = now_utc().date()
     scheduled = [(str(today - dt.timedelta(days=n)), None) for n in (1, 2)]
-    for day, corrupt in ((GOOD_DATE, None), (CORRUPT_DATE, CORRUPTION), *scheduled):
+    for day, corrupt in ((GOOD_DATE, None), (CORRUPT_DATE, CORRUPTION), (DRIFT_DATE, "drift"), *scheduled):
         folder = root / cfg.storage.landing_prefix / cfg.dataset.name / day
-        label = f"corrupt: {corrupt}" if corrupt else "good"
+        label = {None: "good", "drift": "good, drifted customers"}.get(corrupt, f"corrupt: {corrupt}")
         if folder.is_dir() and any(folder.iterdir()):
             say(f"sample data     {folder} (already there, {label})")
             continue
-        df = generate_batch(day, rows=SAMPLE_ROWS, corrupt=corrupt)
+        if corrupt == "drift":
+            df = generate_batch(day, rows=SAMPLE_ROWS, drift=1.0)
+        else:
+            df = generate_batch(day, rows=SAMPLE_ROWS, corrupt=corrupt)
         path = write_landing(df, folder, fmt="csv")
         say(f"sample data     {path} ({len(df)} rows, {label})")
 
@@ -617,6 +637,62 @@ def summarize_train(api: Api, dag_id: str, run_id: str) -> None:
     )
 
 
+def summarize_monitor(api: Api, dag_id: str, run_id: str, tis: list[dict]) -> None:
+    """Drift verdict, report locations (file and Airflow link) and what the retrain guard decided."""
+    states = {t["task_id"]: t["state"] for t in tis}
+    for task in ("score_batch", "decide_retrain"):
+        if states.get(task) == "skipped":
+            reason = xcom_return(api, dag_id, run_id, task, key="skip_reason")
+            if task == "score_batch":
+                say(f"  skipped       : {reason}")
+                return
+    result = xcom_return(api, dag_id, run_id, "drift_report")
+    if not isinstance(result, dict):
+        return
+    verdict = "DRIFT" if result.get("dataset_drift") else "no drift"
+    say(
+        f"  drift verdict : {verdict}: share of drifted features {result.get('drift_share'):.2f}"
+        f" ({', '.join(result.get('drifted_columns') or []) or 'none'})"
+    )
+    pdrift = result.get("prediction_drift") or {}
+    say(
+        f"  prediction    : {'drifted' if pdrift.get('drifted') else 'stable'} "
+        f"({pdrift.get('method')} {pdrift.get('score')})"
+    )
+    quality = (result.get("quality") or {}).get("current") or {}
+    if quality:
+        say(f"  quality       : roc_auc {quality.get('roc_auc')}, f1 {quality.get('f1')} on the day's labels")
+    say(f"  report        : {result.get('report_html')}")
+    link = xcom_return(api, dag_id, run_id, "drift_report", key="report_url")
+    if link:
+        say(f"  in Airflow    : {link if str(link).startswith('http') else al.ui_url() + str(link)}")
+    if states.get("decide_retrain") == "success":
+        say("  retrain       : triggered (asset mlops.drift_detected -> train DAG)")
+    elif states.get("decide_retrain") == "skipped":
+        say(
+            f"  retrain       : not triggered - {xcom_return(api, dag_id, run_id, 'decide_retrain', key='skip_reason')}"
+        )
+
+
+def champion_line() -> None:
+    """The champion after the demo, read from the MLflow REST API."""
+    cfg, _ = lake_root()
+    url = os.environ.get("DEMO_MLFLOW_URL", "")
+    if not url.startswith("http"):
+        return
+    query = urllib.parse.urlencode({"name": cfg.model_name, "alias": "champion"})
+    try:
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/registered-models/alias?{query}", timeout=5) as r:
+            version = json.loads(r.read())["model_version"]["version"]
+    except (OSError, KeyError, ValueError, urllib.error.URLError):
+        say(f"champion: none yet for {cfg.model_name}")
+        return
+    say(
+        f"champion: {cfg.model_name} version {version}  ->  mlflow.sklearn.load_model("
+        f"'models:/{cfg.model_name}@champion')  (MLFLOW_TRACKING_URI={url}; MLflow UI {url})"
+    )
+
+
 def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]]) -> bool:
     cfg, root = lake_root()
     say("")
@@ -649,6 +725,8 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
             say(f"  Data Docs     : {value.get('data_docs_url')}")
         elif dag_id == TRAIN_DAG:
             summarize_train(api, dag_id, run_id)
+        elif dag_id == MONITOR_DAG:
+            summarize_monitor(api, dag_id, run_id, tis)
         elif value is not None:
             say(f"  result of {task_id}:")
             print_value(value)
@@ -810,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for("mlflow server", lambda: http_ok(mlflow_url + "/health"), 120, procs)
                 say(f"mlflow server   ready ({mlflow_url})")
             api.login()
-            need = {INGEST_DAG} if args.mode == "demo" else set()
+            need = {INGEST_DAG, TRAIN_DAG, MONITOR_DAG} if args.mode == "demo" else set()
             dags = wait_for_dags(api, procs, need)
             since = now_utc() - dt.timedelta(seconds=1)
             ensure_pool(api)
@@ -833,10 +911,21 @@ def main(argv: list[str] | None = None) -> int:
                 except KeyboardInterrupt:
                     say("\nCtrl-C")
                     return 0
-            mine = {trigger(api, INGEST_DAG, GOOD_DATE), trigger(api, INGEST_DAG, CORRUPT_DATE)}
-            say(f"(the {CORRUPT_DATE} batch is corrupt on purpose: its run is EXPECTED to fail at the gate)")
-            runs = follow(api, procs, since, mine, args.timeout, args.settle)
+            mine: set[tuple[str, str]] = set()
+            runs: dict[tuple[str, str], dict] = {}
+            for title, triggers in PHASES:
+                say("")
+                say(f"--- {title}")
+                phase_since = since if not runs else now_utc() - dt.timedelta(seconds=1)
+                started_now = {trigger(api, dag_id, date) for dag_id, date in triggers}
+                if (INGEST_DAG, CORRUPT_DATE) in triggers:
+                    say(
+                        f"(the {CORRUPT_DATE} batch is corrupt on purpose: its run is EXPECTED to fail at the gate)"
+                    )
+                mine |= started_now
+                runs.update(follow(api, procs, phase_since, started_now, args.timeout, args.settle))
             ok = summarize(api, runs, mine)
+            champion_line()
             say(f"demo took {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:
