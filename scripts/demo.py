@@ -661,7 +661,10 @@ def summarize_monitor(api: Api, dag_id: str, run_id: str, tis: list[dict]) -> No
     )
     quality = (result.get("quality") or {}).get("current") or {}
     if quality:
-        say(f"  quality       : roc_auc {quality.get('roc_auc')}, f1 {quality.get('f1')} on the day's labels")
+        shown = ", ".join(
+            f"{k} {quality[k]:.3f}" for k in ("roc_auc", "f1") if isinstance(quality.get(k), float)
+        )
+        say(f"  quality       : {shown} on the day's labels")
     say(f"  report        : {result.get('report_html')}")
     link = xcom_return(api, dag_id, run_id, "drift_report", key="report_url")
     if link:

@@ -159,6 +159,28 @@ class MonitoringConfig(_Strict):
     max_retrains_per_day: int = Field(default=2, ge=0)
 
 
+class EncryptionConfig(_Strict):
+    # encrypt objects under these storage prefixes at rest (staging, quarantine, reports...)
+    enabled: bool = False
+    # "connection": a Tink keyset held by an Airflow connection (embedded mode);
+    # "kms": AWS KMS key-encryption keys through the Airflow AWS connection (storage.aws_conn_id)
+    key_source: Literal["connection", "kms"] = "connection"
+    # Airflow connection holding the local keyset (key_source=connection)
+    keyset_conn_id: str = "mlops_keyset"
+    # KMS key id/ARN/alias that wraps new data keys (key_source=kms); old ids stay decryptable
+    kms_key_id: str = ""
+    prefixes: list[str] = Field(default_factory=lambda: ["staging", "quarantine", "reports", "predictions"])
+
+
+class AuditConfig(_Strict):
+    enabled: bool = True
+    # SQLAlchemy-style URL of the shared audit store: sqlite:///path (embedded) or postgresql://... (stack);
+    # a plain path is relative to the config file's folder
+    store_uri: str = "../var/audit/audit.db"
+    # Airflow connection whose password is the HMAC key of the chain (optional but recommended)
+    hmac_conn_id: str = ""
+
+
 class BundleConfig(_Strict):
     dataset: DatasetConfig
     storage: StorageConfig = StorageConfig()
@@ -168,6 +190,8 @@ class BundleConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     promotion: PromotionConfig = PromotionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
+    audit: AuditConfig = AuditConfig()
     # where the file came from; relative paths in it resolve against its folder
     source: str = ""
 
@@ -202,6 +226,15 @@ class BundleConfig(_Strict):
             return None
         folder = Path(uri) if Path(uri).is_absolute() else (self.base_dir / uri).resolve()
         return f"file://{folder / 'artifacts'}"
+
+    @property
+    def audit_uri(self) -> str:
+        """The audit store as a URL; a plain path becomes sqlite:/// relative to the config file."""
+        uri = self.audit.store_uri
+        if "://" in uri or uri.startswith("sqlite:"):
+            return uri
+        path = Path(uri) if Path(uri).is_absolute() else (self.base_dir / uri).resolve()
+        return f"sqlite:///{path}"
 
     @property
     def experiment_name(self) -> str:

@@ -24,6 +24,8 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     } | {
         "DEMO_AIRFLOW_HOME": str(tmp_path / "airflow"),
         "DEMO_PORT": str(_free_port()),
+        "DEMO_MLFLOW_PORT": str(_free_port()),
+        "MLOPS_MLFLOW__TRACKING_URI": str(tmp_path / "mlflow"),
         "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
         "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
@@ -44,9 +46,15 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     assert manifest["rows"] == 5000
     assert list((lake / "quarantine/churn/ds=2026-01-06").iterdir())
     assert not (lake / "staging/churn/ds=2026-01-06").exists()
+    # the lifecycle reached a champion, a drift report and a drift-triggered retrain judged by the gate
+    assert "gate decision : promote - no champion yet: first model promoted" in out
+    assert "drift verdict : DRIFT" in out
+    assert "retrain       : triggered" in out
+    assert (lake / "reports/churn/2026-01-07/report.html").exists()
+    assert re.search(r"champion: churn-classifier version \d+", out)
     # every Airflow process it started is gone
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
-    assert len(pids) == 4, out[:2000]
+    assert len(pids) == 5, out[:2000]  # mlflow server + 4 Airflow components
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
