@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format lock bench clean distclean
+.PHONY: install demo up test lint format lock bench browser clean distclean
 
 ## install: venv + the locked dependencies + this project (skipped when the lock is unchanged)
 install: $(STAMP)
@@ -46,10 +46,20 @@ lock:
 	$(BIN)/uv pip compile requirements.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		--generate-hashes -o requirements.lock
 
+## browser: Debian's headless Chromium for the report/UI browser tests (skipped without it, except in CI)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version 2>/dev/null | tail -1
+
 ## bench: the performance scripts (ratios measured in one run)
 bench: install
 	$(BIN)/python benchmarks/bench_dag_parse.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_train_dag.py
+	$(BIN)/python benchmarks/bench_monitoring.py
 
 clean:
 	rm -rf .airflow var great_expectations/uncommitted .pytest_cache .ruff_cache

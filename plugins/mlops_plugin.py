@@ -17,6 +17,9 @@ Registered pieces:
   comes from ``Authorization: Bearer <JWT from POST /auth/token>`` (REST clients) or from the UI's
   ``_token`` session cookie, which the browser sends when a user clicks the extra link in the UI.
 
+* ``listeners``: ``mlops_airflow.audit_listener`` writes every task-instance and DAG-run state change and
+  every asset event to the hash-chained audit log (``mlops_bundle.audit``).
+
 * ``global_operator_extra_links``: "Drift report" and "MLflow model" (see ``mlops_airflow.links``): shown
   on any task that pushed XCom ``report_url`` / ``mlflow_url``, hidden elsewhere.
 
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mlops_airflow import links
+from mlops_airflow import audit_listener, links
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -207,3 +210,5 @@ class MlopsBundlePlugin(AirflowPlugin):
     name = "mlops_bundle"
     fastapi_apps = [{"app": report_app, "url_prefix": links.URL_PREFIX, "name": "MLOps bundle reports"}]
     global_operator_extra_links = [links.DriftReportLink(), links.MlflowModelLink()]
+    # audit trail: task-instance/DAG-run state changes and asset events (see mlops_airflow.audit_listener)
+    listeners = [audit_listener]

@@ -38,6 +38,8 @@ os.environ.update(
         "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": LAKE.as_uri(),
         "MLOPS_VALIDATION__GX_ROOT": str(GX_ROOT),
+        "MLOPS_AUDIT__STORE_URI": f"sqlite:///{_SESSION_DIR / 'audit.db'}",
+        "MLOPS_MLFLOW__TRACKING_URI": str(_SESSION_DIR / "mlflow-local"),
     }
 )
 for key in list(os.environ):

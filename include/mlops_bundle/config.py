@@ -169,7 +169,9 @@ class EncryptionConfig(_Strict):
     keyset_conn_id: str = "mlops_keyset"
     # KMS key id/ARN/alias that wraps new data keys (key_source=kms); old ids stay decryptable
     kms_key_id: str = ""
-    prefixes: list[str] = Field(default_factory=lambda: ["staging", "quarantine", "reports", "predictions"])
+    prefixes: list[str] = Field(
+        default_factory=lambda: ["staging", "quarantine", "reports", "predictions", "work"]
+    )
 
 
 class AuditConfig(_Strict):

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlops_bundle.audit import record_event
 from mlops_bundle.config import BundleConfig
 from mlops_bundle.storage import ObjectInfo, Storage, join, match_any
 
@@ -444,6 +445,20 @@ def ingest_batch(
         }
         q_uri = quarantine(
             source, files, store, cfg, date, attempt, reason, outcome.result if outcome else None
+        )
+        record_event(
+            cfg,
+            "ingest.quarantine",
+            actor="ingest",
+            subject=f"{cfg.dataset.name}/{date}",
+            payload={
+                "date": date,
+                "files": file_uris,
+                "kind": kind,
+                "quarantine_uri": q_uri,
+                "attempt": attempt,
+                "problems": len(lines),
+            },
         )
         message = (
             f"batch {cfg.dataset.name}/{date} rejected ({kind}); {len(files)} file(s): "

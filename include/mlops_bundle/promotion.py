@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.audit import record_decision
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig
 
 if TYPE_CHECKING:
@@ -694,6 +695,7 @@ def gate(
                 **common,
             )
             _record(client, decision, subject, None)
+            record_decision(cfg, decision)  # audit trail; raises if it cannot be written
             return decision
 
         champion: dict[str, Any] | None = None
@@ -726,6 +728,7 @@ def gate(
             client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
             decision.applied = True
         _record(client, decision, subject, current)
+        record_decision(cfg, decision)  # audit trail; raises if it cannot be written
         return decision
 
 
@@ -780,6 +783,7 @@ def rollback(
             previous_champion=current,
         )
         _record(client, decision, subject, current)
+        record_decision(cfg, decision)  # audit trail; raises if it cannot be written
         return decision
 
 

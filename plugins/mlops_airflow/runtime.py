@@ -25,12 +25,22 @@ def s3_client(aws_conn_id: str) -> Any:
 
 
 def storage(cfg: BundleConfig, uri: str | None = None) -> Storage:
-    """The store for `uri` (default: the configured root); S3 credentials come from the Airflow connection."""
+    """The store for `uri` (default: the configured root); S3 credentials come from the Airflow connection.
+
+    With encryption enabled in the config, the root store encrypts and decrypts transparently.
+    """
     from mlops_bundle.storage import open_storage
 
+    root = uri is None or uri.rstrip("/") == cfg.root_uri
     uri = uri or cfg.root_uri
     client = s3_client(cfg.storage.aws_conn_id) if uri.startswith("s3://") else None
-    return open_storage(uri, client)
+    store = open_storage(uri, client)
+    if root and cfg.encryption.enabled:
+        # the lake's staging/quarantine/reports/predictions objects are encrypted at rest; landing stays raw
+        from mlops_airflow.crypto_hooks import storage_with_encryption
+
+        store = storage_with_encryption(cfg, store)
+    return store
 
 
 def batch_date(

@@ -113,3 +113,26 @@ def test_missing_date_fails_with_clear_message(dagbag, task_errors):
 def test_config_is_the_one_source(dagbag):
     cfg = load_config()
     assert cfg.root_uri == LAKE.as_uri()
+
+
+def test_encrypted_staging_is_read_transparently(dagbag, monkeypatch):
+    """With encryption on, the staged partition is ciphertext at rest and the library still reads it."""
+    from mlops_airflow import runtime
+    from mlops_bundle import ingest as lib
+    from mlops_bundle.crypto import generate_local_keyset, is_encrypted
+
+    keyset = generate_local_keyset()
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_KEYSET", json.dumps({"conn_type": "generic", "password": keyset}))
+    monkeypatch.setenv("MLOPS_ENCRYPTION__ENABLED", "true")
+    date = "2026-03-05"
+    _land(date)
+    dr, states = _run(dagbag, date)
+    assert dr.state == "success", states
+    part = LAKE / "staging" / "churn" / f"ds={date}"
+    assert is_encrypted((part / "part-0.parquet").read_bytes()[:16])
+    assert is_encrypted((part / "_manifest.json").read_bytes()[:16])
+    cfg = load_config()
+    df = lib.read_staging(runtime.storage(cfg), cfg, date)
+    assert len(df) == 800
+    landing = LAKE / "landing" / "churn" / date / "batch.csv"
+    assert not is_encrypted(landing.read_bytes()[:16]), "raw landing files are never modified"

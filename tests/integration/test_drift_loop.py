@@ -1,0 +1,110 @@
+"""The continuous-training loop with real Airflow processes: a champion, a drifted day, the monitor run's
+Evidently report reachable through its extra link, the `mlops.drift_detected` asset event, and the train
+run the scheduler creates from it (observed through the REST API, not by calling the DAG)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from mlops_bundle import ingest
+from mlops_bundle.config import load_config
+from mlops_bundle.sample import generate_batch
+from mlops_bundle.storage import LocalStorage
+
+pytestmark = pytest.mark.slow
+
+MODEL = f"churn-loop-{uuid.uuid4().hex[:8]}"
+LOCAL_AIRFLOW_ENV = {
+    "MLOPS_MLFLOW__REGISTERED_MODEL": MODEL,
+    "MLOPS_MLFLOW__EXPERIMENT": f"{MODEL}-training",
+    "MLOPS_TRAINING__CANDIDATES": json.dumps(
+        [{"name": "logreg", "family": "logistic_regression", "params": {"C": 1.0}}]
+    ),
+}
+TRAIN_DAYS = [f"2026-10-0{d}" for d in range(1, 6)]
+DRIFT_DAY = "2026-10-07"
+
+
+def _cfg(af):
+    env = {k: v for k, v in af.env.items() if k.startswith("MLOPS_")}
+    return load_config(environ=env)
+
+
+def _stage(cfg, lake, day, df):
+    coerced, problems = ingest.coerce(df, cfg)
+    assert not problems
+    manifest = {"rows": len(coerced), "fingerprint": ingest.fingerprint(coerced), "gx_success": True}
+    ingest.write_staging(LocalStorage(lake), cfg, day, coerced, manifest)
+
+
+def _trigger(af, dag_id, conf):
+    return af.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})[
+        "dag_run_id"
+    ]
+
+
+def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
+    af = local_airflow
+    cfg = _cfg(af)
+    for day in TRAIN_DAYS:
+        _stage(cfg, af.lake, day, generate_batch(day, rows=2000))
+    _stage(cfg, af.lake, DRIFT_DAY, generate_batch(DRIFT_DAY, rows=2000, drift=1.0))
+    for dag_id in ("train", "monitor"):
+        af.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    train_run = _trigger(af, "train", {"end_date": TRAIN_DAYS[-1], "window_days": 5})
+    assert af.wait_run("train", train_run, timeout=400)["state"] == "success"
+
+    started = time.time()
+    monitor_run = _trigger(af, "monitor", {"date": DRIFT_DAY})
+    assert af.wait_run("monitor", monitor_run, timeout=400)["state"] == "success"
+    states = af.task_states("monitor", monitor_run)
+    assert states[("decide_retrain", -1)] == "success", states
+
+    # the extra link of drift_report resolves to the report, served by the api-server behind its auth
+    links = af.call("GET", f"/api/v2/dags/monitor/dagRuns/{monitor_run}/taskInstances/drift_report/links")
+    url = links["Drift report"]
+    assert url and url.endswith(f"/mlops/reports/churn/{DRIFT_DAY}/report.html")
+    full = url if url.startswith("http") else af.url + url
+    req = urllib.request.Request(full, headers={"Authorization": f"Bearer {af.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+        assert len(resp.read()) > 100_000
+
+    # Airflow recorded the asset event with the numbers in its extra...
+    assets = af.call("GET", "/api/v2/assets?name_pattern=mlops.drift_detected")["assets"]
+    [asset] = [a for a in assets if a["name"] == "mlops.drift_detected"]
+    events = af.call("GET", f"/api/v2/assets/events?asset_id={asset['id']}&limit=50")["asset_events"]
+    [event] = [e for e in events if (e.get("extra") or {}).get("date") == DRIFT_DAY]
+    assert event["extra"]["drift_share"] >= cfg.monitoring.drift_share_threshold
+    assert event["source_dag_id"] == "monitor" and event["source_run_id"] == monitor_run
+
+    # ...and the scheduler created an asset-triggered train run from it, which the gate judged
+    deadline = time.monotonic() + 300
+    while True:
+        runs = af.call("GET", "/api/v2/dags/train/dagRuns?run_type=asset_triggered&limit=20")["dag_runs"]
+        mine = [
+            r
+            for r in runs
+            if r["run_after"]
+            and r["run_after"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 5))
+        ]
+        if mine:
+            break
+        assert time.monotonic() < deadline, "no asset-triggered train run appeared"
+        time.sleep(3)
+    final = af.wait_run("train", mine[0]["dag_run_id"], timeout=400)
+    assert final["state"] == "success", af.task_states("train", mine[0]["dag_run_id"])
+    decision = af.call(
+        "GET",
+        f"/api/v2/dags/train/dagRuns/{mine[0]['dag_run_id']}/taskInstances/promote/xcomEntries/decision",
+    )["value"]
+    if isinstance(decision, str):
+        decision = json.loads(decision)
+    assert decision["verdict"] in ("promote", "reject", "noop")
+    assert decision["reason"]

@@ -1,0 +1,462 @@
+"""Envelope encryption (mlops_bundle.crypto): round trips with both key sources, every tamper case, rotation,
+and the encrypting storage wrapper over a local folder and a moto S3 bucket.
+
+KMS runs against the session's moto server subprocess (the real KMS HTTP API through boto3 and Tink's
+awskms integration). The >= 256 MiB stream is generated at test time into tmp_path and never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops_bundle import crypto
+from mlops_bundle.crypto import (
+    MAGIC,
+    SEGMENT_SIZE,
+    STREAM_HEADER_SIZE,
+    TAG_SIZE,
+    DecryptionError,
+    EncryptingStorage,
+    KmsKeyring,
+    LocalKeyring,
+    decrypt_bytes,
+    decrypt_file,
+    encrypt_bytes,
+    encrypt_file,
+    generate_local_keyset,
+    is_encrypted,
+    read_key_id,
+    rotate_local_keyset,
+)
+from mlops_bundle.storage import LocalStorage, S3Storage
+
+FIRST_SEGMENT_PLAINTEXT = SEGMENT_SIZE - STREAM_HEADER_SIZE - TAG_SIZE
+SEGMENT_PLAINTEXT = SEGMENT_SIZE - TAG_SIZE
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def keyset() -> str:
+    return generate_local_keyset()
+
+
+@pytest.fixture(scope="module")
+def local_keyring(keyset) -> LocalKeyring:
+    return LocalKeyring(keyset)
+
+
+@pytest.fixture(scope="module")
+def kms(moto_endpoint):
+    import boto3
+
+    return boto3.client(
+        "kms",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def kms_key(kms) -> str:
+    return kms.create_key(Description="mlops test KEK")["KeyMetadata"]["Arn"]
+
+
+@pytest.fixture(scope="module")
+def kms_keyring(kms, kms_key) -> KmsKeyring:
+    return KmsKeyring(kms, kms_key)
+
+
+@pytest.fixture(params=["local", "kms"])
+def keyring(request):
+    return request.getfixturevalue(f"{request.param}_keyring")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_pattern(path: Path, size: int, seed: bytes = b"") -> None:
+    """Fast, incompressible-ish deterministic data: a random 1 MiB block repeated, varied per block."""
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as fh:
+        written, i = 0, 0
+        while written < size:
+            chunk = block[: min(len(block), size - written)]
+            chunk = struct.pack(">Q", i) + seed + chunk[8 + len(seed) :] if len(chunk) > 16 else chunk
+            fh.write(chunk)
+            written += len(chunk)
+            i += 1
+
+
+def _header_len(blob: bytes) -> int:
+    kid_len = struct.unpack(">H", blob[9:11])[0]
+    wlen = struct.unpack(">I", blob[11 + kid_len : 15 + kid_len])[0]
+    return 15 + kid_len + wlen
+
+
+def _only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize(
+    "size",
+    [
+        0,
+        1,
+        FIRST_SEGMENT_PLAINTEXT,  # ciphertext fills exactly one segment
+        FIRST_SEGMENT_PLAINTEXT + 1,
+        FIRST_SEGMENT_PLAINTEXT + SEGMENT_PLAINTEXT,  # exactly two segments
+        SEGMENT_SIZE,  # a plaintext of exactly 1 MiB
+    ],
+    ids=["empty", "1byte", "seg-boundary", "seg-boundary+1", "two-segments", "1MiB"],
+)
+def test_file_round_trip(tmp_path, keyring, size):
+    src, enc, dec = tmp_path / "plain.bin", tmp_path / "out" / "data.enc", tmp_path / "back" / "plain.bin"
+    data = os.urandom(size)
+    src.write_bytes(data)
+    res = encrypt_file(src, enc, keyring, aad=b"staging/churn/part-0.parquet")
+    assert res.key_id == keyring.current_key_id and res.plaintext_bytes == size
+    blob = enc.read_bytes()
+    assert res.ciphertext_bytes == len(blob) and is_encrypted(blob)
+    assert size < 16 or data[:64] not in blob
+    assert read_key_id(enc) == keyring.current_key_id
+    back = decrypt_file(enc, dec, keyring, aad=b"staging/churn/part-0.parquet")
+    assert dec.read_bytes() == data and back.plaintext_bytes == size and back.key_id == res.key_id
+    assert _only(dec.parent) == ["plain.bin"] and _only(enc.parent) == ["data.enc"]
+    if size == FIRST_SEGMENT_PLAINTEXT:
+        assert len(blob) == _header_len(blob) + SEGMENT_SIZE
+
+
+def test_large_stream_round_trip(tmp_path, keyring):
+    size = (256 << 20) + 17
+    src, enc, dec = tmp_path / "big.bin", tmp_path / "big.enc", tmp_path / "big.out"
+    _write_pattern(src, size)
+    want = _sha256(src)
+    res = encrypt_file(src, enc, keyring)
+    assert res.plaintext_bytes == size and enc.stat().st_size == res.ciphertext_bytes
+    assert enc.stat().st_size - size < 5000  # 16 bytes per MiB plus one small header
+    src.unlink()
+    back = decrypt_file(enc, dec, keyring)
+    assert back.plaintext_bytes == size and _sha256(dec) == want
+
+
+def test_bytes_and_stream_helpers(local_keyring):
+    blob = encrypt_bytes(b"hello", local_keyring, aad=b"k")
+    assert blob.startswith(MAGIC) and is_encrypted(blob) and not is_encrypted(b"PAR1....")
+    assert decrypt_bytes(blob, local_keyring, aad=b"k") == b"hello"
+    src, out = io.BytesIO(b"x" * 5000), io.BytesIO()
+    crypto.encrypt_stream(src, out, local_keyring)
+    assert not out.closed  # the caller's stream stays open
+    out.seek(0)
+    plain = io.BytesIO()
+    crypto.decrypt_stream(out, plain, local_keyring)
+    assert plain.getvalue() == b"x" * 5000 and not out.closed
+
+
+def test_fresh_data_key_per_object(local_keyring):
+    a, b = encrypt_bytes(b"same", local_keyring), encrypt_bytes(b"same", local_keyring)
+    assert a != b and a[_header_len(a) :] != b[_header_len(b) :]
+
+
+def test_kms_alias_resolves_to_key_arn(kms, kms_key):
+    kms.create_alias(AliasName="alias/mlops-test-alias", TargetKeyId=kms_key)
+    ring = KmsKeyring(kms, "alias/mlops-test-alias")
+    blob = encrypt_bytes(b"payload", ring)
+    assert read_key_id(blob) == f"kms:{kms_key}"
+    assert decrypt_bytes(blob, KmsKeyring(kms, "")) == b"payload"  # a decrypt-only keyring
+
+
+def test_wrong_associated_data_fails(keyring):
+    blob = encrypt_bytes(b"payload", keyring, aad=b"staging/a.parquet")
+    with pytest.raises(DecryptionError, match="does not unwrap"):
+        decrypt_bytes(blob, keyring, aad=b"staging/b.parquet")
+
+
+# ------------------------------------------------------------------------------------------------- tampering
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory, local_keyring):
+    """A 3.5-segment object: header, then 4 Tink segments (3 full + a short last one)."""
+    folder = tmp_path_factory.mktemp("victim")
+    plain = os.urandom(FIRST_SEGMENT_PLAINTEXT + 2 * SEGMENT_PLAINTEXT + 12345)
+    (folder / "plain.bin").write_bytes(plain)
+    encrypt_file(folder / "plain.bin", folder / "v.enc", local_keyring)
+    blob = (folder / "v.enc").read_bytes()
+    return blob, _header_len(blob)
+
+
+def _flip(blob: bytes, pos: int) -> bytes:
+    b = bytearray(blob)
+    b[pos] ^= 0x01
+    return bytes(b)
+
+
+def _swap_segments(blob: bytes, h: int, i: int, j: int) -> bytes:
+    seg = lambda k: blob[h + k * SEGMENT_SIZE : h + (k + 1) * SEGMENT_SIZE]  # noqa: E731
+    parts = [blob[:h]] + [seg(k) for k in range(4)]
+    parts[1 + i], parts[1 + j] = parts[1 + j], parts[1 + i]
+    return b"".join(parts)
+
+
+TAMPERS = {
+    # header
+    "flip-magic": (lambda b, h: _flip(b, 0), "not an encrypted object"),
+    "flip-version": (lambda b, h: _flip(b, 8), "unsupported format version"),
+    "flip-key-id": (lambda b, h: _flip(b, 12), "unknown key id"),
+    "flip-wrapped-len": (lambda b, h: _flip(b, _wrapped_start(b) - 4), "corrupted header"),
+    "flip-wrapped-key": (lambda b, h: _flip(b, h - 10), "does not unwrap"),
+    # Tink's stream header (salt), a body byte, a segment tag, the final tag
+    "flip-stream-salt": (lambda b, h: _flip(b, h + 5), "authentication failed"),
+    "flip-body": (lambda b, h: _flip(b, h + SEGMENT_SIZE + 1000), "authentication failed"),
+    "flip-tag": (lambda b, h: _flip(b, h + SEGMENT_SIZE - 1), "authentication failed"),
+    "flip-final-tag": (lambda b, h: _flip(b, len(b) - 1), "authentication failed"),
+    # truncation
+    "truncate-0": (lambda b, h: b"", "empty file"),
+    "truncate-in-magic": (lambda b, h: b[:5], "not an encrypted object"),
+    "truncate-in-key-id": (lambda b, h: b[:14], "truncated header"),
+    "truncate-in-wrapped-key": (lambda b, h: b[: h - 20], "truncated header"),
+    "truncate-after-header": (lambda b, h: b[:h], "truncated"),
+    "truncate-in-stream-header": (lambda b, h: b[: h + 20], "truncated"),
+    "truncate-mid-segment": (lambda b, h: b[: h + SEGMENT_SIZE + 4096], "authentication failed"),
+    "truncate-at-segment-boundary": (lambda b, h: b[: h + 2 * SEGMENT_SIZE], "authentication failed"),
+    "truncate-last-byte": (lambda b, h: b[:-1], "authentication failed"),
+    # reordering and extension
+    "swap-segments-1-2": (lambda b, h: _swap_segments(b, h, 1, 2), "reordered"),
+    "swap-segments-0-1": (lambda b, h: _swap_segments(b, h, 0, 1), "authentication failed"),
+    "append-1-byte": (lambda b, h: b + b"\0", "extended"),
+    "append-segment": (lambda b, h: b + b[h + SEGMENT_SIZE : h + 2 * SEGMENT_SIZE], "extended"),
+}
+
+
+def _wrapped_start(blob: bytes) -> int:
+    return 15 + struct.unpack(">H", blob[9:11])[0]
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_tampering_fails_loudly_and_leaves_no_plaintext(tmp_path, victim, local_keyring, case):
+    blob, h = victim
+    mutate, expected = TAMPERS[case]
+    bad = tmp_path / "in" / "object.enc"
+    bad.parent.mkdir()
+    bad.write_bytes(mutate(blob, h))
+    dst = tmp_path / "out" / "object.bin"
+    with pytest.raises(DecryptionError, match=expected) as err:
+        decrypt_file(bad, dst, local_keyring)
+    assert str(bad) in str(err.value)
+    assert not dst.exists() and _only(dst.parent) == []  # no plaintext, no temp file left behind
+
+
+def test_failed_decrypt_keeps_existing_destination(tmp_path, victim, local_keyring):
+    blob, h = victim
+    bad, dst = tmp_path / "bad.enc", tmp_path / "dst.bin"
+    bad.write_bytes(blob[:-1])
+    dst.write_bytes(b"previous good version")
+    with pytest.raises(DecryptionError):
+        decrypt_file(bad, dst, local_keyring)
+    assert dst.read_bytes() == b"previous good version" and _only(tmp_path) == ["bad.enc", "dst.bin"]
+
+
+def _with_key_id(blob: bytes, key_id: str) -> bytes:
+    old_len = struct.unpack(">H", blob[9:11])[0]
+    kid = key_id.encode()
+    return blob[:9] + struct.pack(">H", len(kid)) + kid + blob[11 + old_len :]
+
+
+def test_wrong_key_fails(tmp_path, victim):
+    blob, _h = victim
+    (tmp_path / "v.enc").write_bytes(blob)
+    other = LocalKeyring(generate_local_keyset())
+    with pytest.raises(DecryptionError, match="unknown key id 'local:") as err:
+        decrypt_file(tmp_path / "v.enc", tmp_path / "out.bin", other)
+    assert read_key_id(blob) in str(err.value)
+    assert _only(tmp_path) == ["v.enc"]
+
+
+def test_wrong_key_with_the_same_key_id_fails(tmp_path, victim, keyset):
+    blob, _h = victim
+    (tmp_path / "v.enc").write_bytes(blob)
+    impostor = json.loads(generate_local_keyset())
+    impostor["primaryKeyId"] = impostor["key"][0]["keyId"] = json.loads(keyset)["primaryKeyId"]
+    with pytest.raises(DecryptionError, match="does not unwrap with key id .*wrong key"):
+        decrypt_file(tmp_path / "v.enc", tmp_path / "out.bin", LocalKeyring(json.dumps(impostor)))
+    assert _only(tmp_path) == ["v.enc"]
+
+
+def test_edited_key_id_fails(tmp_path, victim, keyset):
+    blob, _h = victim
+    rotated = LocalKeyring(rotate_local_keyset(keyset))
+    # another key the keyring holds: the id is authenticated, so the data key no longer unwraps
+    (tmp_path / "a.enc").write_bytes(_with_key_id(blob, rotated.current_key_id))
+    with pytest.raises(DecryptionError, match="does not unwrap"):
+        decrypt_file(tmp_path / "a.enc", tmp_path / "a.out", rotated)
+    # an id nobody holds
+    (tmp_path / "b.enc").write_bytes(_with_key_id(blob, "local:12345"))
+    with pytest.raises(DecryptionError, match="unknown key id 'local:12345'"):
+        decrypt_file(tmp_path / "b.enc", tmp_path / "b.out", rotated)
+    assert _only(tmp_path) == ["a.enc", "b.enc"]
+
+
+def test_kms_wrong_key_and_wrong_key_id(tmp_path, kms, kms_key, kms_keyring):
+    other = kms.create_key(Description="another KEK")["KeyMetadata"]["Arn"]
+    blob = encrypt_bytes(os.urandom(3000), kms_keyring)
+    (tmp_path / "swapped.enc").write_bytes(_with_key_id(blob, f"kms:{other}"))
+    with pytest.raises(DecryptionError, match="does not unwrap"):
+        decrypt_file(tmp_path / "swapped.enc", tmp_path / "x.out", kms_keyring)
+    (tmp_path / "v.enc").write_bytes(blob)
+    restricted = KmsKeyring(kms, other, allowed_key_ids=[other])
+    with pytest.raises(DecryptionError, match=f"unknown key id 'kms:{kms_key}'"):
+        decrypt_file(tmp_path / "v.enc", tmp_path / "y.out", restricted)
+    with pytest.raises(DecryptionError, match="unknown key id"):
+        decrypt_bytes(blob, LocalKeyring(generate_local_keyset()))
+    assert _only(tmp_path) == ["swapped.enc", "v.enc"]
+
+
+def test_bad_keysets_fail_without_echoing_them():
+    secret_like = '{"primaryKeyId": 1, "key": [{"keyData": {"value": "c2VjcmV0c2VjcmV0"}}]}'
+    with pytest.raises(crypto.KeyringError) as err:
+        LocalKeyring(secret_like)
+    assert "c2VjcmV0" not in str(err.value)
+    with pytest.raises(crypto.KeyringError, match="empty"):
+        LocalKeyring("")
+    assert "c2VjcmV0" not in repr(LocalKeyring(generate_local_keyset()))
+
+
+# ------------------------------------------------------------------------------------------------- rotation
+def test_rotation_old_keys_decrypt_new_key_encrypts(tmp_path, keyset):
+    v1 = LocalKeyring(keyset)
+    old = encrypt_bytes(b"written under v1", v1, aad=b"obj")
+    v2_json = rotate_local_keyset(keyset)
+    v2 = LocalKeyring(v2_json)
+    assert v2.current_key_id != v1.current_key_id and set(v1.key_ids) < set(v2.key_ids)
+    new = encrypt_bytes(b"written under v2", v2, aad=b"obj")
+    assert read_key_id(new) == v2.current_key_id and read_key_id(old) == v1.current_key_id
+    assert decrypt_bytes(old, v2, aad=b"obj") == b"written under v1"
+    assert decrypt_bytes(new, v2, aad=b"obj") == b"written under v2"
+    with pytest.raises(DecryptionError, match="unknown key id"):
+        decrypt_bytes(new, v1, aad=b"obj")  # the old keyring never saw v2
+    # retire v1: drop it from the keyset; its objects now fail naming the key id
+    retired = json.loads(v2_json)
+    v1_id = int(v1.current_key_id.split(":")[1])
+    retired["key"] = [k for k in retired["key"] if k["keyId"] != v1_id]
+    v3 = LocalKeyring(json.dumps(retired))
+    assert decrypt_bytes(new, v3, aad=b"obj") == b"written under v2"
+    (tmp_path / "old.enc").write_bytes(old)
+    with pytest.raises(DecryptionError, match=f"unknown key id 'local:{v1_id}'"):
+        decrypt_file(tmp_path / "old.enc", tmp_path / "old.bin", v3, aad=b"obj")
+    assert not (tmp_path / "old.bin").exists()
+
+
+def test_kms_rotation_to_a_new_key(kms, kms_key, kms_keyring):
+    old = encrypt_bytes(b"under key A", kms_keyring)
+    key_b = kms.create_key(Description="rotated KEK")["KeyMetadata"]["Arn"]
+    ring_b = KmsKeyring(kms, key_b)
+    new = encrypt_bytes(b"under key B", ring_b)
+    assert read_key_id(new) == f"kms:{key_b}"
+    assert decrypt_bytes(old, ring_b) == b"under key A" and decrypt_bytes(new, ring_b) == b"under key B"
+
+
+def test_cli_new_and_rotate_keyset():
+    env = {**os.environ}
+    new = subprocess.run(
+        [sys.executable, "-m", "mlops_bundle.crypto", "new-keyset"], capture_output=True, text=True, env=env
+    )
+    assert new.returncode == 0 and "SECRET" in new.stderr
+    ring = LocalKeyring(new.stdout)
+    rot = subprocess.run(
+        [sys.executable, "-m", "mlops_bundle.crypto", "rotate-keyset"],
+        input=new.stdout,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert rot.returncode == 0, rot.stderr
+    rotated = LocalKeyring(rot.stdout)
+    assert ring.current_key_id in rotated.key_ids and rotated.current_key_id != ring.current_key_id
+    bad = subprocess.run(
+        [sys.executable, "-m", "mlops_bundle.crypto", "rotate-keyset"],
+        input="{not json",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2 and "not a valid Tink JSON keyset" in bad.stderr
+
+
+def test_key_use_callback(local_keyring):
+    seen = []
+    previous = crypto.set_key_use_callback(lambda *a: seen.append(a))
+    try:
+        blob = encrypt_bytes(b"x", local_keyring, aad=b"reports/r.html")
+        decrypt_bytes(blob, local_keyring, aad=b"reports/r.html")
+        with pytest.raises(DecryptionError):
+            decrypt_bytes(blob[:-1], local_keyring, aad=b"reports/r.html")
+    finally:
+        crypto.set_key_use_callback(previous)
+    kid = local_keyring.current_key_id
+    assert seen == [
+        ("encrypt", kid, "reports/r.html"),
+        ("decrypt", kid, "reports/r.html"),
+        ("decrypt_failed", kid, "reports/r.html"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ storage wrapper
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "lake")
+    client, bucket = request.getfixturevalue("s3_bucket")
+    return S3Storage(client, bucket, "lake")
+
+
+def test_encrypting_storage(tmp_path, store, keyring):
+    enc = EncryptingStorage(store, keyring, ["staging", "reports/"])
+    # bytes under a prefix: encrypted at rest, same key, transparent read
+    enc.write_bytes("staging/churn/ds=2026-01-05/part-0.parquet", b"PAR1 data")
+    raw = store.read_bytes("staging/churn/ds=2026-01-05/part-0.parquet")
+    assert is_encrypted(raw) and b"PAR1 data" not in raw
+    assert enc.read_bytes("staging/churn/ds=2026-01-05/part-0.parquet") == b"PAR1 data"
+    assert enc.local_path("staging/churn/ds=2026-01-05/part-0.parquet") is None
+    # outside the prefixes: untouched
+    enc.write_bytes("landing/churn/a.csv", b"a,b\n")
+    assert store.read_bytes("landing/churn/a.csv") == b"a,b\n"
+    assert enc.local_path("landing/churn/a.csv") == store.local_path("landing/churn/a.csv")
+    assert not enc.encrypts("stagingfoo/x") and enc.encrypts("reports/x.html")
+    # files: streamed both ways
+    src = tmp_path / "report.html"
+    src.write_bytes(os.urandom(3 * SEGMENT_SIZE + 5))
+    enc.put_file("reports/churn/report.html", src)
+    assert is_encrypted(store.read_bytes("reports/churn/report.html")[:16])
+    out = enc.get_file("reports/churn/report.html", tmp_path / "got" / "report.html")
+    assert out.read_bytes() == src.read_bytes() and _only(out.parent) == ["report.html"]
+    assert [o.key for o in enc.list("reports")] == ["reports/churn/report.html"]
+    # migration: a plaintext object under a prefix still reads (and refuses in strict mode)
+    store.write_bytes("staging/old/part-0.parquet", b"legacy plaintext")
+    assert enc.read_bytes("staging/old/part-0.parquet") == b"legacy plaintext"
+    assert enc.get_file("staging/old/part-0.parquet", tmp_path / "legacy").read_bytes() == b"legacy plaintext"
+    strict = EncryptingStorage(store, keyring, ["staging"], allow_plaintext=False)
+    with pytest.raises(DecryptionError, match="not encrypted"):
+        strict.read_bytes("staging/old/part-0.parquet")
+    # a ciphertext moved to another key does not decrypt (its key is associated data)
+    store.write_bytes("staging/churn/moved.parquet", raw)
+    with pytest.raises(DecryptionError, match="moved.parquet.*does not unwrap"):
+        enc.read_bytes("staging/churn/moved.parquet")
+    with pytest.raises(DecryptionError):
+        enc.get_file("staging/churn/moved.parquet", tmp_path / "moved.parquet")
+    assert not (tmp_path / "moved.parquet").exists()
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
