@@ -1,0 +1,469 @@
+"""The docker-compose topology as real processes on this machine (stack mode; tests/stack and CI).
+
+  python scripts/stack.py up [--keep]   start everything, print URLs and log folders, run until Ctrl-C /
+                                        SIGTERM, then stop it all and drop the databases (unless --keep)
+
+What runs (each a subprocess in its own process group, logging to <tmp>/airflow/logs/<name>.log):
+
+* a moto server (S3 + KMS on 127.0.0.1): bucket ``mlops-stack-<id>`` holds the lake under
+  ``s3://<bucket>/lake`` (Airflow AWS connection ``mlops_s3`` with ``endpoint_url`` in its extra), and a
+  KMS key encrypts staging/quarantine/reports/predictions at rest (``encryption.key_source: kms``);
+* ``mlflow server`` on its own fresh PostgreSQL database (proxied artifacts in a temp folder);
+* Airflow 3.3: ``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and two
+  ``airflow celery worker`` processes (``--celery-hostname w1@%h`` / ``w2@%h``, queues ``default,training``);
+  CeleryExecutor with the broker on a free Redis database (``redis://127.0.0.1:6379/<n>``, flushed at
+  teardown) and the result backend on the Airflow metadata database, a fresh uniquely named PostgreSQL
+  database created at start and dropped at teardown;
+* the bundle's audit chain on PostgreSQL (the Airflow database) and its promotion lock (advisory lock) on
+  the MLflow database, as in docker-compose.yaml.
+
+The Airflow environment comes from scripts/airflow_local.py (shared secrets, SimpleAuthManager logins,
+execution API URL) with stack overrides; the processes are scripts/demo.py's ``Processes``.
+
+Each worker's task processes report ``w<n>@<host>`` as their hostname (``[core] hostname_callable`` =
+``stack.worker_hostname``), so the task-instance ``hostname`` field shows which Celery worker ran a task,
+as it would with one container per worker.
+
+Needs PostgreSQL (trust auth) and Redis on 127.0.0.1; override with STACK_PG_HOST/STACK_PG_PORT/
+STACK_PG_USER and STACK_REDIS_HOST/STACK_REDIS_PORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import airflow_local as al  # noqa: E402
+
+PG_HOST = os.environ.get("STACK_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("STACK_PG_PORT") or 5432)
+PG_USER = os.environ.get("STACK_PG_USER", "postgres")
+REDIS_HOST = os.environ.get("STACK_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("STACK_REDIS_PORT") or 6379)
+WORKER_QUEUES = "default,training"
+AWS_CONN_ID = "mlops_s3"
+HOSTNAME_ENV = "MLOPS_STACK_WORKER_HOSTNAME"
+REDIS_CLAIM_KEY = "mlops-stack:claimed-by"
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def worker_hostname() -> str:
+    """[core] hostname_callable of the stack's Celery workers: the worker's Celery node name.
+
+    Both workers share this machine's hostname; the per-worker name stands in for the container hostname
+    each worker has in docker-compose, so the task-instance ``hostname`` field tells them apart.
+    """
+    return os.environ.get(HOSTNAME_ENV) or socket.getfqdn()
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ infrastructure
+
+
+def pg_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def pg_uri(db: str, scheme: str = "postgresql") -> str:
+    return f"{scheme}://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+
+
+def _pg_admin():
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    conn.autocommit = True
+    return conn
+
+
+def create_database(name: str) -> None:
+    conn = _pg_admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+def drop_database(name: str) -> None:
+    conn = _pg_admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def claim_redis_db(owner: str) -> int:
+    """An empty Redis database (1..15), claimed with a marker key so a parallel stack skips it."""
+    import redis
+
+    for n in range(1, 16):
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n)
+        try:
+            if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, owner, nx=True):
+                return n
+        finally:
+            client.close()
+    raise RuntimeError(f"no empty Redis database among 1..15 on {REDIS_HOST}:{REDIS_PORT} for the broker")
+
+
+def release_redis_db(n: int) -> None:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def wait_http(url: str, what: str, timeout: float, procs=None) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(url, timeout=2):
+                return
+        except OSError:
+            if procs is not None:
+                procs.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready at {url} after {timeout:.0f}s") from None
+            time.sleep(0.5)
+
+
+def aws_client(service: str, endpoint: str):
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- stack
+
+
+@dataclass
+class Stack:
+    """A running stack: base URLs, the environment of every Airflow process, and the process handles."""
+
+    tmp_dir: Path
+    api_url: str
+    mlflow_url: str
+    moto_url: str
+    bucket: str
+    kms_key_id: str
+    env: dict[str, str]
+    databases: dict[str, str]
+    redis_db: int
+    worker_hostnames: dict[str, str]
+    infra: object = None  # demo.Processes: moto, mlflow
+    airflow: object = None  # demo.Processes: Airflow components and Celery workers
+    api: object = None  # demo.Api logged in as admin
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def lake_uri(self) -> str:
+        return f"s3://{self.bucket}/lake"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.tmp_dir / "airflow" / "logs"
+
+    def s3(self):
+        return aws_client("s3", self.moto_url)
+
+    def check_alive(self) -> None:
+        self.infra.check_alive()
+        self.airflow.check_alive()
+
+
+def _migrate(env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        al.airflow_cmd("db", "migrate"), env=env, capture_output=True, text=True, cwd=al.PROJECT_ROOT
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+
+
+def _wait_log(path: Path, text: str, what: str, timeout: float, procs) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        procs.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not log {text!r} within {timeout:.0f}s; see {path}")
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def start_stack(
+    tmp_dir: str | os.PathLike[str] | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+    workers: tuple[str, ...] = ("w1", "w2"),
+    worker_concurrency: int = 2,
+    keep: bool = False,
+    timeout: float = 300,
+    need_dags: tuple[str, ...] = ("ingest", "train", "monitor"),
+) -> Iterator[Stack]:
+    """Start the stack under `tmp_dir` (a fresh temp folder if None); stop it and drop its databases on exit.
+
+    Yields once the api-server answers, the MLflow server is healthy, the Celery workers are ready, the
+    DAGs in `need_dags` are parsed and the training pool exists. `extra_env` is added to every Airflow
+    process's environment (e.g. ``MLOPS_TRAINING__CANDIDATES``).
+    """
+    import demo  # scripts/demo.py: Processes, Api, wait_for_dags, ensure_pool
+
+    tmp = Path(tmp_dir or tempfile.mkdtemp(prefix="mlops-stack-")).resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    home = tmp / "airflow"
+    stack_id = uuid.uuid4().hex[:10]
+    dbs = {"airflow": f"mlops_stack_{stack_id}_airflow", "mlflow": f"mlops_stack_{stack_id}_mlflow"}
+    bucket = f"mlops-stack-{stack_id}"
+    t0 = time.monotonic()
+    old_home = al.AIRFLOW_HOME
+    # demo.Processes keeps its pid file and logs under al.AIRFLOW_HOME: point it at this stack's home
+    al.AIRFLOW_HOME = home
+    created: list[str] = []
+    redis_db: int | None = None
+    infra = airflow = None
+    try:
+        if not pg_reachable():
+            raise RuntimeError(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
+        if not redis_reachable():
+            raise RuntimeError(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}")
+        for name in dbs.values():
+            create_database(name)
+            created.append(name)
+        redis_db = claim_redis_db(stack_id)
+        gx_root = tmp / "great_expectations"
+        if not gx_root.exists():
+            shutil.copytree(
+                al.PROJECT_ROOT / "great_expectations", gx_root, ignore=shutil.ignore_patterns("uncommitted")
+            )
+        (tmp / "mlflow-artifacts").mkdir(exist_ok=True)
+
+        # --- infrastructure: moto (S3 + KMS), MLflow on Postgres -----------------------------------
+        moto_port, mlflow_port, api_port = free_port(), free_port(), free_port()
+        moto_url = f"http://{al.HOST}:{moto_port}"
+        mlflow_url = f"http://{al.HOST}:{mlflow_port}"
+        venv_bin = Path(sys.executable).parent
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "AWS_"))}
+        infra_env = base | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        infra = demo.Processes(infra_env)
+        infra.commands = {
+            "moto": [str(venv_bin / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
+            "mlflow": [
+                str(venv_bin / "mlflow"), "server",
+                "--host", al.HOST,
+                "--port", str(mlflow_port),
+                "--workers", "1",
+                "--backend-store-uri", pg_uri(dbs["mlflow"]),
+                "--artifacts-destination", str(tmp / "mlflow-artifacts"),
+                "--allowed-hosts", f"{al.HOST}:{mlflow_port},localhost:{mlflow_port}",
+            ],
+        }  # fmt: skip
+        infra.start()
+        wait_http(moto_url + "/moto-api/", "moto server", 60, infra)
+        aws_client("s3", moto_url).create_bucket(Bucket=bucket)
+        kms_key_id = aws_client("kms", moto_url).create_key(Description=f"mlops stack {stack_id}")["KeyMetadata"][
+            "Arn"
+        ]
+
+        # --- Airflow: the local env builder with stack overrides -------------------------------------
+        al.write_auth_files(home)
+        env = al.airflow_env(base, home=home, port=api_port)
+        conn = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": moto_url, "region_name": "us-east-1"},
+        }
+        hostname = socket.gethostname()
+        worker_names = {w: f"{w}@{hostname}" for w in workers}
+        env.update(
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_uri(dbs["airflow"], "postgresql+psycopg2"),
+                "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "8",
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+                "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(dbs["airflow"], "db+postgresql"),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                # the triggerer serves its logs on a port; a second stack must not collide with it
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # the bundle: lake on moto S3, KMS encryption, audit + promotion lock on Postgres
+                "AIRFLOW_CONN_MLOPS_S3": json.dumps(conn),
+                "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "churn.yaml"),
+                "MLOPS_STORAGE__ROOT_URI": f"s3://{bucket}/lake",
+                "MLOPS_STORAGE__AWS_CONN_ID": AWS_CONN_ID,
+                "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
+                "MLOPS_MLFLOW__TRACKING_URI": mlflow_url,
+                "MLFLOW_TRACKING_URI": mlflow_url,
+                "MLOPS_ENCRYPTION__ENABLED": "true",
+                "MLOPS_ENCRYPTION__KEY_SOURCE": "kms",
+                "MLOPS_ENCRYPTION__KMS_KEY_ID": kms_key_id,
+                "MLOPS_AUDIT__STORE_URI": pg_uri(dbs["airflow"]),
+                "MLOPS_PROMOTION__LOCK_URI": pg_uri(dbs["mlflow"]),
+                **(extra_env or {}),
+            }
+        )
+        t_migrate = time.monotonic()
+        _migrate(env)
+        migrate_s = time.monotonic() - t_migrate
+
+        airflow = demo.Processes(env)
+        commands = {name: al.airflow_cmd(name) for name in AIRFLOW_COMPONENTS}
+        scripts_dir = str(Path(__file__).resolve().parent)
+        pythonpath = os.pathsep.join(x for x in (scripts_dir, env.get("PYTHONPATH")) if x)
+        for w, node in worker_names.items():
+            # per-worker settings through env(1), which execs: the pid stays the worker's
+            commands[f"worker-{w}"] = [
+                "env",
+                f"{HOSTNAME_ENV}={node}",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE=stack.worker_hostname",
+                f"PYTHONPATH={pythonpath}",
+                # each worker serves its task logs on its own port (default 8793 would collide)
+                f"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT={free_port()}",
+                *al.airflow_cmd("celery", "worker", "-q", WORKER_QUEUES, "--celery-hostname", f"{w}@%h"),
+            ]
+        airflow.commands = commands
+        airflow.start()
+        stack = Stack(
+            tmp_dir=tmp,
+            api_url=al.api_url(api_port),
+            mlflow_url=mlflow_url,
+            moto_url=moto_url,
+            bucket=bucket,
+            kms_key_id=kms_key_id,
+            env=env,
+            databases=dict(dbs),
+            redis_db=redis_db,
+            worker_hostnames=worker_names,
+            infra=infra,
+            airflow=airflow,
+        )
+        api = demo.Api(stack.api_url, "admin", al.USERS["admin"])
+        demo.wait_for("api-server", api.ready, timeout, airflow)
+        wait_http(mlflow_url + "/health", "mlflow server", timeout, infra)
+        for w in workers:
+            _wait_log(airflow.log(f"worker-{w}"), " ready.", f"celery worker {w}", timeout, airflow)
+        api.login()
+        stack.api = api
+        if need_dags:
+            demo.wait_for_dags(api, airflow, set(need_dags), timeout)
+        old_env = dict(os.environ)
+        try:  # ensure_pool reads pool_slots from the bundle config in this process
+            os.environ.update({k: v for k, v in env.items() if k.startswith("MLOPS_")})
+            demo.ensure_pool(api)
+        finally:
+            os.environ.clear()
+            os.environ.update(old_env)
+        stack.timings = {"migrate_s": round(migrate_s, 1), "start_s": round(time.monotonic() - t0, 1)}
+        yield stack
+    finally:
+        for procs in (airflow, infra):
+            if procs is not None:
+                procs.stop()
+        al.AIRFLOW_HOME = old_home
+        if redis_db is not None:
+            with contextlib.suppress(Exception):
+                release_redis_db(redis_db)
+        if keep:
+            if created:
+                say(f"kept databases  {', '.join(created)} (drop them with DROP DATABASE ... WITH (FORCE))")
+        else:
+            for name in created:
+                try:
+                    drop_database(name)
+                except Exception as exc:  # noqa: BLE001 - report and go on dropping the others
+                    say(f"could not drop database {name}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("up",))
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases at exit")
+    parser.add_argument("--dir", help="working folder (default: a fresh temp folder)")
+    parser.add_argument("--paused", action="store_true", help="leave the DAGs paused")
+    args = parser.parse_args(argv)
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_term)
+    try:
+        with start_stack(args.dir, keep=args.keep) as stack:
+            if not args.paused:
+                import demo
+
+                demo.unpause_all(stack.api, stack.api.get("/api/v2/dags", limit=100)["dags"])
+            say("")
+            say(f"Airflow UI/API  {stack.api_url}  (admin / {al.USERS['admin']}; token: POST /auth/token)")
+            say(f"MLflow          {stack.mlflow_url}")
+            say(f"moto (S3, KMS)  {stack.moto_url}  lake {stack.lake_uri}  KMS key {stack.kms_key_id}")
+            say(f"databases       {', '.join(stack.databases.values())} on {PG_HOST}:{PG_PORT}")
+            say(f"Celery          broker redis://{REDIS_HOST}:{REDIS_PORT}/{stack.redis_db}, workers "
+                f"{', '.join(stack.worker_hostnames.values())} (queues {WORKER_QUEUES})")  # fmt: skip
+            say(f"logs            {stack.log_dir}/<component>.log (task logs under dag_id=*/)")
+            say(f"ready after {stack.timings['start_s']:.0f}s; press Ctrl-C to stop")
+            while True:
+                stack.check_alive()
+                time.sleep(2)
+    except KeyboardInterrupt:
+        say("\nCtrl-C")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
