@@ -62,7 +62,7 @@ def train():
 
         return prepare(params, dag_run)
 
-    @task(pool=TRAINING_POOL)
+    @task(pool=TRAINING_POOL, queue="training")  # heavy: Celery workers serving the training queue
     def train_candidate(job: dict, dag_run=None) -> dict:
         from mlops_airflow.train_tasks import train_one
 

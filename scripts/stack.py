@@ -102,6 +102,8 @@ def redis_reachable(timeout: float = 2.0) -> bool:
 
 
 def pg_uri(db: str, scheme: str = "postgresql") -> str:
+    """A database URI; SQLAlchemy users get an explicit driver (its default for postgresql:// is psycopg 3,
+    which is not installed: the venv has psycopg2, and asyncpg for Airflow's async engine)."""
     return f"{scheme}://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
 
 
@@ -248,12 +250,13 @@ def start_stack(
     keep: bool = False,
     timeout: float = 300,
     need_dags: tuple[str, ...] = ("ingest", "train", "monitor"),
+    dags_folder: str | os.PathLike[str] | None = None,
 ) -> Iterator[Stack]:
     """Start the stack under `tmp_dir` (a fresh temp folder if None); stop it and drop its databases on exit.
 
     Yields once the api-server answers, the MLflow server is healthy, the Celery workers are ready, the
     DAGs in `need_dags` are parsed and the training pool exists. `extra_env` is added to every Airflow
-    process's environment (e.g. ``MLOPS_TRAINING__CANDIDATES``).
+    process's environment (e.g. ``MLOPS_TRAINING__CANDIDATES``); `dags_folder` replaces the bundle's dags/.
     """
     import demo  # scripts/demo.py: Processes, Api, wait_for_dags, ensure_pool
 
@@ -301,7 +304,7 @@ def start_stack(
                 "--host", al.HOST,
                 "--port", str(mlflow_port),
                 "--workers", "1",
-                "--backend-store-uri", pg_uri(dbs["mlflow"]),
+                "--backend-store-uri", pg_uri(dbs["mlflow"], "postgresql+psycopg2"),
                 "--artifacts-destination", str(tmp / "mlflow-artifacts"),
                 "--allowed-hosts", f"{al.HOST}:{mlflow_port},localhost:{mlflow_port}",
             ],
@@ -309,13 +312,15 @@ def start_stack(
         infra.start()
         wait_http(moto_url + "/moto-api/", "moto server", 60, infra)
         aws_client("s3", moto_url).create_bucket(Bucket=bucket)
-        kms_key_id = aws_client("kms", moto_url).create_key(Description=f"mlops stack {stack_id}")["KeyMetadata"][
-            "Arn"
-        ]
+        kms_key_id = aws_client("kms", moto_url).create_key(Description=f"mlops stack {stack_id}")[
+            "KeyMetadata"
+        ]["Arn"]
 
         # --- Airflow: the local env builder with stack overrides -------------------------------------
         al.write_auth_files(home)
-        env = al.airflow_env(base, home=home, port=api_port)
+        env = al.airflow_env(
+            base, home=home, port=api_port, dags_folder=Path(dags_folder) if dags_folder else None
+        )
         conn = {
             "conn_type": "aws",
             "login": "testing",
@@ -331,7 +336,7 @@ def start_stack(
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
-                "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(dbs["airflow"], "db+postgresql"),
+                "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(dbs["airflow"], "db+postgresql+psycopg2"),
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
                 "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
                 # the triggerer serves its logs on a port; a second stack must not collide with it

@@ -172,3 +172,18 @@ def mlflow_server(session_dir):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_globals():
+    """MLflow keeps the tracking and registry URIs in module globals: never let one test's server leak
+    into the next test (a dead server there means minutes of HTTP retries)."""
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None

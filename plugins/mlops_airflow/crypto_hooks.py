@@ -89,6 +89,26 @@ def storage_with_encryption(cfg: BundleConfig, store: Storage) -> Storage:
     """`store` wrapped so objects under encryption.prefixes are encrypted at rest (when enabled)."""
     if not cfg.encryption.enabled:
         return store
-    from mlops_bundle.crypto import EncryptingStorage
+    from mlops_bundle.crypto import EncryptingStorage, set_key_use_callback
 
+    set_key_use_callback(_audit_key_use(cfg))
     return EncryptingStorage(store, keyring_from_config(cfg), list(cfg.encryption.prefixes))
+
+
+def _audit_key_use(cfg: BundleConfig):
+    """Record every use of a key-encryption key (ids and object names only) in the audit trail."""
+    import os
+
+    from mlops_bundle.audit import record_event
+
+    def record(action: str, key_id: str, name: str) -> None:
+        record_event(
+            cfg,
+            f"key.{action}",
+            actor=os.environ.get("AIRFLOW_CTX_DAG_ID", "mlops"),
+            subject=name,
+            payload={"key_id": key_id, "object": name},
+            required=False,
+        )
+
+    return record

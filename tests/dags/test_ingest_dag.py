@@ -136,3 +136,11 @@ def test_encrypted_staging_is_read_transparently(dagbag, monkeypatch):
     assert len(df) == 800
     landing = LAKE / "landing" / "churn" / date / "batch.csv"
     assert not is_encrypted(landing.read_bytes()[:16]), "raw landing files are never modified"
+    # every use of the key-encryption key is in the audit trail (ids and object names, never keys)
+    from mlops_bundle import audit
+
+    uses = [r for r in audit.iter_records(cfg.audit_uri) if r["event"] == "key.encrypt"]
+    objects = {r["subject"] for r in uses}
+    assert f"staging/churn/ds={date}/part-0.parquet" in objects
+    assert all(r["payload"]["key_id"].startswith("local:") for r in uses)
+    assert keyset not in json.dumps([r["payload"] for r in uses])

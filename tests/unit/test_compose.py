@@ -142,7 +142,9 @@ def test_celery_executor_with_redis_broker_and_postgres_results(compose):
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith(
+        "db+postgresql+psycopg2://"
+    )  # SQLAlchemy 2.1 defaults to psycopg 3
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
         assert re.fullmatch(r"\$\{[A-Z0-9_]+\}", str(env[key])), (
@@ -157,7 +159,7 @@ def test_airflow_commands(services):
         "airflow-scheduler": "scheduler",
         "airflow-dag-processor": "dag-processor",
         "airflow-triggerer": "triggerer",
-        "airflow-worker": "celery worker",
+        "airflow-worker": "celery worker -q default,training",
     }
     for name, command in expected.items():
         got = services[name]["command"]
