@@ -176,8 +176,10 @@ def mlflow_server(session_dir):
 
 @pytest.fixture(autouse=True)
 def _reset_mlflow_globals():
-    """MLflow keeps the tracking and registry URIs in module globals: never let one test's server leak
-    into the next test (a dead server there means minutes of HTTP retries)."""
+    """MLflow keeps the tracking and registry URIs in module globals and mirrors them into environment
+    variables (inherited by subprocesses): never let one test's store or server leak into the next test
+    (a dead server there means minutes of HTTP retries, a stale one reads the wrong store)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     yield
     import sys
 
@@ -187,3 +189,8 @@ def _reset_mlflow_globals():
 
         tracking_utils._tracking_uri = None
         registry_utils._registry_uri = None
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

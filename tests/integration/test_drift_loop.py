@@ -68,7 +68,7 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
 
     # the extra link of drift_report resolves to the report, served by the api-server behind its auth
     links = af.call("GET", f"/api/v2/dags/monitor/dagRuns/{monitor_run}/taskInstances/drift_report/links")
-    url = links["Drift report"]
+    url = links["extra_links"]["Drift report"]
     assert url and url.endswith(f"/mlops/reports/churn/{DRIFT_DAY}/report.html")
     full = url if url.startswith("http") else af.url + url
     req = urllib.request.Request(full, headers={"Authorization": f"Bearer {af.token}"})

@@ -122,6 +122,7 @@ def test_batch_in_s3_trains_and_promotes_a_champion_on_celery_workers(stack, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(stack.mlflow_url)
+    mlflow.set_registry_uri(stack.mlflow_url)  # a registry URI left by another test must not win
     try:
         version = MlflowClient(stack.mlflow_url).get_model_version_by_alias(cfg.model_name, "champion")
         model = mlflow.sklearn.load_model(f"models:/{cfg.model_name}@champion")

@@ -248,7 +248,7 @@ def register(cfg, names: list[str]) -> dict[str, str]:
     from sklearn.pipeline import make_pipeline
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_registry_uri(cfg.tracking_uri)  # the registry URI is global state of its own
+
     client = mlflow.MlflowClient(cfg.tracking_uri)
     exp_name = f"promotion-test-{uuid.uuid4().hex[:8]}"
     exp_id = client.create_experiment(exp_name, artifact_location=cfg.artifact_root)
