@@ -43,7 +43,7 @@ os.environ.update(
     }
 )
 for key in list(os.environ):
-    if key.startswith("AIRFLOW_CONN_") or key.startswith("AWS_"):
+    if key.startswith(("AIRFLOW_CONN_", "AWS_")) or key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         del os.environ[key]
 
 
@@ -174,23 +174,25 @@ def mlflow_server(session_dir):
     log.close()
 
 
-@pytest.fixture(autouse=True)
-def _reset_mlflow_globals():
-    """MLflow keeps the tracking and registry URIs in module globals and mirrors them into environment
-    variables (inherited by subprocesses): never let one test's store or server leak into the next test
-    (a dead server there means minutes of HTTP retries, a stale one reads the wrong store)."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
+def _clear_mlflow_uris() -> None:
     import sys
 
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(key, None)
     if "mlflow" in sys.modules:
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
         tracking_utils._tracking_uri = None
         registry_utils._registry_uri = None
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_globals():
+    """MLflow keeps the tracking and registry URIs in module globals and mirrors them into environment
+    variables (inherited by subprocesses). Module- and session-scoped fixtures set them too, so every test
+    starts and ends without any: one test's store or server never leaks into the next (a dead server
+    there means minutes of HTTP retries, a stale one reads the wrong store). Tests set what they use."""
+    _clear_mlflow_uris()
+    yield
+    _clear_mlflow_uris()
