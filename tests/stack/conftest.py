@@ -8,9 +8,12 @@ a failure: the CI machine has both.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -19,11 +22,13 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "scripts"))
 import stack as stack_runner  # noqa: E402 (scripts/stack.py)
 
-# Small and fast: one logistic-regression candidate instead of the config's four.
+# Small and fast: one logistic-regression candidate instead of the config's four. Promotions need a
+# human approval here (as a governed team would run it): the `chain` fixture approves through the API.
 STACK_ENV = {
     "MLOPS_TRAINING__CANDIDATES": json.dumps(
         [{"name": "logreg", "family": "logistic_regression", "params": {"C": 1.0}}]
     ),
+    "MLOPS_PROMOTION__REQUIRE_APPROVAL": "true",
 }
 
 
@@ -50,9 +55,71 @@ def _require_services() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    """A running stack for the test module; stopped and its databases dropped afterwards."""
+    """One running stack shared by the tier's tests (the fault tests start their own); stopped and its
+    databases dropped at the end of the session."""
     _require_services()
     with stack_runner.start_stack(tmp_path_factory.mktemp("stack"), extra_env=STACK_ENV) as running:
         yield running
+
+
+CHAIN_DATE = "2026-01-05"
+
+
+@dataclass
+class Chain:
+    """What the REST-driven chain left behind: run ids per DAG, the landing object, timings."""
+
+    token: str
+    batch_date: str
+    landing_key: str
+    landing_bytes: bytes
+    runs: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def chain(stack) -> Chain:
+    """Drive the whole chain once through the REST API with a JWT, as a producer and an operator would:
+    a batch lands in S3, ingest is triggered with conf, the validated-data asset triggers train, whose
+    promotion waits for a human and is approved through the API, then monitor is triggered for the same day. Fails if any run does not succeed."""
+    from mlops_bundle.config import load_config
+    from mlops_bundle.sample import generate_batch
+    from tests.stack.api import q, rest, token_for, wait_new_run, wait_run, wait_task_state
+
+    cfg = load_config(environ=stack.env)
+    token = token_for(stack.api_url, "admin", "admin")
+    landing_key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{CHAIN_DATE}/batch.csv"
+    csv = generate_batch(CHAIN_DATE, rows=2000).to_csv(index=False).encode()
+    stack.s3().put_object(Bucket=stack.bucket, Key=landing_key, Body=csv)
+    result = Chain(token=token, batch_date=CHAIN_DATE, landing_key=landing_key, landing_bytes=csv)
+
+    for dag_id in ("ingest", "train", "monitor"):
+        rest(stack.api_url, token, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    t0 = time.monotonic()
+    run_id = f"stack__{CHAIN_DATE}__{int(time.time())}"
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": CHAIN_DATE}}
+    rest(stack.api_url, token, "POST", "/api/v2/dags/ingest/dagRuns", body)
+    result.runs["ingest"] = wait_run(stack, token, "ingest", run_id, timeout=300)
+    assert result.runs["ingest"]["state"] == "success", f"ingest failed; task logs under {stack.log_dir}"
+
+    train = wait_new_run(stack, token, "train", since, "asset_triggered", timeout=120)
+    train_id = train["dag_run_id"]
+    approve_path = f"/api/v2/dags/train/dagRuns/{q(train_id)}/taskInstances/approve/-1/hitlDetails"
+    wait_task_state(stack, token, "train", train_id, "approve", "awaiting_input", timeout=480)
+    result.seconds["ingest_to_approval"] = round(time.monotonic() - t0, 1)
+    rest(stack.api_url, token, "PATCH", approve_path, {"chosen_options": ["Approve"], "params_input": {}})
+    result.runs["train"] = wait_run(stack, token, "train", train_id, timeout=300)
+    result.seconds["ingest_to_promote"] = round(time.monotonic() - t0, 1)
+    assert result.runs["train"]["state"] == "success", f"train failed; task logs under {stack.log_dir}"
+
+    t1 = time.monotonic()
+    monitor_id = f"stack_monitor__{CHAIN_DATE}__{int(time.time())}"
+    body = {"dag_run_id": monitor_id, "logical_date": None, "conf": {"date": CHAIN_DATE}}
+    rest(stack.api_url, token, "POST", "/api/v2/dags/monitor/dagRuns", body)
+    result.runs["monitor"] = wait_run(stack, token, "monitor", monitor_id, timeout=300)
+    result.seconds["monitor"] = round(time.monotonic() - t1, 1)
+    assert result.runs["monitor"]["state"] == "success", f"monitor failed; task logs under {stack.log_dir}"
+    return result

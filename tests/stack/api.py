@@ -1,0 +1,113 @@
+"""REST helpers of the stack tests: JWT calls on loopback (proxies bypassed), waiting for runs."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+TERMINAL = {"success", "failed"}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def rest(base_url: str, token: str | None, method: str, path: str, body=None, **params):
+    """One REST call with a bearer JWT; raises urllib.error.HTTPError on 4xx/5xx."""
+    url = base_url + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with _OPENER.open(req, timeout=30) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def status_of(base_url: str, method: str, path: str, headers: dict[str, str] | None = None, body=None) -> int:
+    """The HTTP status of one request (no raising)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base_url + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with _OPENER.open(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def token_for(base_url: str, username: str, password: str) -> str:
+    return rest(base_url, None, "POST", "/auth/token", {"username": username, "password": password})[
+        "access_token"
+    ]
+
+
+def wait_run(stack, token: str, dag_id: str, run_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stack.check_alive()
+        run = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}")
+        if run["state"] in TERMINAL:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{dag_id} {run_id} still {run['state']} after {timeout}s; logs {stack.log_dir}"
+            )
+        time.sleep(2)
+
+
+def task_instances(stack, token: str, dag_id: str, run_id: str) -> list[dict]:
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances"
+    return rest(stack.api_url, token, "GET", path, limit=100)["task_instances"]
+
+
+def wait_new_run(stack, token: str, dag_id: str, since, run_type: str, timeout: float) -> dict:
+    """The first run of `dag_id` of `run_type` queued at or after `since` (a UTC datetime)."""
+    import datetime as dt
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns", limit=50)["dag_runs"]
+        found = [
+            r
+            for r in runs
+            if r["run_type"] == run_type
+            and dt.datetime.fromisoformat(r["queued_at"].replace("Z", "+00:00")) >= since
+        ]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {run_type} {dag_id} run queued since {since} after {timeout}s")
+        stack.check_alive()
+        time.sleep(2)
+
+
+def wait_task_state(stack, token: str, dag_id: str, run_id: str, task_id: str, state: str, timeout: float):
+    """Wait until task `task_id` (map index -1) of the run is in `state`; fail early if the run ends."""
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}"
+    deadline = time.monotonic() + timeout
+    while True:
+        stack.check_alive()
+        try:
+            ti = rest(stack.api_url, token, "GET", path)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # not created yet
+                raise
+            ti = {"state": None}
+        if ti["state"] == state:
+            return ti
+        run = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}")
+        if run["state"] in TERMINAL:
+            raise AssertionError(f"{dag_id} {run_id} ended {run['state']} before {task_id} was {state}")
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{dag_id}.{task_id} still {ti['state']} after {timeout}s; logs {stack.log_dir}"
+            )
+        time.sleep(2)
