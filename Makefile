@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint format lock bench browser clean distclean
+.PHONY: install demo up stack test lint format lock bench browser clean distclean
 
 ## install: venv + the locked dependencies + this project (skipped when the lock is unchanged)
 install: $(STAMP)
@@ -26,6 +26,11 @@ demo: install
 ## up: start the project-local Airflow and keep it running (UI on http://localhost:8080)
 up: install
 	$(BIN)/python scripts/demo.py up
+
+## stack: the docker-compose topology as processes (Celery workers, Postgres + Redis on 127.0.0.1, MLflow,
+##        moto S3 + KMS; settings from config/stack.env); prints the URLs, Ctrl-C stops it
+stack: install
+	$(BIN)/python scripts/stack.py up
 
 ## test: lint (ruff, incl. AIR3 on dags/) and the whole test suite
 test: install lint

@@ -10,7 +10,8 @@ What runs (each a subprocess in its own process group, logging to <tmp>/airflow/
   KMS key encrypts staging/quarantine/reports/predictions at rest (``encryption.key_source: kms``);
 * ``mlflow server`` on its own fresh PostgreSQL database (proxied artifacts in a temp folder);
 * Airflow 3.3: ``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and two
-  ``airflow celery worker`` processes (``--celery-hostname w1@%h`` / ``w2@%h``, queues ``default,training``);
+  ``airflow celery worker`` processes (``--celery-hostname w1@%h`` / ``w2@%h``, queues from
+  ``MLOPS_WORKER_QUEUES`` in config/stack.env: ``default,training``);
   CeleryExecutor with the broker on a free Redis database (``redis://127.0.0.1:6379/<n>``, flushed at
   teardown) and the result backend on the Airflow metadata database, a fresh uniquely named PostgreSQL
   database created at start and dropped at teardown;
@@ -18,7 +19,11 @@ What runs (each a subprocess in its own process group, logging to <tmp>/airflow/
   the MLflow database, as in docker-compose.yaml.
 
 The Airflow environment comes from scripts/airflow_local.py (shared secrets, SimpleAuthManager logins,
-execution API URL) with stack overrides; the processes are scripts/demo.py's ``Processes``.
+execution API URL), then config/stack.env (the settings docker-compose.yaml reads as its ``env_file``:
+executor, queues, encryption, audit ...), then this machine's databases, ports and URLs (``stack_env``);
+the MLflow server gets config/mlflow.env. Commands and environment are built by plain functions
+(``stack_env``, ``airflow_commands``, ``infra_commands``) that tests/stack/test_topology_agreement.py
+compares with docker-compose.yaml. The processes are scripts/demo.py's ``Processes``.
 
 Each worker's task processes report ``w<n>@<host>`` as their hostname (``[core] hostname_callable`` =
 ``stack.worker_hostname``), so the task-instance ``hostname`` field shows which Celery worker ran a task,
@@ -34,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,11 +61,61 @@ PG_PORT = int(os.environ.get("STACK_PG_PORT") or 5432)
 PG_USER = os.environ.get("STACK_PG_USER", "postgres")
 REDIS_HOST = os.environ.get("STACK_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("STACK_REDIS_PORT") or 6379)
-WORKER_QUEUES = "default,training"
-AWS_CONN_ID = "mlops_s3"
 HOSTNAME_ENV = "MLOPS_STACK_WORKER_HOSTNAME"
 REDIS_CLAIM_KEY = "mlops-stack:claimed-by"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+# --- settings shared with docker-compose.yaml (its `env_file`s): one source of truth for both topologies
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+STACK_ENV_FILE = CONFIG_DIR / "stack.env"  # every Airflow process / service
+MLFLOW_ENV_FILE = CONFIG_DIR / "mlflow.env"  # the MLflow tracking server
+QUEUES_KEY = "MLOPS_WORKER_QUEUES"  # in stack.env: the queues every Celery worker serves
+# the subset of the env-file format that Compose and this reader parse identically
+_ENV_LINE = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>[A-Za-z0-9_.,:/@+=-]*)")
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """KEY=VALUE lines of a settings file shared with docker-compose.yaml (blank lines, # comments).
+
+    Stricter than Compose on purpose: no quotes, spaces, inline comments or ``$`` interpolation, so a line
+    either means the same to Compose and to this reader or is refused here, naming file and line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read the shared stack settings {path}: {exc}") from None
+    out: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        m = _ENV_LINE.fullmatch(text)
+        if not m:
+            raise RuntimeError(
+                f"{path}:{number}: {text!r} is not KEY=VALUE with a plain value (letters, digits and "
+                f"_ . , : / @ + = - only; no quotes, spaces, inline comments or $): docker-compose.yaml "
+                f"reads this file too, so both must read every line the same way"
+            )
+        if m["key"] in out:
+            raise RuntimeError(f"{path}:{number}: {m['key']} is set twice")
+        out[m["key"]] = m["value"]
+    return out
+
+
+def shared_settings() -> dict[str, str]:
+    """config/stack.env: the topology-independent settings of every Airflow process (see that file)."""
+    settings = read_env_file(STACK_ENV_FILE)
+    needed = (QUEUES_KEY, "AIRFLOW__OPERATORS__DEFAULT_QUEUE", "MLOPS_STORAGE__AWS_CONN_ID")
+    missing = [k for k in needed if not settings.get(k)]
+    if missing:
+        raise RuntimeError(f"{STACK_ENV_FILE} lacks {missing}: every Airflow process of the stack needs them")
+    return settings
+
+
+_SHARED = shared_settings()
+WORKER_QUEUES = _SHARED[QUEUES_KEY]
+AWS_CONN_ID = _SHARED["MLOPS_STORAGE__AWS_CONN_ID"]
 
 
 def worker_hostname() -> str:
@@ -240,6 +296,127 @@ def _wait_log(path: Path, text: str, what: str, timeout: float, procs) -> None:
         time.sleep(1)
 
 
+# ------------------------------------------------------------------ commands and environment (pure)
+# Plain functions, so tests/stack/test_topology_agreement.py can compare them with docker-compose.yaml
+# without starting anything.
+
+
+def infra_env(base: dict[str, str]) -> dict[str, str]:
+    """Environment of the moto and MLflow server processes: `base` plus config/mlflow.env."""
+    return dict(base) | read_env_file(MLFLOW_ENV_FILE)
+
+
+def infra_commands(
+    *, moto_port: int, mlflow_port: int, mlflow_db: str, artifacts_dir: Path
+) -> dict[str, list[str]]:
+    """argv of the moto server (S3 + KMS; MinIO's role in compose) and the MLflow server (compose: mlflow)."""
+    venv_bin = Path(sys.executable).parent
+    return {
+        "moto": [str(venv_bin / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
+        "mlflow": [
+            str(venv_bin / "mlflow"), "server",
+            "--host", al.HOST,
+            "--port", str(mlflow_port),
+            "--workers", "1",
+            "--backend-store-uri", pg_uri(mlflow_db, "postgresql+psycopg2"),
+            "--serve-artifacts",
+            "--artifacts-destination", str(artifacts_dir),
+            "--allowed-hosts", f"{al.HOST}:{mlflow_port},localhost:{mlflow_port}",
+        ],
+    }  # fmt: skip
+
+
+def stack_env(
+    base: dict[str, str],
+    *,
+    home: Path,
+    api_port: int,
+    databases: dict[str, str],
+    redis_db: int,
+    moto_url: str,
+    mlflow_url: str,
+    bucket: str,
+    kms_key_id: str,
+    gx_root: Path,
+    worker_concurrency: int = 2,
+    dags_folder: str | os.PathLike[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment of every Airflow process of the stack, in three layers:
+
+    1. scripts/airflow_local.py: home, folders, SimpleAuthManager logins, the shared secrets, api-server;
+    2. config/stack.env: the settings shared with docker-compose.yaml (executor, queues, encryption ...);
+    3. this machine: PostgreSQL databases, the Redis broker db, free ports, moto S3 + KMS, MLflow URL.
+    Then `extra_env`. Layer 3 never overrides a key of layer 2 (the agreement test checks it).
+    """
+    env = al.airflow_env(
+        base, home=home, port=api_port, dags_folder=Path(dags_folder) if dags_folder else None
+    )
+    env.update(shared_settings())
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": moto_url, "region_name": "us-east-1"},
+    }
+    env.update(
+        {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_uri(databases["airflow"], "postgresql+psycopg2"),
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(databases["airflow"], "db+postgresql+psycopg2"),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
+            # the triggerer serves its logs on a port, the scheduler its /health: a second stack on this
+            # machine must not collide with them
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": al.HOST,
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
+            # the bundle: lake on moto S3, KMS encryption, audit + promotion lock on Postgres
+            f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}": json.dumps(conn),
+            "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "churn.yaml"),
+            "MLOPS_STORAGE__ROOT_URI": f"s3://{bucket}/lake",
+            "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
+            "MLOPS_MLFLOW__TRACKING_URI": mlflow_url,
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            "MLOPS_ENCRYPTION__KEY_SOURCE": "kms",
+            "MLOPS_ENCRYPTION__KMS_KEY_ID": kms_key_id,
+            "MLOPS_AUDIT__STORE_URI": pg_uri(databases["airflow"]),
+            "MLOPS_PROMOTION__LOCK_URI": pg_uri(databases["mlflow"]),
+            **(extra_env or {}),
+        }
+    )
+    return env
+
+
+def worker_node_names(workers: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Celery node name per stack worker (``w1@<host>``): stands in for the container hostname."""
+    hostname = socket.gethostname()
+    return {w: f"{w}@{hostname}" for w in workers}
+
+
+def airflow_commands(env: dict[str, str], worker_names: dict[str, str]) -> dict[str, list[str]]:
+    """argv of the Airflow processes: the four components and one Celery worker per `worker_names` entry.
+
+    A worker's argv starts with env(1) (which execs, so the pid stays the worker's) for the per-worker
+    settings that containers get for free: its node name and its own task-log server port.
+    """
+    commands = {name: al.airflow_cmd(name) for name in AIRFLOW_COMPONENTS}
+    scripts_dir = str(Path(__file__).resolve().parent)
+    pythonpath = os.pathsep.join(x for x in (scripts_dir, env.get("PYTHONPATH")) if x)
+    queues = env.get(QUEUES_KEY) or WORKER_QUEUES
+    for w, node in worker_names.items():
+        commands[f"worker-{w}"] = [
+            "env",
+            f"{HOSTNAME_ENV}={node}",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE=stack.worker_hostname",
+            f"PYTHONPATH={pythonpath}",
+            # each worker serves its task logs on its own port (default 8793 would collide)
+            f"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT={free_port()}",
+            *al.airflow_cmd("celery", "worker", "--queues", queues, "--celery-hostname", f"{w}@%h"),
+        ]
+    return commands
+
+
 @contextlib.contextmanager
 def start_stack(
     tmp_dir: str | os.PathLike[str] | None = None,
@@ -293,22 +470,14 @@ def start_stack(
         moto_port, mlflow_port, api_port = free_port(), free_port(), free_port()
         moto_url = f"http://{al.HOST}:{moto_port}"
         mlflow_url = f"http://{al.HOST}:{mlflow_port}"
-        venv_bin = Path(sys.executable).parent
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "AWS_"))}
-        infra_env = base | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        infra = demo.Processes(infra_env)
-        infra.commands = {
-            "moto": [str(venv_bin / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
-            "mlflow": [
-                str(venv_bin / "mlflow"), "server",
-                "--host", al.HOST,
-                "--port", str(mlflow_port),
-                "--workers", "1",
-                "--backend-store-uri", pg_uri(dbs["mlflow"], "postgresql+psycopg2"),
-                "--artifacts-destination", str(tmp / "mlflow-artifacts"),
-                "--allowed-hosts", f"{al.HOST}:{mlflow_port},localhost:{mlflow_port}",
-            ],
-        }  # fmt: skip
+        infra = demo.Processes(infra_env(base))
+        infra.commands = infra_commands(
+            moto_port=moto_port,
+            mlflow_port=mlflow_port,
+            mlflow_db=dbs["mlflow"],
+            artifacts_dir=tmp / "mlflow-artifacts",
+        )
         infra.start()
         wait_http(moto_url + "/moto-api/", "moto server", 60, infra)
         aws_client("s3", moto_url).create_bucket(Bucket=bucket)
@@ -316,67 +485,30 @@ def start_stack(
             "KeyMetadata"
         ]["Arn"]
 
-        # --- Airflow: the local env builder with stack overrides -------------------------------------
+        # --- Airflow: the local env builder, config/stack.env, then this machine's settings ----------
         al.write_auth_files(home)
-        env = al.airflow_env(
-            base, home=home, port=api_port, dags_folder=Path(dags_folder) if dags_folder else None
+        env = stack_env(
+            base,
+            home=home,
+            api_port=api_port,
+            databases=dbs,
+            redis_db=redis_db,
+            moto_url=moto_url,
+            mlflow_url=mlflow_url,
+            bucket=bucket,
+            kms_key_id=kms_key_id,
+            gx_root=gx_root,
+            worker_concurrency=worker_concurrency,
+            dags_folder=dags_folder,
+            extra_env=extra_env,
         )
-        conn = {
-            "conn_type": "aws",
-            "login": "testing",
-            "password": "testing",
-            "extra": {"endpoint_url": moto_url, "region_name": "us-east-1"},
-        }
-        hostname = socket.gethostname()
-        worker_names = {w: f"{w}@{hostname}" for w in workers}
-        env.update(
-            {
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_uri(dbs["airflow"], "postgresql+psycopg2"),
-                "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
-                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "8",
-                "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
-                "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(dbs["airflow"], "db+postgresql+psycopg2"),
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
-                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
-                # the triggerer serves its logs on a port; a second stack must not collide with it
-                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-                # the bundle: lake on moto S3, KMS encryption, audit + promotion lock on Postgres
-                "AIRFLOW_CONN_MLOPS_S3": json.dumps(conn),
-                "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "churn.yaml"),
-                "MLOPS_STORAGE__ROOT_URI": f"s3://{bucket}/lake",
-                "MLOPS_STORAGE__AWS_CONN_ID": AWS_CONN_ID,
-                "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
-                "MLOPS_MLFLOW__TRACKING_URI": mlflow_url,
-                "MLFLOW_TRACKING_URI": mlflow_url,
-                "MLOPS_ENCRYPTION__ENABLED": "true",
-                "MLOPS_ENCRYPTION__KEY_SOURCE": "kms",
-                "MLOPS_ENCRYPTION__KMS_KEY_ID": kms_key_id,
-                "MLOPS_AUDIT__STORE_URI": pg_uri(dbs["airflow"]),
-                "MLOPS_PROMOTION__LOCK_URI": pg_uri(dbs["mlflow"]),
-                **(extra_env or {}),
-            }
-        )
+        worker_names = worker_node_names(workers)
         t_migrate = time.monotonic()
         _migrate(env)
         migrate_s = time.monotonic() - t_migrate
 
         airflow = demo.Processes(env)
-        commands = {name: al.airflow_cmd(name) for name in AIRFLOW_COMPONENTS}
-        scripts_dir = str(Path(__file__).resolve().parent)
-        pythonpath = os.pathsep.join(x for x in (scripts_dir, env.get("PYTHONPATH")) if x)
-        for w, node in worker_names.items():
-            # per-worker settings through env(1), which execs: the pid stays the worker's
-            commands[f"worker-{w}"] = [
-                "env",
-                f"{HOSTNAME_ENV}={node}",
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE=stack.worker_hostname",
-                f"PYTHONPATH={pythonpath}",
-                # each worker serves its task logs on its own port (default 8793 would collide)
-                f"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT={free_port()}",
-                *al.airflow_cmd("celery", "worker", "-q", WORKER_QUEUES, "--celery-hostname", f"{w}@%h"),
-            ]
+        commands = airflow_commands(env, worker_names)
         airflow.commands = commands
         airflow.start()
         stack = Stack(

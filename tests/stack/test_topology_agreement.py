@@ -1,0 +1,493 @@
+"""docker-compose.yaml and the process stack (scripts/stack.py) describe one topology: they agree on
+services, commands, environment keys and queues.
+
+Static and fast: it parses docker-compose.yaml with yaml and calls scripts/stack.py's plain builders
+(`stack_env`, `airflow_commands`, `infra_commands`, `infra_env`) with placeholder databases and ports;
+no service is needed and nothing is started. Shared settings have one source, config/stack.env (the
+`env_file` of every Airflow service in compose, applied by `stack_env`) and config/mlflow.env (the MLflow
+server); everything else that differs between the two is listed below with its reason, so a new key,
+service or flag on one side only fails here until it is added to the other side or explained.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import stack as stack_runner  # noqa: E402 (scripts/stack.py)
+
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+ENV_EXAMPLE = REPO / ".env.example"
+
+# compose service -> the stack process(es) playing its part ("worker-*": one per stack worker; compose
+# runs one airflow-worker service scaled to N replicas, the stack N worker processes w1, w2, ...)
+SERVICE_PROCESSES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+    "airflow-worker": "worker-*",
+    "mlflow": "mlflow",
+    "minio": "moto",  # S3 (and KMS, which MinIO lacks) on loopback
+}
+# compose services without a process of their own in the stack, and what stands in for them
+NOT_A_PROCESS = {
+    "postgres": "the loopback PostgreSQL (STACK_PG_HOST:STACK_PG_PORT); start_stack creates fresh databases",
+    "redis": "the loopback Redis; start_stack claims an empty database number for the broker",
+    "minio-init": "start_stack creates the lake bucket on moto (moto accepts any access key: no user)",
+    "airflow-init": "start_stack runs `airflow db migrate`, seeds the SimpleAuthManager password file and "
+    "creates the training pool (REST)",
+    "env-check": "the stack has no .env: scripts/airflow_local.py generates its secrets, none is a placeholder",
+}
+
+# env keys of every Airflow service (compose: x-airflow-common environment + config/stack.env) that the
+# stack does not set, and why
+COMPOSE_ONLY_ENV = {
+    "AIRFLOW_CONN_MLOPS_KEYSET": "compose wraps data keys with a Tink keyset (MinIO has no KMS API); the "
+    "stack uses KMS on moto (MLOPS_ENCRYPTION__KMS_KEY_ID)",
+}
+# env keys the stack sets for every Airflow process that compose does not, and why
+STACK_ONLY_ENV = {
+    "AIRFLOW_HOME": "the image sets AIRFLOW_HOME=/opt/airflow; the stack has one home per stack",
+    "AIRFLOW__CORE__DAGS_FOLDER": "image default /opt/airflow/dags (mounted); the stack uses the checkout",
+    "AIRFLOW__CORE__PLUGINS_FOLDER": "image default /opt/airflow/plugins (mounted)",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": "image default /opt/airflow/logs (a volume); the stack's home",
+    "AIRFLOW__API__HOST": "compose: 0.0.0.0 in the container, published on 127.0.0.1; stack: loopback",
+    "AIRFLOW__API__PORT": "compose: 8080 in its own container; stack: a free port per stack",
+    "AIRFLOW__API__BASE_URL": "compose: the default (http://localhost:8080); stack: its free port",
+    "AIRFLOW__API__WORKERS": "one api-server worker on the 2-core test machines (compose: the default)",
+    "AIRFLOW__CORE__PARALLELISM": "sized for the 2-core test machines (compose: the default, 32)",
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "sized for the 2-core test machines (compose: the default, 16)",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "tests want DAG files picked up in seconds",
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "tests want DAG files picked up in seconds",
+    "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "sized for the 2-core test machines",
+    "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "tests want DAG edits visible in seconds",
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "several stacks share this machine: a free port each "
+    "(each compose triggerer container has its own 8794)",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "loopback only (compose: the container's "
+    "0.0.0.0, not published)",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "several stacks share this machine: a free "
+    "port each (compose: 8974 in the scheduler container, its healthcheck)",
+    "MLOPS_VALIDATION__GX_ROOT": "a private copy of great_expectations/ per stack (compose mounts the "
+    "checkout's at the default place)",
+    "MLOPS_ENCRYPTION__KMS_KEY_ID": "the stack's KMS key on moto (compose: a keyset, see above)",
+    "PATH": "the venv's bin/ first, so Airflow's subprocesses find this venv's `airflow` (the image has "
+    "its own PATH)",
+    "NO_PROXY": "loopback traffic must bypass any proxy of the host (containers talk on their network)",
+    "no_proxy": "same as NO_PROXY, for the libraries that read the lower-case name",
+}
+# per-worker settings: compose sets them on the airflow-worker service, the stack per worker process
+COMPOSE_ONLY_WORKER_ENV = {
+    "DUMB_INIT_SETSID": "the image's dumb-init must pass SIGTERM to the worker only (warm shutdown); the "
+    "stack starts workers without dumb-init",
+}
+STACK_ONLY_WORKER_ENV = {
+    stack_runner.HOSTNAME_ENV: "two workers share one host: a node name each (containers: own hostname)",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "task instances report that node name (containers: the hostname)",
+    "PYTHONPATH": "makes scripts/stack.py's hostname callable importable",
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "two workers on one host need two task-log ports "
+    "(containers: 8793 each)",
+}
+STACK_ONLY_WORKER_ARGS = {
+    "--celery-hostname": "two workers on one host need two Celery node names (containers: own hostname)",
+}
+# MLflow server flags
+STACK_ONLY_MLFLOW_FLAGS = {"--workers": "one server worker on the 2-core test machines"}
+COMPOSE_ONLY_MLFLOW_FLAGS: dict[str, str] = {}
+# these URIs differ in host, port, names and secrets but must use the same scheme (driver)
+SAME_SCHEME = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "MLOPS_STORAGE__ROOT_URI",
+    "MLOPS_AUDIT__STORE_URI",
+    "MLOPS_PROMOTION__LOCK_URI",
+    "MLOPS_MLFLOW__TRACKING_URI",
+    "MLFLOW_TRACKING_URI",
+)
+_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
+WORKERS = ("w1", "w2")
+
+
+def _explain(keys, side: str, other: str, table: str) -> str:
+    return "\n".join(
+        f"  {k}: set by {side} but not by {other}: set it there too, move it to config/stack.env if it is "
+        f"the same in both, or add it to {table} with the reason"
+        for k in sorted(keys)
+    )
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared() -> dict[str, str]:
+    return stack_runner.shared_settings()
+
+
+@pytest.fixture(scope="module")
+def compose_env(compose, shared) -> dict[str, str]:
+    """What every compose Airflow service gets: config/stack.env, then x-airflow-common's environment."""
+    files = [e["path"] for e in compose["x-airflow-common"]["env_file"]]
+    assert files == ["config/stack.env"], f"x-airflow-common env_file is {files}, not config/stack.env"
+    assert (REPO / files[0]).resolve() == stack_runner.STACK_ENV_FILE.resolve()
+    return shared | {k: str(v) for k, v in compose["x-airflow-common"]["environment"].items()}
+
+
+@pytest.fixture(scope="module")
+def stack_side(tmp_path_factory) -> dict:
+    """The stack's env and argv as start_stack builds them (placeholder databases, ports and URLs)."""
+    tmp = tmp_path_factory.mktemp("topology")
+    ports = {"api": 18080, "moto": 18081, "mlflow": 18082}
+    env = stack_runner.stack_env(
+        {},
+        home=tmp / "airflow",
+        api_port=ports["api"],
+        databases={"airflow": "mlops_stack_x_airflow", "mlflow": "mlops_stack_x_mlflow"},
+        redis_db=7,
+        moto_url=f"http://127.0.0.1:{ports['moto']}",
+        mlflow_url=f"http://127.0.0.1:{ports['mlflow']}",
+        bucket="mlops-stack-x",
+        kms_key_id="arn:aws:kms:us-east-1:123456789012:key/x",
+        gx_root=tmp / "great_expectations",
+    )
+    return {
+        "env": env,
+        "commands": stack_runner.airflow_commands(env, stack_runner.worker_node_names(WORKERS)),
+        "infra": stack_runner.infra_commands(
+            moto_port=ports["moto"], mlflow_port=ports["mlflow"], mlflow_db="m", artifacts_dir=tmp / "a"
+        ),
+        "infra_env": stack_runner.infra_env({}),
+        "ports": ports,
+    }
+
+
+def _airflow_args(argv: list[str]) -> list[str]:
+    """argv after the `airflow` executable (stack: <venv>/bin/airflow or python -m airflow)."""
+    if Path(argv[0]).name == "airflow":
+        return argv[1:]
+    assert argv[1:3] == ["-m", "airflow"], f"not an airflow command: {argv}"
+    return argv[3:]
+
+
+def _split_worker(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A stack worker's argv: env(1) assignments, then the airflow command."""
+    assert argv[0] == "env", argv
+    assigns, i = {}, 1
+    while "=" in argv[i] and not argv[i].startswith("/"):
+        key, _, value = argv[i].partition("=")
+        assigns[key] = value
+        i += 1
+    return assigns, _airflow_args(argv[i:])
+
+
+def _drop_args(args: list[str], flags) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def _flags(args: list[str]) -> dict[str, str | bool]:
+    """--flag=value, --flag value and bare --flag, as a dict."""
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            if "=" in a:
+                k, _, v = a.partition("=")
+                out[k] = v
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                out[a] = args[i + 1]
+                i += 1
+            else:
+                out[a] = True
+        i += 1
+    return out
+
+
+def _resolve(value: str, env_example: dict[str, str]) -> str:
+    return _VAR.sub(lambda m: env_example.get(m.group(1), ""), value).replace("$$", "$")
+
+
+def _compose_worker_argv(compose, compose_env, tmp_path) -> list[str]:
+    """Run the airflow-worker service's command with bash, with a stub `airflow` that prints its argv."""
+    bash = shutil.which("bash")
+    if not bash:
+        pytest.skip("bash is not installed")
+    cmd = compose["services"]["airflow-worker"]["command"]
+    argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    argv = [a.replace("$$", "$") for a in argv]  # Compose's escape: the container sees one $
+    stub = tmp_path / "bin" / "airflow"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\"\n", encoding="utf-8")
+    stub.chmod(0o755)
+    assert argv[0] == "bash", f"airflow-worker runs {argv[0]!r}; update this test's resolution"
+    container_env = {k: v for k, v in compose_env.items() if "${" not in v}
+    proc = subprocess.run(
+        [bash, *argv[1:]],
+        env=container_env | {"PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, f"the airflow-worker command failed under bash: {proc.stderr}"
+    return [a for a in proc.stdout.split("\0") if a]
+
+
+# ------------------------------------------------------------------------------------------ services
+
+
+def test_every_service_has_its_counterpart(compose, stack_side):
+    services = set(compose["services"])
+    unmapped = services - set(SERVICE_PROCESSES) - set(NOT_A_PROCESS)
+    assert not unmapped, (
+        f"compose services {sorted(unmapped)} have no counterpart in scripts/stack.py: add one, or explain "
+        f"them in NOT_A_PROCESS of this test"
+    )
+    stale = (set(SERVICE_PROCESSES) | set(NOT_A_PROCESS)) - services
+    assert not stale, f"this test maps compose services that no longer exist: {sorted(stale)}"
+
+    processes = set(stack_side["commands"]) | set(stack_side["infra"])
+    expected = {p for p in SERVICE_PROCESSES.values() if p != "worker-*"} | {f"worker-{w}" for w in WORKERS}
+    assert processes == expected, (
+        f"stack processes {sorted(processes)} vs the compose services' counterparts {sorted(expected)}: "
+        f"only in the stack {sorted(processes - expected)}, missing {sorted(expected - processes)}"
+    )
+
+
+def test_init_steps_have_their_stack_counterparts(compose):
+    """What airflow-init and minio-init do once in compose, start_stack does at every start."""
+    source = inspect.getsource(stack_runner.start_stack)
+    for call, what in (
+        ("_migrate(", "airflow db migrate"),
+        ("write_auth_files(", "the SimpleAuthManager password file"),
+        ("ensure_pool(", "the training pool"),
+        ("create_bucket(", "the lake bucket"),
+    ):
+        assert call in source, f"start_stack no longer does {what} ({call}), which compose's init services do"
+    init = "\n".join(compose["services"]["airflow-init"]["command"])
+    for step in ("airflow db migrate", "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "airflow pools set"):
+        assert step in init, f"airflow-init no longer runs {step!r}, which start_stack does"
+
+
+def test_backends_use_the_same_drivers(compose_env, stack_side, env_example):
+    """Postgres, Redis, S3, MLflow and the execution API: other hosts, same schemes (drivers)."""
+    env = stack_side["env"]
+    for key in SAME_SCHEME:
+        ours, theirs = urlsplit(_resolve(compose_env[key], env_example)), urlsplit(env[key])
+        assert ours.scheme == theirs.scheme, (
+            f"{key}: compose uses {ours.scheme}:// but the stack {theirs.scheme}://"
+        )
+        if key == "AIRFLOW__CORE__EXECUTION_API_SERVER_URL":
+            assert ours.path == theirs.path == "/execution/", (ours.path, theirs.path)
+    assert urlsplit(_resolve(compose_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], env_example)).hostname == (
+        "postgres"
+    )
+    assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).hostname == stack_runner.PG_HOST
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == stack_runner.REDIS_HOST
+
+
+def test_the_lake_connection_points_at_the_object_store(
+    compose, compose_env, stack_side, env_example, shared
+):
+    """Both name the lake's connection from config/stack.env; it reaches MinIO resp. the moto process."""
+    key = f"AIRFLOW_CONN_{shared['MLOPS_STORAGE__AWS_CONN_ID'].upper()}"
+    assert key in compose_env, f"compose lacks {key} for MLOPS_STORAGE__AWS_CONN_ID of config/stack.env"
+    assert key in stack_side["env"], f"the stack lacks {key}"
+    ours = json.loads(_resolve(compose_env[key], env_example))
+    theirs = json.loads(stack_side["env"][key])
+    assert ours["conn_type"] == theirs["conn_type"] == "aws"
+    assert urlsplit(ours["extra"]["endpoint_url"]).hostname == "minio"
+    moto_argv = stack_side["infra"]["moto"]
+    moto_port = int(moto_argv[moto_argv.index("-p") + 1])
+    assert urlsplit(theirs["extra"]["endpoint_url"]).port == moto_port, (
+        f"the stack's {key} points at {theirs['extra']['endpoint_url']}, moto listens on port {moto_port}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@pytest.mark.parametrize(
+    "service", ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+)
+def test_airflow_component_commands_agree(compose, stack_side, service):
+    cmd = compose["services"][service]["command"]
+    ours = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    theirs = _airflow_args(stack_side["commands"][SERVICE_PROCESSES[service]])
+    assert ours == theirs, (
+        f"{service} runs `airflow {' '.join(ours)}`, the stack `airflow {' '.join(theirs)}`"
+    )
+
+
+def test_worker_commands_and_queues_agree(compose, compose_env, stack_side, shared, tmp_path):
+    ours = _compose_worker_argv(compose, compose_env, tmp_path)
+    queues = shared[stack_runner.QUEUES_KEY]
+    for w in WORKERS:
+        _, args = _split_worker(stack_side["commands"][f"worker-{w}"])
+        theirs = _drop_args(args, STACK_ONLY_WORKER_ARGS)
+        assert ours == theirs, (
+            f"compose's worker runs `airflow {' '.join(ours)}`, stack {w} `airflow {' '.join(theirs)}`"
+        )
+        served = _flags(theirs).get("--queues")
+        assert served == queues, f"stack {w} serves {served!r}, config/stack.env says {queues!r}"
+    assert _flags(ours).get("--queues") == queues, f"compose's workers serve {_flags(ours)}, not {queues!r}"
+
+
+def test_worker_queues_cover_every_queue_the_dags_use(shared):
+    """Every queue a task names (and the default queue) is served, or its tasks would wait forever."""
+    served = set(shared[stack_runner.QUEUES_KEY].split(","))
+    used = {shared["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]: "tasks without a queue"}
+    for path in sorted((REPO / "dags").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for kw in getattr(node, "keywords", []) or []:
+                if kw.arg == "queue":
+                    assert isinstance(kw.value, ast.Constant), (
+                        f"{path.name}:{kw.value.lineno}: write the queue as a string literal so this test "
+                        f"can check that a worker serves it"
+                    )
+                    used.setdefault(kw.value.value, f"{path.name}:{kw.value.lineno}")
+    missing = {q: where for q, where in used.items() if q not in served}
+    assert not missing, f"no worker serves {missing}; add them to MLOPS_WORKER_QUEUES in config/stack.env"
+
+
+def test_train_candidate_runs_on_the_training_queue(shared):
+    tree = ast.parse((REPO / "dags" / "train.py").read_text(encoding="utf-8"))
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "train_candidate")
+    queues = [
+        kw.value.value
+        for dec in fn.decorator_list
+        if isinstance(dec, ast.Call)
+        for kw in dec.keywords
+        if kw.arg == "queue"
+    ]
+    assert queues == ["training"], f"train_candidate runs on {queues or 'the default queue'}"
+    assert "training" in shared[stack_runner.QUEUES_KEY].split(",")
+
+
+def test_mlflow_server_commands_agree(compose, stack_side):
+    svc = compose["services"]["mlflow"]
+    ours = [*svc["entrypoint"], *svc["command"]]
+    theirs = stack_side["infra"]["mlflow"]
+    assert Path(ours[0]).name == Path(theirs[0]).name == "mlflow" and ours[1] == theirs[1] == "server", (
+        ours[:2],
+        theirs[:2],
+    )
+    ours_f, theirs_f = _flags(ours[2:]), _flags(theirs[2:])
+    only_stack = set(theirs_f) - set(ours_f) - set(STACK_ONLY_MLFLOW_FLAGS)
+    only_compose = set(ours_f) - set(theirs_f) - set(COMPOSE_ONLY_MLFLOW_FLAGS)
+    assert not only_stack and not only_compose, (
+        f"mlflow server flags differ: only in the stack {sorted(only_stack)}, only in compose "
+        f"{sorted(only_compose)} (or explain them in STACK_ONLY_/COMPOSE_ONLY_MLFLOW_FLAGS)"
+    )
+    assert not set(STACK_ONLY_MLFLOW_FLAGS) & set(ours_f), "a STACK_ONLY_MLFLOW_FLAGS entry is stale"
+    assert ours_f.get("--serve-artifacts") is True and theirs_f.get("--serve-artifacts") is True
+    assert ours_f["--backend-store-uri"].split("://")[0] == theirs_f["--backend-store-uri"].split("://")[0]
+    # --allowed-hosts must admit the host:port the clients use (MLFLOW_TRACKING_URI)
+    compose_client = urlsplit(compose["x-airflow-common"]["environment"]["MLFLOW_TRACKING_URI"]).netloc
+    stack_client = urlsplit(stack_side["env"]["MLFLOW_TRACKING_URI"]).netloc
+    assert compose_client in ours_f["--allowed-hosts"].split(","), (compose_client, ours_f["--allowed-hosts"])
+    assert stack_client in theirs_f["--allowed-hosts"].split(","), (stack_client, theirs_f["--allowed-hosts"])
+
+
+def test_mlflow_server_settings_agree(compose, stack_side):
+    """config/mlflow.env (job execution off, no telemetry) reaches both MLflow servers."""
+    files = [e["path"] for e in compose["services"]["mlflow"]["env_file"]]
+    assert [(REPO / f).resolve() for f in files] == [stack_runner.MLFLOW_ENV_FILE.resolve()], files
+    settings = stack_runner.read_env_file(stack_runner.MLFLOW_ENV_FILE)
+    assert settings.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION") == "false"
+    differing = {
+        k: stack_side["infra_env"].get(k) for k, v in settings.items() if stack_side["infra_env"].get(k) != v
+    }
+    assert not differing, f"the stack's MLflow server does not get config/mlflow.env: {differing}"
+    shadowed = set(compose["services"]["mlflow"].get("environment") or {}) & set(settings)
+    assert not shadowed, f"compose's mlflow environment: hides config/mlflow.env keys {sorted(shadowed)}"
+
+
+# ------------------------------------------------------------------------------------------ environment
+
+
+def test_shared_settings_reach_every_stack_process_unchanged(stack_side, shared):
+    env = stack_side["env"]
+    differing = {k: (v, env.get(k)) for k, v in shared.items() if env.get(k) != v}
+    assert not differing, (
+        f"scripts/stack.py overrides config/stack.env (file value, stack value): {differing}; a setting "
+        f"that differs per topology does not belong in config/stack.env"
+    )
+
+
+def test_compose_does_not_shadow_the_shared_settings(compose, shared):
+    """In compose `environment:` wins over `env_file:`; a shared key there would split the topologies."""
+    for name in [n for n, p in SERVICE_PROCESSES.items() if n.startswith("airflow-")] + ["airflow-init"]:
+        svc_env = compose["services"][name].get("environment") or {}
+        shadowed = sorted(set(svc_env) & set(shared))
+        assert not shadowed, f"compose service {name} sets {shadowed} in environment:, over config/stack.env"
+
+
+def test_env_keys_agree(compose_env, stack_side):
+    compose_keys, stack_keys = set(compose_env), set(stack_side["env"])
+    problems = []
+    unexplained = compose_keys - stack_keys - set(COMPOSE_ONLY_ENV)
+    if unexplained:
+        problems.append(_explain(unexplained, "compose", "the stack", "COMPOSE_ONLY_ENV"))
+    unexplained = stack_keys - compose_keys - set(STACK_ONLY_ENV)
+    if unexplained:
+        problems.append(_explain(unexplained, "the stack", "compose", "STACK_ONLY_ENV"))
+    stale = (set(COMPOSE_ONLY_ENV) & stack_keys) | (set(STACK_ONLY_ENV) & compose_keys)
+    stale |= set(COMPOSE_ONLY_ENV) - compose_keys
+    stale |= set(STACK_ONLY_ENV) - stack_keys
+    if stale:
+        problems.append(f"  stale entries in COMPOSE_ONLY_ENV/STACK_ONLY_ENV: {sorted(stale)}")
+    assert not problems, "Airflow environment of compose and the stack disagree:\n" + "\n".join(problems)
+
+
+def test_worker_env_keys_agree(compose, stack_side):
+    common = compose["x-airflow-common"]["environment"]
+    worker = compose["services"]["airflow-worker"]["environment"]
+    ours = set(worker) - set(common)
+    for w in WORKERS:
+        theirs = set(_split_worker(stack_side["commands"][f"worker-{w}"])[0])
+        problems = []
+        if ours ^ set(COMPOSE_ONLY_WORKER_ENV):
+            problems.append(f"compose's worker-only keys {sorted(ours)} vs COMPOSE_ONLY_WORKER_ENV")
+        if theirs ^ set(STACK_ONLY_WORKER_ENV):
+            problems.append(f"stack {w}'s per-worker keys {sorted(theirs)} vs STACK_ONLY_WORKER_ENV")
+        assert not problems, "; ".join(problems) + ": set them on both sides or explain them in this test"
