@@ -23,6 +23,12 @@ Registered pieces:
 * ``global_operator_extra_links``: "Drift report" and "MLflow model" (see ``mlops_airflow.links``): shown
   on any task that pushed XCom ``report_url`` / ``mlflow_url``, hidden elsewhere.
 
+* ``fastapi_root_middlewares``: ``mlops_airflow.auth_errors.InvalidTokenIs401`` on ``/api/v2``: a request
+  whose token Airflow rejects (malformed, wrong signature, expired, revoked) gets ``401`` with
+  ``WWW-Authenticate: Bearer`` and a JSON ``detail`` saying how to get a new token (``POST /auth/token``),
+  where Airflow 3.3 answers ``403``; an authenticated user without the permission (a viewer triggering a
+  run) still gets ``403``. ``/mlops`` keeps Airflow's answers.
+
 Plugin files are imported by every Airflow process, task processes included, so the FastAPI app (and
 Airflow's API-server security module) is only built when the api-server first routes a request to it.
 """
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from mlops_airflow import audit_listener, links
+from mlops_airflow import audit_listener, auth_errors, links
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -212,3 +218,12 @@ class MlopsBundlePlugin(AirflowPlugin):
     global_operator_extra_links = [links.DriftReportLink(), links.MlflowModelLink()]
     # audit trail: task-instance/DAG-run state changes and asset events (see mlops_airflow.audit_listener)
     listeners = [audit_listener]
+    # 401 (not 403) on /api/v2 for a token Airflow rejects (see mlops_airflow.auth_errors)
+    fastapi_root_middlewares = [
+        {
+            "middleware": auth_errors.InvalidTokenIs401,
+            "args": [],
+            "kwargs": {},
+            "name": "invalid token is 401",
+        }
+    ]

@@ -1,0 +1,249 @@
+"""Authentication of the REST API on the production-like stack (issue 6): a request without a token or with
+a bad one gets 401 on every mutating endpoint, a viewer cannot trigger or change anything.
+
+The mutating operations are not listed by hand: they are read from the api-server's own OpenAPI document
+(every POST/PUT/PATCH/DELETE under /api/v2), so an endpoint added by an Airflow upgrade is checked too.
+Airflow 3.3 itself answers 403 for a token it rejects; the bundle's plugin turns that into 401
+(plugins/mlops_airflow/auth_errors.py), and these tests check the real api-server process with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import jwt
+import pytest
+
+from tests.stack.api import rest, token_for
+
+pytestmark = pytest.mark.stack
+
+MUTATING = ("post", "put", "patch", "delete")
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_NO_REDIRECT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+# Path parameters. "Plausible" values name the stack's real objects (requests with a bad token must be
+# refused before anything is looked up); "absent" ones name nothing, for calls with valid tokens, so an
+# admin's DELETE or PATCH cannot change the shared stack.
+PLAUSIBLE = {
+    "dag_id": "ingest",
+    "dag_run_id": "manual__2026-01-05T00:00:00+00:00",
+    "task_id": "validate",
+    "group_id": "checks",
+    "map_index": "-1",
+    "xcom_key": "return_value",
+    "key": "cursor",
+    "asset_id": "1",
+    "backfill_id": "1",
+    "connection_id": "aws_default",
+    "pool_name": "default_pool",
+    "variable_key": "mlops_threshold",
+    "file_token": "not-a-file-token",
+}
+ABSENT = {
+    name: "987654321" if value.lstrip("-").isdigit() else f"api_auth_no_such_{name}"
+    for name, value in PLAUSIBLE.items()
+}
+ABSENT["map_index"] = "-1"
+# Mutations that change the stack even when every path parameter names nothing and the body is {}.
+NOT_FOR_ADMIN = {("POST", "/api/v2/connections/defaults")}  # creates Airflow's ~50 default connections
+
+
+def _call(stack, method: str, path: str, headers: dict[str, str] | None = None, body=None):
+    """(status, headers, parsed JSON body or raw text) of one request; never raises on 4xx/5xx."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(stack.api_url + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with _NO_REDIRECT_OPENER.open(req, timeout=60) as resp:
+            status, hdrs, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, hdrs, raw = exc.code, exc.headers, exc.read()
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = raw.decode(errors="replace")
+    return status, hdrs, payload
+
+
+def _fill(template: str, values: dict[str, str], types: dict[str, str | None]) -> str:
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        fallback = "1" if types.get(name) == "integer" else f"api_auth_{name}"
+        return urllib.parse.quote(values.get(name, fallback), safe="")
+
+    return re.sub(r"\{(\w+)\}", value, template)
+
+
+@pytest.fixture(scope="module")
+def operations(stack) -> list[dict]:
+    """Every mutating /api/v2 operation of the running api-server's OpenAPI document."""
+    with _OPENER.open(stack.api_url + "/openapi.json", timeout=60) as resp:
+        spec = json.load(resp)
+    ops = []
+    for template, item in spec["paths"].items():
+        if not template.startswith("/api/v2/"):
+            continue
+        for method, op in item.items():
+            if method not in MUTATING:
+                continue
+            types = {
+                p["name"]: p.get("schema", {}).get("type")
+                for p in op.get("parameters", []) + item.get("parameters", [])
+                if p.get("in") == "path"
+            }
+            ops.append(
+                {
+                    "method": method.upper(),
+                    "template": template,
+                    "plausible": _fill(template, PLAUSIBLE, types),
+                    "absent": _fill(template, ABSENT, types),
+                }
+            )
+    # Airflow 3.3.2 has 61; far fewer means the document was not the public API's
+    assert len(ops) >= 40, f"only {len(ops)} mutating /api/v2 operations in {stack.api_url}/openapi.json"
+    return ops
+
+
+def _claims_of_a_real_token(stack) -> tuple[dict, dict]:
+    token = token_for(stack.api_url, "admin", "admin")
+    return jwt.decode(token, options={"verify_signature": False}), jwt.get_unverified_header(token)
+
+
+def _bad_credentials(stack) -> dict[str, dict[str, str]]:
+    """Name -> request headers carrying a credential Airflow must refuse (or none at all)."""
+    secret = stack.env["AIRFLOW__API_AUTH__JWT_SECRET"]
+    claims, header = _claims_of_a_real_token(stack)
+    algorithm = header["alg"]
+    now = int(time.time())
+    fresh = {**claims, "iat": now, "nbf": now, "exp": now + 3600, "jti": "api-auth-test-" + str(now)}
+    expired = {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}
+    wrong_key = "not-the-stack-secret-" + "k" * 64
+    revoked = token_for(stack.api_url, "admin", "admin")
+    status, _, _ = _call(stack, "GET", "/api/v2/auth/logout", {"Authorization": f"Bearer {revoked}"})
+    assert status in (200, 302, 303, 307), f"logout answered {status}"
+    bearer = {
+        "garbage": "not-a-jwt",
+        "wrong secret": jwt.encode(fresh, wrong_key, algorithm=algorithm, headers=header),
+        "expired (right secret)": jwt.encode(expired, secret, algorithm=algorithm, headers=header),
+        "unsigned (alg none)": jwt.encode(fresh, None, algorithm="none"),
+        "no subject (right secret)": jwt.encode(
+            {k: v for k, v in fresh.items() if k not in ("sub", "role")},
+            secret,
+            algorithm=algorithm,
+            headers=header,
+        ),
+        "revoked (logged out)": revoked,
+    }
+    creds: dict[str, dict[str, str]] = {"no token": {}}
+    creds.update({name: {"Authorization": f"Bearer {tok}"} for name, tok in bearer.items()})
+    creds["garbage UI cookie"] = {"Cookie": "_token=not-a-jwt"}
+    creds["expired UI cookie"] = {"Cookie": f"_token={bearer['expired (right secret)']}"}
+    return creds
+
+
+def test_bad_or_missing_tokens_get_401_on_every_mutating_endpoint(stack, operations):
+    creds = _bad_credentials(stack)
+    failures: list[str] = []
+    seen = collections.Counter()
+    t0 = time.monotonic()
+    for op in operations:
+        for name, headers in creds.items():
+            status, hdrs, body = _call(stack, op["method"], op["plausible"], headers, body={})
+            seen[status] += 1
+            where = f"{op['method']} {op['plausible']} with {name}"
+            if status != 401:
+                failures.append(f"{where}: {status} {str(body)[:160]}")
+                continue
+            challenge = hdrs.get("WWW-Authenticate") or ""
+            if not challenge.startswith("Bearer"):
+                failures.append(f"{where}: 401 without 'WWW-Authenticate: Bearer' (got {challenge!r})")
+            detail = body.get("detail", "") if isinstance(body, dict) else ""
+            if name == "no token":
+                if detail != "Not authenticated":
+                    failures.append(f"{where}: detail {detail!r}")
+            elif "POST /auth/token" not in detail or "invalid, expired or revoked" not in detail:
+                failures.append(f"{where}: the detail does not say how to get a new token: {detail!r}")
+            elif 'error="invalid_token"' not in challenge:
+                failures.append(f'{where}: challenge {challenge!r} lacks error="invalid_token"')
+    seconds = time.monotonic() - t0
+    print(
+        f"\n{len(operations)} mutating /api/v2 operations x {len(creds)} bad credentials "
+        f"({', '.join(creds)}): {dict(seen)} in {seconds:.1f}s"
+    )
+    assert not failures, f"{len(failures)} answers were not a proper 401:\n" + "\n".join(failures[:40])
+
+    # the bundle's own plugin app serves reports only: it has no mutating route at all
+    for path in ("/mlops/reports", "/mlops/reports/churn", "/mlops/reports/churn/2026-01-05/report.html"):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            status, _, _ = _call(stack, method, path, body={})
+            assert status == 405, (method, path, status)
+
+
+def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, operations):
+    admin = {"Authorization": f"Bearer {token_for(stack.api_url, 'admin', 'admin')}"}
+    viewer_token = token_for(stack.api_url, "viewer", "viewer")
+    viewer = {"Authorization": f"Bearer {viewer_token}"}
+    failures: list[str] = []
+    seen = {"admin": collections.Counter(), "viewer": collections.Counter()}
+    for op in operations:
+        for role, headers in (("admin", admin), ("viewer", viewer)):
+            if role == "admin" and (op["method"], op["template"]) in NOT_FOR_ADMIN:
+                continue
+            status, _, body = _call(stack, op["method"], op["absent"], headers, body={})
+            seen[role][status] += 1
+            where = f"{role}: {op['method']} {op['absent']}"
+            if status == 401:
+                failures.append(f"{where}: 401 for a valid token: {str(body)[:160]}")
+            elif role == "admin" and status == 403:
+                failures.append(f"{where}: 403 for the admin: {str(body)[:160]}")
+            elif role == "viewer" and 200 <= status < 300:
+                failures.append(f"{where}: the viewer's mutation was accepted ({status})")
+    print(f"\nvalid tokens on {len(operations)} operations: { {r: dict(c) for r, c in seen.items()} }")
+    assert not failures, "\n".join(failures[:40])
+
+    # a viewer may read but not trigger or change: 403 (authenticated, not allowed), not 401
+    dags = rest(stack.api_url, viewer_token, "GET", "/api/v2/dags", limit=100)
+    assert {"ingest", "train", "monitor"} <= {d["dag_id"] for d in dags["dags"]}
+    run_id = f"api_auth_viewer__{int(time.time())}"
+    refused = {
+        "trigger ingest": (
+            "POST",
+            "/api/v2/dags/ingest/dagRuns",
+            {"dag_run_id": run_id, "logical_date": None},
+        ),
+        "pause a DAG": ("PATCH", "/api/v2/dags/api_auth_no_such_dag", {"is_paused": True}),
+        "delete a DAG": ("DELETE", "/api/v2/dags/api_auth_no_such_dag", None),
+        "create a variable": ("POST", "/api/v2/variables", {"key": "api_auth_viewer", "value": "x"}),
+        "create a pool": ("POST", "/api/v2/pools", {"name": "api_auth_viewer", "slots": 1}),
+        "create a connection": (
+            "POST",
+            "/api/v2/connections",
+            {"connection_id": "api_auth_viewer", "conn_type": "generic"},
+        ),
+        "approve a promotion": (
+            "PATCH",
+            "/api/v2/dags/train/dagRuns/api_auth_no_such_run/taskInstances/approve/-1/hitlDetails",
+            {"chosen_options": ["Approve"], "params_input": {}},
+        ),
+    }
+    answers = {what: _call(stack, m, p, viewer, body=b)[::2] for what, (m, p, b) in refused.items()}
+    assert {what: status for what, (status, _) in answers.items()} == dict.fromkeys(refused, 403), answers
+    assert answers["trigger ingest"][1] == {"detail": "Forbidden"}
+    status, _, _ = _call(stack, "GET", f"/api/v2/dags/ingest/dagRuns/{run_id}", admin)
+    assert status == 404, "the viewer's refused trigger created a run anyway"
