@@ -54,7 +54,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -65,6 +64,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from mlops_bundle.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -98,31 +99,10 @@ class AuditWriteError(AuditError):
 # ------------------------------------------------------------------------------------ canonical form
 
 
-def _json_safe(value: Any) -> Any:
-    """Coerce to plain JSON types: NaN/inf -> None, datetimes -> ISO, enums -> value, others -> str."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [_json_safe(v) for v in value]
-        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if hasattr(value, "value") and isinstance(value.value, str | int):  # enums (Airflow states...)
-        return value.value
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        with contextlib.suppress(Exception):
-            return _json_safe(value.item())
-    return str(value)
-
-
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept: the same value always gives the same text."""
     return json.dumps(
-        _json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
 
 

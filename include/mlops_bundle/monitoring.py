@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.jsonsafe import json_safe
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -202,7 +204,7 @@ class MonitoringResult:
 
     def summary(self) -> dict[str, Any]:
         """The key numbers, JSON-safe (no HTML, no Evidently JSON): for XCom, asset extras, alerts."""
-        return _json_safe(
+        return json_safe(
             {
                 "dataset_drift": self.dataset_drift,
                 "drift_share": self.drift_share,
@@ -658,25 +660,6 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only (numpy scalars -> Python, NaN/inf -> None)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if hasattr(obj, "item") and not isinstance(obj, int | float):
-        obj = obj.item()
-    if isinstance(obj, bool):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj) if math.isfinite(obj) else None
-    return str(obj)
-
-
 def write_report(store: Storage, prefix: str, result: MonitoringResult) -> dict[str, str]:
     """Write report.html, report.json (Evidently's output) and summary.json under ``prefix``.
 
@@ -691,7 +674,7 @@ def write_report(store: Storage, prefix: str, result: MonitoringResult) -> dict[
     uris = {
         "html": store.write_bytes(join(prefix, "report.html"), result.html.encode("utf-8")),
         "json": store.write_bytes(
-            join(prefix, "report.json"), json.dumps(_json_safe(result.json), indent=1).encode("utf-8")
+            join(prefix, "report.json"), json.dumps(json_safe(result.json), indent=1).encode("utf-8")
         ),
     }
     summary = result.summary() | {"report_html": uris["html"], "report_json": uris["json"]}
@@ -826,7 +809,7 @@ def append_history(store: Storage, key: str, record: Mapping[str, Any]) -> list[
     itself is atomic on both backends, so a reader never sees half a file. Keeps the last HISTORY_KEEP
     records.
     """
-    rec = _json_safe(dict(record))
+    rec = json_safe(dict(record))
     rec["at"] = _parse_at(rec.get("at"), "record to append").isoformat()
     with _history_lock(store, key):
         records = load_history(store, key)

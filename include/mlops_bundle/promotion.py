@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_bundle.audit import record_decision
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig
+from mlops_bundle.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -294,24 +295,6 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _json_safe(value: Any) -> Any:
-    """Recursively coerce caller-supplied context into JSON (NaN/inf -> None, unknown objects -> str)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        with contextlib.suppress(Exception):
-            return _json_safe(value.item())
-    return str(value)
-
-
 @dataclass
 class Decision:
     """One promotion decision, exactly as recorded (JSON artifact + ``gate.*`` version tags)."""
@@ -339,7 +322,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (what is written to the artifact and returned over XCom)."""
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @property
     def promoted(self) -> bool:
@@ -608,7 +591,7 @@ def _record(client: MlflowClient, decision: Decision, subject: Any, demoted: str
     }
     metrics = decision.challenger.get("metrics") or {}
     if metrics and decision.verdict in (PROMOTE, REJECT):
-        tags["gate.metrics"] = json.dumps(_json_safe(metrics), sort_keys=True)
+        tags["gate.metrics"] = json.dumps(json_safe(metrics), sort_keys=True)
     if decision.applied:
         tags["promoted_at"] = decision.decided_at
     for key, value in tags.items():
