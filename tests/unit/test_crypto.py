@@ -169,6 +169,84 @@ def test_bytes_and_stream_helpers(local_keyring):
     assert plain.getvalue() == b"x" * 5000 and not out.closed
 
 
+class _FailingSink(io.RawIOBase):
+    """A destination whose disk fills up after `limit` bytes."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.written = limit, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if self.written + len(b) > self.limit:
+            raise OSError(28, "No space left on device")
+        self.written += len(b)
+        return len(b)
+
+
+class _FailingSource(io.RawIOBase):
+    """A source that breaks (a dropped connection) after `limit` bytes."""
+
+    def __init__(self, data: bytes, limit: int):
+        super().__init__()
+        self.inner, self.limit = io.BytesIO(data), limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.inner.tell() >= self.limit:
+            raise ConnectionResetError("connection reset by peer")
+        return self.inner.read(min(size, self.limit - self.inner.tell()))
+
+
+def _crypto_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("mlops-crypto-")]
+
+
+def test_io_errors_on_the_helper_threads_reach_the_caller_and_stop_the_threads(local_keyring):
+    """Source and destination are read/written on helper threads: their errors surface in the caller,
+    unchanged, and no thread outlives the call (success or failure)."""
+    data = os.urandom(3 * SEGMENT_SIZE + 123)
+    with pytest.raises(OSError, match="No space left"):
+        crypto.encrypt_stream(io.BytesIO(data), _FailingSink(SEGMENT_SIZE + 5), local_keyring)
+    assert _crypto_threads() == []
+    with pytest.raises(ConnectionResetError):
+        crypto.encrypt_stream(_FailingSource(data, 2 * SEGMENT_SIZE), io.BytesIO(), local_keyring)
+    assert _crypto_threads() == []
+
+    blob = encrypt_bytes(data, local_keyring)
+    with pytest.raises(OSError, match="No space left"):
+        crypto.decrypt_stream(io.BytesIO(blob), _FailingSink(SEGMENT_SIZE), local_keyring)
+    assert _crypto_threads() == []
+    with pytest.raises(ConnectionResetError):
+        crypto.decrypt_stream(_FailingSource(blob, 2 * SEGMENT_SIZE), io.BytesIO(), local_keyring)
+    assert _crypto_threads() == []
+
+    # a short-writing raw destination still receives every byte, in order
+    class _Short(io.RawIOBase):
+        def __init__(self):
+            super().__init__()
+            self.buf = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            n = min(len(b), 1000)
+            self.buf += bytes(b[:n])
+            return n
+
+    short = _Short()
+    crypto.encrypt_stream(io.BytesIO(data), short, local_keyring)
+    assert decrypt_bytes(bytes(short.buf), local_keyring) == data
+    assert _crypto_threads() == []
+
+
 def test_fresh_data_key_per_object(local_keyring):
     a, b = encrypt_bytes(b"same", local_keyring), encrypt_bytes(b"same", local_keyring)
     assert a != b and a[_header_len(a) :] != b[_header_len(b) :]
