@@ -12,9 +12,7 @@ Needs Debian's ``chromium`` (``apt-get install chromium``); skipped without it, 
 from __future__ import annotations
 
 import html as html_lib
-import os
 import re
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -26,20 +24,12 @@ from mlops_bundle.config import load_config
 from mlops_bundle.monitoring import build_report, score_batch, write_report
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests.browser import chromium_path
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 NUM = ["tenure_months", "monthly_charges", "total_charges", "support_tickets", "age"]
 CAT = ["contract_type", "payment_method", "region"]
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed but CI is set: install chromium: make browser")
-    pytest.skip("chromium not installed (Debian: apt-get install chromium, or `make browser`)")
 
 
 def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -84,7 +74,7 @@ def _fit(train: pd.DataFrame):
 
 @pytest.fixture(scope="module")
 def written_report(tmp_path_factory):
-    binary = _chromium()  # skip before paying for Evidently
+    binary = chromium_path()  # skip before paying for Evidently
     cfg = load_config()
     train = pd.concat([generate_batch(f"2026-01-0{d}", 3_000) for d in range(1, 4)], ignore_index=True)
     model = _fit(train)
