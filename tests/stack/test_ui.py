@@ -176,9 +176,10 @@ def _xcom(stack, chain, dag_id: str, task_id: str, key: str):
     return rest(stack.api_url, chain.token, "GET", path)["value"]  # JSON-native as the task returned it
 
 
-def _open_task_details(ui, dag_id: str, run_id: str, task_id: str) -> None:
-    """Open the finished run, then its task instance, then (a click) the task's Details tab, where the
-    UI lists the extra links."""
+def _open_task_details(ui, dag_id: str, run_id: str, task_id: str, log_line: re.Pattern) -> None:
+    """Open the finished run, click its task instance (whose page opens on the task's log: wait for
+    `log_line`, a line the task itself logged on its Celery worker), then click the
+    Details tab, where the UI lists the extra links."""
     from playwright.sync_api import expect
 
     page = ui.page
@@ -196,6 +197,7 @@ def _open_task_details(ui, dag_id: str, run_id: str, task_id: str) -> None:
         ti_link.click()
         page.wait_for_url(re.compile(rf"/runs/[^/]+/tasks/{task_id}$"))
         expect(page.get_by_role("heading", name=task_id)).to_be_visible()
+        expect(page.get_by_text(log_line).first).to_be_visible()
     with ui.step(f"{dag_id}-{task_id}-details"):
         page.get_by_role("link", name="Details", exact=True).click()
         page.wait_for_url(re.compile(rf"/tasks/{task_id}/details$"))
@@ -216,7 +218,8 @@ def test_train_run_mlflow_link_opens_the_registered_version_and_its_run(ui, stac
     assert registered.run_id == best["run_id"]
 
     page = ui.page
-    _open_task_details(ui, "train", run_id, "register_best")
+    model_line = re.compile(rf"{re.escape(cfg.model_name)} version {version}\b")  # registered / reused
+    _open_task_details(ui, "train", run_id, "register_best", model_line)
     link = page.get_by_role("link", name="MLflow model", exact=True)
     expect(link).to_be_visible()
     expected = f"{stack.mlflow_url}/#/models/{cfg.model_name}/versions/{version}"
@@ -250,7 +253,9 @@ def test_monitor_run_drift_report_link_shows_the_rendered_report(ui, browser, st
     run_id = chain.runs["monitor"]["dag_run_id"]
     summary = _xcom(stack, chain, "monitor", "drift_report", "return_value")
     page = ui.page
-    _open_task_details(ui, "monitor", run_id, "drift_report")
+    _open_task_details(
+        ui, "monitor", run_id, "drift_report", re.compile(f"drift report for {chain.batch_date}:")
+    )
     link = page.get_by_role("link", name="Drift report", exact=True)
     expect(link).to_be_visible()
     report_path = f"/mlops/reports/churn/{chain.batch_date}/report.html"
