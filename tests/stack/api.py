@@ -24,7 +24,7 @@ def rest(base_url: str, token: str | None, method: str, path: str, body=None, **
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with _OPENER.open(req, timeout=30) as resp:
+    with _OPENER.open(req, timeout=90) as resp:
         raw = resp.read()
     return json.loads(raw) if raw else None
 
@@ -37,7 +37,7 @@ def status_of(base_url: str, method: str, path: str, headers: dict[str, str] | N
     for k, v in (headers or {}).items():
         req.add_header(k, v)
     try:
-        with _OPENER.open(req, timeout=30) as resp:
+        with _OPENER.open(req, timeout=90) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
