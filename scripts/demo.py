@@ -203,6 +203,7 @@ class Processes:
     def __init__(self, env: dict[str, str], extra: dict[str, list[str]] | None = None) -> None:
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()  # stopped on purpose by kill(): check_alive does not complain
         self.log_dir = al.AIRFLOW_HOME / "logs"
         # name -> argv; extra services (the MLflow server) start first
         self.commands = {**(extra or {}), **{name: al.airflow_cmd(name) for name in COMPONENTS}}
@@ -210,35 +211,39 @@ class Processes:
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def _spawn(self, name: str) -> subprocess.Popen:
+        fh = open(self.log(name), "ab")  # noqa: SIM115 (owned by the child)
+        fh.write(f"\n===== {now_utc().isoformat()} {name} (scripts/demo.py) =====\n".encode())
+        fh.flush()
+        self.procs[name] = subprocess.Popen(
+            self.commands[name],
+            env=self.env,
+            cwd=al.PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop them in order
+        )
+        fh.close()
+        return self.procs[name]
+
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name, argv in self.commands.items():
-            fh = open(self.log(name), "ab")  # noqa: SIM115 (owned by the child)
-            fh.write(f"\n===== {now_utc().isoformat()} {name} (scripts/demo.py) =====\n".encode())
-            fh.flush()
-            self.procs[name] = subprocess.Popen(
-                argv,
-                env=self.env,
-                cwd=al.PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop them in order
-            )
-            fh.close()
+        for name in self.commands:
+            self._spawn(name)
         pid_file().write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
         say(f"started         {', '.join(f'{n} (pid {p.pid})' for n, p in self.procs.items())}")
         say(f"process logs    {self.log_dir}/<component>.log")
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
-            if proc.poll() is not None:
+            if name not in self.killed and proc.poll() is not None:
                 raise DemoError(
                     f"{name} exited with code {proc.returncode}; last lines of {self.log(name)}:\n"
                     + tail_file(self.log(name))
                 )
 
-    def _descendants(self) -> set[int]:
+    def _descendants(self, roots: list[int] | None = None) -> set[int]:
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -247,7 +252,7 @@ class Processes:
             except (OSError, IndexError, ValueError):
                 continue
         out: set[int] = set()
-        todo = [p.pid for p in self.procs.values()]
+        todo = list(roots) if roots is not None else [p.pid for p in self.procs.values()]
         while todo:
             pid = todo.pop()
             for child in children.get(pid, []):
@@ -255,6 +260,40 @@ class Processes:
                     out.add(child)
                     todo.append(child)
         return out
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> list[int]:
+        """Send `sig` to one component's process group and to every process below it (task processes run
+        in their own groups), wait until the component exited, and let check_alive ignore it until
+        restart(name). For fault tests: SIGKILL is a crashed host/container. Returns the pids signalled."""
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise DemoError(f"{name} (pid {proc.pid}) is not running (exit code {proc.returncode})")
+        self.killed.add(name)
+        descendants = self._descendants([proc.pid])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"{name} (pid {proc.pid}) still runs {timeout:.0f}s after signal {sig}") from None
+        say(f"killed          {name} (pid {proc.pid}, signal {sig}, {len(descendants)} descendant(s))")
+        return [proc.pid, *sorted(descendants)]
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start a component again with its original command (after kill(name) or after it exited)."""
+        old = self.procs.get(name)
+        if old is not None and old.poll() is None:
+            raise DemoError(f"{name} (pid {old.pid}) is still running: kill it first")
+        proc = self._spawn(name)
+        self.killed.discard(name)
+        with contextlib.suppress(OSError, ValueError):  # keep the pids another Processes wrote there
+            pids = json.loads(pid_file().read_text()) if pid_file().is_file() else {}
+            pid_file().write_text(json.dumps({**pids, name: proc.pid}))
+        say(f"restarted       {name} (pid {proc.pid})")
+        return proc
 
     def stop(self, timeout: float = 30.0) -> None:
         running = {n: p for n, p in self.procs.items() if p.poll() is None}

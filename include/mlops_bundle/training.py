@@ -674,6 +674,36 @@ def skops_trusted_types(model) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(_skeleton(model))))
 
 
+def close_interrupted_runs(c, experiment_id: str, owner_tags: dict[str, str]) -> list[str]:
+    """Mark runs an interrupted earlier attempt left RUNNING as FAILED (and their unfinished logged models).
+
+    Why: an attempt that dies while logging (worker killed, tracking server gone) cannot end its own run,
+    so MLflow would show it RUNNING forever; the retry is the first process that can. Only runs carrying
+    all of ``owner_tags`` (the caller's run identity plus the candidate name) are touched, and at least
+    two tags are required: one orchestrator task attempt runs at a time, so a RUNNING run with those tags
+    belongs to an attempt that is gone. Returns the run ids closed.
+    """
+    from mlflow.entities import LoggedModelStatus
+
+    if len(owner_tags) < 2:
+        return []
+    safe = {k: v for k, v in owner_tags.items() if "'" not in k + v and "`" not in k}
+    clauses = ["attributes.status = 'RUNNING'", *(f"tags.`{k}` = '{v}'" for k, v in safe.items())]
+    closed = []
+    for run in c.search_runs([experiment_id], filter_string=" AND ".join(clauses)):
+        if any(run.data.tags.get(k) != v for k, v in owner_tags.items()):
+            continue
+        run_id = run.info.run_id
+        for lm in c.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+            if str(lm.status) == str(LoggedModelStatus.PENDING):
+                c.finalize_logged_model(lm.model_id, LoggedModelStatus.FAILED)
+        c.set_tag(run_id, "mlops.interrupted", "an earlier attempt ended while logging; closed by its retry")
+        c.set_terminated(run_id, "FAILED")
+        closed.append(run_id)
+        log.warning("closed MLflow run %s, left RUNNING by an interrupted attempt, as FAILED", run_id)
+    return closed
+
+
 def log_candidate(
     cfg: BundleConfig,
     spec: CandidateSpec,
@@ -717,6 +747,9 @@ def log_candidate(
             "lock_sha256": lock_sha256(),
         }
     )
+    owner = {str(k): str(v) for k, v in (tags or {}).items()}
+    if owner:  # a retry of the same candidate in the same caller run: close what the last attempt left open
+        close_interrupted_runs(tracking.client(cfg), exp_id, {**owner, "candidate": spec.name})
     params: dict[str, Any] = {"family": spec.family, "candidate": spec.name}
     params.update({f"model.{k}": v for k, v in spec.params.items()})
     params.update(

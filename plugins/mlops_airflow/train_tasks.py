@@ -117,9 +117,11 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
     train_key = results[0]["train_key"]
     best = training.register_best(cfg, results, train_key, run_tags(dag_run))
     best = {**best, "window": results[0]["window"], "train_key": train_key}
-    if not best["reused"]:
-        from mlops_bundle import monitoring, tracking
+    from mlops_bundle import monitoring, tracking
 
+    # a reused version normally has its reference already; not if an earlier attempt of this task
+    # registered it and then died (worker lost, MLflow down) before recording the reference
+    if not best["reused"] or not _has_reference(tracking.client(cfg), best["run_id"]):
         window = training.load_window(runtime.storage(cfg), cfg, best["window"])
         model = training.load_model(cfg, best["model_uri"])
         path = monitoring.log_reference(cfg, tracking.client(cfg), best["run_id"], model, window.train)
@@ -137,6 +139,13 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
         " (already registered by an earlier run with the same data and params)" if best["reused"] else "",
     )
     return best
+
+
+def _has_reference(client: Any, run_id: str) -> bool:
+    from mlops_bundle import monitoring
+
+    listed = client.list_artifacts(run_id, monitoring.REFERENCE_ARTIFACT_DIR)
+    return f"{monitoring.REFERENCE_ARTIFACT_DIR}/{monitoring.REFERENCE_FILE}" in {a.path for a in listed}
 
 
 def _fmt(metrics: dict) -> str:
