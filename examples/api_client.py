@@ -1,0 +1,316 @@
+"""API-triggered runs with the official Python client (apache-airflow-client 3.3.2): get a JWT, trigger
+ingest with conf, follow runs, approve a pending promotion, roll the champion back.
+
+    export AIRFLOW_URL=http://localhost:8080 AIRFLOW_USERNAME=admin AIRFLOW_PASSWORD=...
+    python examples/api_client.py walkthrough 2026-01-07     # every step below, in order
+
+Steps (each usable on its own; results go to stdout, progress to stderr):
+
+    token                         print a JWT (export AIRFLOW_TOKEN=... to reuse it)
+    unpause DAG...                unpause DAGs that are paused (runs of paused DAGs stay queued)
+    trigger-ingest DATE           trigger `ingest` with conf {"date": DATE}; print the run id
+    wait DAG RUN                  follow a run, printing run and task state changes; exit 1 unless success
+    train-run INGEST_RUN          print the `train` run the ingest run's mlops.validated_data event started
+    approve RUN                   wait until train RUN's `approve` task awaits input, show the gate numbers,
+                                  approve; exit 3 if the gate rejected the model (nothing to approve)
+    trigger-train END_DATE [--force WHY]
+                                  trigger `train` for a window ending END_DATE; --force overrides the gate's
+                                  verdict with a recorded justification (a human still approves)
+    rollback REASON [--to-version N]
+                                  trigger `rollback` (champion -> `previous`, or version N); print the run id
+    walkthrough DATE              unpause, trigger-ingest, wait, train-run, approve (if the gate rejects:
+                                  trigger-train DATE --force WHY, approve), wait, rollback, wait
+
+Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
+token) or AIRFLOW_TOKEN; WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3).
+Needs only `pip install apache-airflow-client==3.3.2` (the token request uses the standard library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import airflow_client.client as af
+import urllib3
+from airflow_client.client.exceptions import ApiException, NotFoundException
+
+AIRFLOW_URL = os.environ.get("AIRFLOW_URL", "http://localhost:8080").rstrip("/")
+WAIT_TIMEOUT = float(os.environ.get("WAIT_TIMEOUT", "1800"))
+POLL_SECONDS = float(os.environ.get("POLL_SECONDS", "3"))
+REJECTED = 3  # exit code of `approve` when the gate rejected the model, so nothing awaits approval
+
+
+class StepError(Exception):
+    """A step cannot go on; the message says what is wrong and where to look."""
+
+
+def say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------------------------- token
+
+
+def get_token(url: str = AIRFLOW_URL) -> str:
+    """POST /auth/token (not part of the generated client): username + password -> a JWT."""
+    user, password = os.environ.get("AIRFLOW_USERNAME"), os.environ.get("AIRFLOW_PASSWORD")
+    if not user or not password:
+        raise StepError(f"set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN) to call {url}")
+    req = urllib.request.Request(
+        f"{url}/auth/token",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)["access_token"]
+    except urllib.error.HTTPError as exc:
+        raise StepError(
+            f"{url}/auth/token answered {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from None
+    except urllib.error.URLError as exc:
+        raise StepError(f"cannot reach {url}/auth/token: {exc.reason} (is AIRFLOW_URL right?)") from None
+
+
+def client() -> af.ApiClient:
+    token = os.environ.get("AIRFLOW_TOKEN") or get_token()
+    return af.ApiClient(af.Configuration(host=AIRFLOW_URL, access_token=token))
+
+
+# -------------------------------------------------------------------------------------------- steps
+
+
+def unpause(api: af.ApiClient, *dag_ids: str) -> None:
+    dags = af.DAGApi(api)
+    for dag_id in dag_ids:
+        if dags.get_dag(dag_id).is_paused:
+            dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=False))
+            say(f"unpaused {dag_id}")
+
+
+def trigger(api: af.ApiClient, dag_id: str, conf: dict) -> str:
+    """POST a run with conf (logical_date is required by the API and may be null); return its run id."""
+    body = af.TriggerDAGRunPostBody(logical_date=None, conf=conf)
+    run = af.DagRunApi(api).trigger_dag_run(dag_id, body)
+    say(f"triggered {dag_id} with conf {json.dumps(conf)}: run {run.dag_run_id}")
+    return run.dag_run_id
+
+
+def trigger_ingest(api: af.ApiClient, date: str) -> str:
+    return trigger(api, "ingest", {"date": date})
+
+
+def trigger_train(api: af.ApiClient, end_date: str, force: str | None = None) -> str:
+    conf: dict = {"end_date": end_date}
+    if force:
+        conf.update(force=True, justification=force)
+    return trigger(api, "train", conf)
+
+
+def rollback(api: af.ApiClient, reason: str, to_version: str | None = None) -> str:
+    conf = {"reason": reason}
+    if to_version:
+        conf["to_version"] = str(to_version)
+    return trigger(api, "rollback", conf)
+
+
+def _value(state) -> str | None:
+    return None if state is None else getattr(state, "value", str(state))
+
+
+def wait(api: af.ApiClient, dag_id: str, run_id: str) -> None:
+    """Follow a run to its end, printing run and task state changes; raise unless it succeeded."""
+    runs, tis = af.DagRunApi(api), af.TaskInstanceApi(api)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    last, seen = None, {}
+    while True:
+        state = _value(runs.get_dag_run(dag_id, run_id).state)
+        if state != last:
+            say(f"{dag_id} {run_id}: {last or '(new)'} -> {state}")
+            last = state
+        for ti in tis.get_task_instances(dag_id, run_id, limit=100).task_instances:
+            name = ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+            if seen.get(name, "") != (_value(ti.state) or "(no state)"):
+                seen[name] = _value(ti.state) or "(no state)"
+                say(f"  {dag_id}.{name} {seen[name]}")
+        if state == "success":
+            return
+        if state == "failed":
+            raise StepError(
+                f"{dag_id} run {run_id} failed; see its task logs in the Airflow UI ({AIRFLOW_URL})"
+            )
+        if time.monotonic() > deadline:
+            raise StepError(f"{dag_id} run {run_id} still {state} after {WAIT_TIMEOUT:.0f}s")
+        time.sleep(POLL_SECONDS)
+
+
+def train_run(api: af.ApiClient, ingest_run: str) -> str:
+    """The train run started by the ingest run's asset event (the event lists the runs it created)."""
+    assets = af.AssetApi(api)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        events = assets.get_asset_events(source_dag_id="ingest", source_run_id=ingest_run).asset_events
+        started = [r.run_id for e in events for r in e.created_dagruns if r.dag_id == "train"]
+        if started:
+            say(f"ingest {ingest_run} started train run {started[0]}")
+            return started[0]
+        if time.monotonic() > deadline:
+            raise StepError(
+                f"no train run started by ingest {ingest_run} after {WAIT_TIMEOUT:.0f}s (train paused?)"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _xcom(api: af.ApiClient, dag_id: str, run_id: str, task_id: str, key: str):
+    entry = af.XComApi(api).get_xcom_entry(dag_id, task_id, run_id, key)
+    value = entry.actual_instance.value
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def gate_numbers(api: af.ApiClient, run_id: str) -> None:
+    """The registered version with its holdout metrics, and the gate's verdict from evaluate_gate's log."""
+    best = _xcom(api, "train", run_id, "register_best", "return_value")
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(best["metrics"].items()) if k != "fit_seconds")
+    say(f"  candidate {best['candidate']} -> version {best['version']}: {metrics}")
+    tis = af.TaskInstanceApi(api)
+    ti = tis.get_task_instance("train", run_id, "evaluate_gate")
+    raw = tis.get_log_without_preload_content(
+        "train", run_id, "evaluate_gate", ti.try_number, accept="application/json"
+    )
+    for line in json.loads(raw.data)["content"]:
+        text = line.get("event", "") if isinstance(line, dict) else str(line)
+        if "gate decision" in text:
+            say(f"  {text}")
+
+
+def approve(api: af.ApiClient, run_id: str) -> bool:
+    """Wait for the approval request of a train run and approve it; False if the gate rejected the model."""
+    tis, runs = af.TaskInstanceApi(api), af.DagRunApi(api)
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    state = None
+    while True:
+        try:
+            state = _value(tis.get_task_instance("train", run_id, "approve").state)
+        except NotFoundException:
+            state = None  # not created yet
+        if state == "awaiting_input":
+            break
+        if state in ("skipped", "removed"):
+            say(f"train {run_id} did not ask for approval (approve: {state}): the gate rejected the model")
+            gate_numbers(api, run_id)
+            return False
+        if _value(runs.get_dag_run("train", run_id).state) == "failed":
+            raise StepError(f"train run {run_id} failed before its approval step")
+        if time.monotonic() > deadline:
+            raise StepError(
+                f"train {run_id}: approve still {state or 'not created'} after {WAIT_TIMEOUT:.0f}s"
+            )
+        time.sleep(POLL_SECONDS)
+    say(f"train {run_id} awaits approval:")
+    try:
+        gate_numbers(api, run_id)
+    except (ApiException, KeyError, ValueError) as exc:
+        say(f"  (gate numbers not available: {exc})")
+    payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
+    done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
+    say(f"approved promotion in train run {run_id}: {done.chosen_options} by {done.responded_by.name}")
+    return True
+
+
+def decision(api: af.ApiClient, dag_id: str, run_id: str, task_id: str, key: str) -> str:
+    d = _xcom(api, dag_id, run_id, task_id, key)
+    return (
+        f"{d['model_name']}: {d['verdict']} -> champion version {d['challenger']['version']} "
+        f"(before: {d.get('previous_champion')}); {d['reason']}"
+    )
+
+
+def walkthrough(api: af.ApiClient, date: str) -> None:
+    unpause(api, "ingest", "train", "rollback")
+    ingest = trigger_ingest(api, date)
+    print(f"ingest run: {ingest}", flush=True)
+    wait(api, "ingest", ingest)
+    train = train_run(api, ingest)
+    print(f"train run: {train}", flush=True)
+    if not approve(api, train):
+        wait(api, "train", train)
+        why = f"API walkthrough: promote the model trained up to {date} for a rollback drill"
+        train = trigger_train(api, date, force=why)
+        print(f"train run (forced): {train}", flush=True)
+        if not approve(api, train):
+            raise StepError(f"forced train run {train} did not ask for approval")
+    print(f"approved: {train}", flush=True)
+    wait(api, "train", train)
+    print(f"promotion: {decision(api, 'train', train, 'promote', 'decision')}", flush=True)
+    back = rollback(api, f"API walkthrough: roll back the promotion of {date}")
+    print(f"rollback run: {back}", flush=True)
+    wait(api, "rollback", back)
+    print(f"rollback: {decision(api, 'rollback', back, 'roll_back', 'return_value')}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("token")
+    sub.add_parser("unpause").add_argument("dag_ids", nargs="+")
+    sub.add_parser("trigger-ingest").add_argument("date")
+    p = sub.add_parser("wait")
+    p.add_argument("dag_id")
+    p.add_argument("run_id")
+    sub.add_parser("train-run").add_argument("ingest_run")
+    sub.add_parser("approve").add_argument("run_id")
+    p = sub.add_parser("trigger-train")
+    p.add_argument("end_date")
+    p.add_argument("--force", metavar="WHY", help="override the gate; WHY is the recorded justification")
+    p = sub.add_parser("rollback")
+    p.add_argument("reason")
+    p.add_argument("--to-version")
+    sub.add_parser("walkthrough").add_argument("date")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "token":
+            print(get_token())
+            return 0
+        with client() as api:
+            if args.cmd == "unpause":
+                unpause(api, *args.dag_ids)
+            elif args.cmd == "trigger-ingest":
+                print(trigger_ingest(api, args.date))
+            elif args.cmd == "wait":
+                wait(api, args.dag_id, args.run_id)
+            elif args.cmd == "train-run":
+                print(train_run(api, args.ingest_run))
+            elif args.cmd == "approve":
+                return 0 if approve(api, args.run_id) else REJECTED
+            elif args.cmd == "trigger-train":
+                print(trigger_train(api, args.end_date, args.force))
+            elif args.cmd == "rollback":
+                print(rollback(api, args.reason, args.to_version))
+            else:
+                walkthrough(api, args.date)
+    except StepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ApiException as exc:
+        print(f"error: Airflow API answered {exc.status} {exc.reason}: {exc.body}", file=sys.stderr)
+        return 1
+    except urllib3.exceptions.HTTPError as exc:
+        print(f"error: cannot reach the Airflow API at {AIRFLOW_URL}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
