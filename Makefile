@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_train_dag.py
 	$(BIN)/python benchmarks/bench_monitoring.py
+	$(BIN)/python benchmarks/bench_stack.py
 
 clean:
 	rm -rf .airflow var great_expectations/uncommitted .pytest_cache .ruff_cache
