@@ -52,6 +52,10 @@ from mlops_bundle.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
+# skops finds a type's module by getattr() on every loaded module; Airflow's modules answer that with one
+# "The `airflow.utils.x.<name>` attribute is deprecated" warning per name, >1,000 lines per training task log
+warnings.filterwarnings("ignore", module=r"skops\.io\._utils")
+
 # Bump when the way pipelines are built changes: it is part of train_key, so a rerun after such a change
 # registers a new version instead of reusing one built the old way.
 PIPELINE_VERSION = 1
