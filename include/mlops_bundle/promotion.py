@@ -668,6 +668,28 @@ def gate(
 
     with promotion_lock(cfg, name, lock_timeout_s):
         current = _alias_version(client, name, CHAMPION_ALIAS)
+        # promoted_at is set by every applied promotion or rollback and never cleared (a noop record resets
+        # gate.applied, so that tag cannot tell)
+        if current == version and apply and "promoted_at" not in _get_version(client, name, version).tags:
+            # an earlier attempt moved the aliases and died before recording its decision (worker lost,
+            # tracking server gone): record the promotion it made, so the decision and the champion-changed
+            # event are not lost to a "nothing changed"
+            before = _alias_version(client, name, PREVIOUS_ALIAS)
+            decision = Decision(
+                verdict=PROMOTE,
+                reason=(
+                    f"version {version} became the champion in an interrupted earlier attempt (aliases moved, "
+                    "decision not recorded); recording that promotion now"
+                ),
+                challenger=challenger,
+                champion=None if before is None else {"version": before, "metrics": {}},
+                previous_champion=before,
+                **common,
+            )
+            decision.applied = True
+            _record(client, decision, subject, before)
+            record_decision(cfg, decision)  # audit trail; raises if it cannot be written
+            return decision
         if current == version:
             decision = Decision(
                 verdict=NOOP,

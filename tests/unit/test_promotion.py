@@ -320,6 +320,7 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
 
     info = promotion.champion_info(cfg, client)
     assert info["version"] == v["f5"] and info["previous"] == v["f3"]
+    assert client.get_model_version(cfg.model_name, v["f5"]).tags["gate.applied"] == "false"  # the noop
     assert info["aliases"] == ["champion"] and info["metrics"]["roc_auc"] > 0.85
 
     with pytest.raises(GateError, match="at least 10 characters"):
@@ -351,6 +352,33 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     assert tags1["gate.verdict"] == REJECT and tags1["gate.forced"] == "false"
     assert tags1["gate.reason"] == worse.reason and json.loads(tags1["gate.metrics"])["roc_auc"] < 0.8
     assert client.get_model_version(cfg.model_name, v["f5"]).tags["superseded_by"] == v["f3"]
+
+
+def test_gate_records_a_promotion_an_interrupted_attempt_applied(tmp_path, mlflow_store):
+    """An attempt that moved the aliases and died before recording (worker lost) must not turn into a
+    "nothing changed" on retry: the retry records the promotion, so the champion-changed event is emitted."""
+    from mlflow import MlflowClient
+
+    cfg = load_config(environ=_env(tmp_path))
+    v = register(cfg, ["f3", "f5"])
+    client = MlflowClient(cfg.tracking_uri)
+    score = make_scorer(tmp_path / "downloads")
+    promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="test")
+    # the interrupted attempt: both alias moves of a promotion of f5, then the worker died
+    client.set_registered_model_alias(cfg.model_name, "previous", v["f3"])
+    client.set_registered_model_alias(cfg.model_name, "champion", v["f5"])
+
+    retry = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="retry")
+    assert (retry.verdict, retry.applied, retry.previous_champion) == (PROMOTE, True, v["f3"])
+    assert "interrupted earlier attempt" in retry.reason
+    tags = client.get_model_version(cfg.model_name, v["f5"]).tags
+    assert tags["gate.applied"] == "true" and "promoted_at" in tags
+    assert client.get_model_version(cfg.model_name, v["f3"]).tags["superseded_by"] == v["f5"]
+    # and from then on it is a plain noop
+    again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
+    assert (again.verdict, again.applied) == (NOOP, False)
+    again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
+    assert (again.verdict, again.applied) == (NOOP, False)
 
 
 def test_gate_and_rollback_errors(tmp_path, mlflow_store):
