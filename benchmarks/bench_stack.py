@@ -13,7 +13,8 @@ encrypted with the stack's KMS key, written by a child process through the bundl
    ``--days`` x ``--rows`` window. From the REST task instances: the fan-out's wall time (first
    ``train_candidate`` start -> last end), the whole run (run start -> end), per task the duration and
    the model fit inside it (``fit_seconds`` in the task's XCom), so per-task overhead = duration - fit,
-   the hand-off gap between consecutive tasks on one worker, and which worker ran what.
+   the hand-off gap between consecutive tasks on one worker, and which worker ran what; from /proc, the
+   CPUs busy on the machine, in the stack's process trees and elsewhere, during the run and while idle.
    Goal: speedup (1 worker / 2 workers) of the fan-out >= 1.6x.
 2. **Latency** (on stack B, after the fan-out): ``--repeat`` API-triggered train runs with one
    logistic-regression candidate on a one-day window of ``--small-rows`` rows (each on its own day, so
@@ -55,6 +56,7 @@ GOAL_SPEEDUP = 1.6
 DAG_ID = "train"
 FANOUT_END = "2026-01-10"
 LATENCY_FIRST = dt.date(2026, 2, 1)
+IDLE_SAMPLE_S = 20.0  # CPU use of the idle stack is sampled this long before the fan-out run
 MAX_DEPTH = 8  # shallow trees: the cost is CPU, not a big model artifact to upload
 
 
@@ -244,15 +246,70 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, CPU ticks incl. reaped children: utime + stime + cutime + cstime), from /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        table[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    return table
+
+
+def cpu_counters(stack) -> tuple[float, float, float]:
+    """(machine busy CPU-seconds, machine total CPU-seconds, CPU-seconds of this stack's process trees).
+
+    The stack's share is summed over every live descendant of its top-level processes (Celery task
+    processes included) with their reaped children's time, so it is cumulative; PostgreSQL and Redis are
+    shared services and not counted. Linux only (returns NaNs elsewhere).
+    """
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:9]]
+        table = _proc_table()
+    except OSError:
+        return float("nan"), float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [p.pid for procs in (stack.infra, stack.airflow) for p in procs.procs.values()]
+    own, seen = 0, set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        own += table[pid][1]
+        todo.extend(children.get(pid, ()))
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz, own / hz
+
+
+def cpu_use(before: tuple, after: tuple) -> dict[str, float]:
+    """Cores in use between two cpu_counters() samples: machine, this stack, everything else."""
+    wall = (after[1] - before[1]) / (os.cpu_count() or 1)
+    machine = (after[0] - before[0]) / wall if wall > 0 else float("nan")
+    own = (after[2] - before[2]) / wall if wall > 0 else float("nan")
+    return {"machine": machine, "stack": own, "others": machine - own}
+
+
 def fanout(stack, args, label: str) -> dict:
     names = [f"rf_{i}" for i in range(args.candidates)]
     run_id = f"bench_fanout__{label}__{int(time.time())}"
     conf = train_conf(FANOUT_END, args.days, names)
-    load_before = os.getloadavg()[0]
+    c0 = cpu_counters(stack)
+    time.sleep(IDLE_SAMPLE_S)
+    c1 = cpu_counters(stack)
     posted = trigger(stack, run_id, conf)
     say(f"  [{label}] triggered {run_id}: {len(names)} candidates; waiting...")
     run, _ = wait_run(stack, run_id, timeout=args.timeout, poll=2.0)
-    load_after = os.getloadavg()[0]
+    c2 = cpu_counters(stack)
     tis = task_instances(stack, run_id)
     check_success(stack, run, tis)
     mapped = sorted(
@@ -284,7 +341,8 @@ def fanout(stack, args, label: str) -> dict:
         "overheads": overheads,
         "gaps": gaps,
         "hosts": {h.split("@")[0]: len(v) for h, v in sorted(by_host.items())},
-        "load": f"{load_before:.1f} / {load_after:.1f}",
+        "cpu_idle": cpu_use(c0, c1),
+        "cpu_run": cpu_use(c1, c2),
     }
 
 
@@ -406,7 +464,19 @@ def report(args, one: dict, two: dict) -> bool:
         ),
         ("hand-off gap on a worker, mean", secs(mean(f1["gaps"])), secs(mean(f2["gaps"]))),
         ("tasks per worker", _hosts(f1["hosts"]), _hosts(f2["hosts"])),
-        ("machine load average (1 min), start / end", f1["load"], f2["load"]),
+        (
+            "CPUs busy during the run: whole machine",
+            _cores(f1, "run", "machine"),
+            _cores(f2, "run", "machine"),
+        ),
+        ("  this stack (incl. its task processes)", _cores(f1, "run", "stack"), _cores(f2, "run", "stack")),
+        ("  everything else on the machine", _cores(f1, "run", "others"), _cores(f2, "run", "others")),
+        (
+            f"CPUs busy, stack idle ({IDLE_SAMPLE_S:.0f} s before)",
+            _cores(f1, "idle", "stack"),
+            _cores(f2, "idle", "stack"),
+        ),
+        ("  everything else on the machine", _cores(f1, "idle", "others"), _cores(f2, "idle", "others")),
     ]
     say(f"  {'':<44} {'1 worker':>12} {'2 workers':>14}")
     for name, a, b in rows:
@@ -467,6 +537,11 @@ _TASK_ORDER = [
     "promote",
     "publish_champion",
 ]
+
+
+def _cores(fan: dict, window: str, who: str) -> str:
+    value = fan[f"cpu_{window}"][who]
+    return "-" if value != value else f"{value:.2f}"
 
 
 def _hosts(hosts: dict[str, int]) -> str:
