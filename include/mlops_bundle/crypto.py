@@ -41,12 +41,10 @@ import io
 import json
 import logging
 import os
-import queue
 import shutil
 import struct
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -70,12 +68,10 @@ SEGMENT_SIZE = 1 << 20
 # Tink's AES-GCM-HKDF stream header: 1 length byte + 32-byte salt + 7-byte nonce prefix; tag 16 bytes
 STREAM_HEADER_SIZE = 1 + 32 + 7
 TAG_SIZE = 16
-# plaintext bytes per write into the encrypting stream / per read from the decrypting one: large pieces
-# (>= 1 MiB) allocate fresh mmapped buffers on every call inside Tink's binding and run ~3x slower
-_ENC_CHUNK = 128 * 1024
+# plaintext bytes per write into the encrypting stream: large reads (>= 1 MiB) allocate fresh mmapped buffers
+# on every call inside Tink's binding and run ~3x slower than 64 KiB
+_ENC_CHUNK = 64 * 1024
 _DEC_CHUNK = 256 * 1024
-# ciphertext bytes per read of the source while decrypting (Tink asks for 128 KiB at a time)
-_SRC_CHUNK = 128 * 1024
 
 
 class CryptoError(RuntimeError):
@@ -372,162 +368,39 @@ def read_key_id(src: str | os.PathLike[str] | bytes | IO[bytes]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- streaming
-# Tink's binding runs the cipher on the calling thread and moves ciphertext through Python in 128 KiB
-# pieces. Reading the source and writing the destination happen on two helper threads, so the kernel's
-# copies (read/write syscalls release the GIL) overlap with the cipher; queues are bounded, so memory
-# stays constant (at most _QUEUE_DEPTH pieces in flight each way).
-_QUEUE_DEPTH = 16
-_END = object()
+class _Unclosable(io.RawIOBase):
+    """Tink closes the file object it wraps; this shields the caller's stream from that."""
 
-
-class _Writer(io.RawIOBase):
-    """A write-only file object whose writes a helper thread performs, in order, on `dst`.
-
-    Tink closes the object it writes to; ``close`` is therefore a no-op and ``finish``/``abort`` end the
-    thread. A write error on the thread is raised by the next ``write`` or by ``finish``.
-    """
-
-    def __init__(self, dst: IO[bytes]):
+    def __init__(self, inner: IO[bytes], mode: str):
         super().__init__()
+        self._inner = inner
+        self._mode = mode
         self.count = 0
-        self._dst = dst
-        self._queue: queue.Queue = queue.Queue(_QUEUE_DEPTH)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mlops-crypto-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        write, get = self._dst.write, self._queue.get
-        while (item := get()) is not _END:
-            if self._error is None:
-                try:
-                    view = memoryview(item)
-                    while view:  # raw files may write less than asked
-                        n = write(view)
-                        view = view[len(view) if n is None else n :]
-                except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
-                    self._error = exc
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        if self._error is not None:
-            raise self._error
-        data = b if type(b) is bytes else bytes(b)  # the caller may reuse its buffer
-        self._queue.put(data)
-        self.count += len(data)
-        return len(data)
-
-    def close(self) -> None:  # Tink's close of the stream must not end the thread early
-        pass
-
-    def finish(self) -> None:
-        """Wait until every queued write reached dst; raise the first write error."""
-        if self._thread.is_alive():
-            self._queue.put(_END)
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        """Drop the writes still queued and stop the thread (on failure)."""
-        self._error = self._error or _Aborted()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_END)
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get_nowait()
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(_END)
-            self._thread.join(0.01)
-
-
-class _Aborted(Exception):
-    pass
-
-
-class _Reader(io.RawIOBase):
-    """A read-only file object fed by a helper thread that reads `src` ahead in `chunk`-sized pieces.
-
-    ``read`` never returns more than asked (Tink asks for 128 KiB at a time) and never closes `src`;
-    ``count`` is the number of bytes handed out. ``stop`` ends the thread (it may have read ahead).
-    """
-
-    def __init__(self, src: IO[bytes], chunk: int):
-        super().__init__()
-        self.count = 0
-        self._src = src
-        self._chunk = chunk
-        self._queue: queue.Queue = queue.Queue(_QUEUE_DEPTH)
-        self._error: BaseException | None = None
-        self._stopped = False
-        self._pending = b""
-        self._eof = False
-        self._thread = threading.Thread(target=self._run, name="mlops-crypto-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        read, chunk = self._src.read, self._chunk
-        try:
-            while not self._stopped:
-                data = read(chunk)
-                if data is None:  # non-blocking source with nothing yet
-                    continue
-                self._queue.put(bytes(data))
-                if not data:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            self._error = exc
-            self._queue.put(b"")
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
+        self.error: BaseException | None = None
 
     def readable(self) -> bool:
-        return True
+        return self._mode == "r"
 
-    def next_piece(self) -> bytes:
-        """The next piece as read from src (b"" at the end)."""
-        if self._pending:
-            data, self._pending = self._pending, b""
-        elif self._eof:
-            return b""
-        else:
-            data = self._queue.get()
-            if not data:
-                self._eof = True
-                if self._error is not None:
-                    raise self._error
-        self.count += len(data)
-        return data
+    def writable(self) -> bool:
+        return self._mode == "w"
 
     def read(self, size: int = -1) -> bytes:
-        data = self.next_piece()
-        if 0 <= size < len(data):
-            data, self._pending = data[:size], data[size:]
-            self.count -= len(self._pending)
-        return data
+        return self._inner.read(size)
 
     def readinto(self, b) -> int:
-        data = self.read(len(b))
+        data = self._inner.read(len(b))
         b[: len(data)] = data
         return len(data)
 
-    def close(self) -> None:  # Tink closes its source: keep the thread and src to the caller
-        pass
-
-    def stop(self) -> None:
-        self._stopped = True
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get_nowait()
-            self._thread.join(0.01)
+    def write(self, b) -> int:
+        try:
+            n = self._inner.write(b)
+        except BaseException as exc:  # Tink's callback wraps it in a TinkError: keep the original
+            self.error = exc
+            raise
+        n = len(b) if n is None else n
+        self.count += n
+        return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,10 +419,7 @@ def _name_of(aad: bytes, name: str) -> str:
 def encrypt_stream(
     src: IO[bytes], dst: IO[bytes], keyring: Keyring, *, aad: bytes = b"", name: str = ""
 ) -> CryptoResult:
-    """Encrypt everything readable from src into dst (header + Tink stream). Neither stream is closed.
-
-    src is read and dst written on helper threads (see above); both are used by one thread at a time.
-    """
+    """Encrypt everything readable from src into dst (header + Tink stream). Neither stream is closed."""
     _register()
     name = _name_of(aad, name)
     key_id, kek = keyring.encryption_aead()
@@ -564,24 +434,38 @@ def encrypt_stream(
     header = _build_header(key_id, wrap)
     dst.write(header.raw)
     primitive = handle.primitive(streaming_aead.StreamingAead)
-    total = 0
-    reader, writer = _Reader(src, _ENC_CHUNK), _Writer(dst)
+    shield = _Unclosable(dst, "w")
     try:
-        with primitive.new_encrypting_stream(writer, header.raw + aad) as enc:
-            while data := reader.next_piece():
-                enc.write(data)  # bytes: Tink's binding takes it without another copy
-                total += len(data)
-    except BaseException as exc:
-        cause = writer.error  # a destination error reaches Tink's callback and comes back wrapped
-        writer.abort()
-        if isinstance(exc, tink.TinkError) and cause is not None:
-            raise cause from None
+        total = _encrypt_body(primitive, src, shield, header.raw + aad)
+    except tink.TinkError:
+        if shield.error is not None:  # the destination failed (disk full...), not the cipher
+            raise shield.error from None
         raise
-    finally:
-        reader.stop()
-    writer.finish()
     _key_used("encrypt", key_id, name)
-    return CryptoResult(key_id, total, len(header.raw) + writer.count)
+    return CryptoResult(key_id, total, len(header.raw) + shield.count)
+
+
+def _encrypt_body(primitive: Any, src: IO[bytes], shield: _Unclosable, aad: bytes) -> int:
+    """Stream src through Tink into shield; the plaintext byte count."""
+    total = 0
+    with primitive.new_encrypting_stream(shield, aad) as enc:
+        buf = bytearray(_ENC_CHUNK)
+        view = memoryview(buf)
+        readinto = getattr(src, "readinto", None)
+        while True:
+            if readinto is not None:
+                n = readinto(buf)
+                if not n:
+                    break
+                enc.write(view[:n])
+            else:
+                chunk = src.read(_ENC_CHUNK)
+                if not chunk:
+                    break
+                n = len(chunk)
+                enc.write(chunk)
+            total += n
+    return total
 
 
 def _unwrap(header: Header, keyring: Keyring, aad: bytes, name: str) -> tink.KeysetHandle:
@@ -607,7 +491,7 @@ def decrypt_stream(
     """Decrypt src into dst, authenticating every segment. Neither stream is closed.
 
     Plaintext reaches dst segment by segment, so on DecryptionError dst holds an unauthenticated prefix:
-    discard it (``decrypt_file`` does that for you). src is read and dst written on helper threads.
+    discard it (``decrypt_file`` does that for you).
     """
     _register()
     name = _name_of(aad, name)
@@ -618,17 +502,19 @@ def decrypt_stream(
         key_id = header.key_id
         handle = _unwrap(header, keyring, aad, name)
         primitive = handle.primitive(streaming_aead.StreamingAead)
-        reader, writer = _Reader(src, _SRC_CHUNK), _Writer(dst)
+        counter = _Counting(src)
         try:
-            with primitive.new_decrypting_stream(reader, header.raw + aad) as dec:
-                while data := dec.read(_DEC_CHUNK):
-                    writer.write(data)
-                    total += len(data)
+            with primitive.new_decrypting_stream(counter, header.raw + aad) as dec:
+                while True:
+                    chunk = dec.read(_DEC_CHUNK)
+                    if not chunk:
+                        break
+                    dst.write(chunk)
+                    total += len(chunk)
         except tink.TinkError:
-            writer.abort()
-            if reader.error is not None:  # the source failed (I/O), not the authentication
-                raise reader.error from None
-            body = reader.count
+            if counter.error is not None:  # the source failed (I/O), not the authentication
+                raise counter.error from None
+            body = counter.count
             hint = (
                 "truncated"
                 if body < STREAM_HEADER_SIZE + TAG_SIZE
@@ -638,17 +524,38 @@ def decrypt_stream(
                 f"{name}: the ciphertext is {hint}: authentication failed after {total} plaintext bytes "
                 f"(key id {key_id!r} unwrapped fine, so the key is right and the body is not)"
             ) from None
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            reader.stop()
-        writer.finish()
     except DecryptionError:
         _key_used("decrypt_failed", key_id, name)
         raise
     _key_used("decrypt", key_id, name)
-    return CryptoResult(key_id, total, len(header.raw) + reader.count)
+    return CryptoResult(key_id, total, len(header.raw) + counter.count)
+
+
+class _Counting(io.RawIOBase):
+    """Reads through to src (never closing it) and counts the bytes."""
+
+    def __init__(self, inner: IO[bytes]):
+        super().__init__()
+        self._inner = inner
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._inner.read(size)
+        except BaseException as exc:  # Tink's callback wraps it in a TinkError: keep the original
+            self.error = exc
+            raise
+        self.count += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 def encrypt_bytes(data: bytes, keyring: Keyring, *, aad: bytes = b"", name: str = "") -> bytes:
