@@ -6,6 +6,7 @@ Environment variables must be set before Airflow is first imported, hence module
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -160,7 +161,7 @@ def mlflow_server(session_dir):
             break
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                _kill_group(proc.pid)  # the server's uvicorn child too, not only `mlflow server`
                 raise RuntimeError(f"mlflow server did not start; see {root / 'server.log'}") from None
             time.sleep(0.5)
     yield url
@@ -170,8 +171,16 @@ def mlflow_server(session_dir):
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    _kill_group(proc.pid)  # uvicorn may outlive `mlflow server` (graceful shutdown): no orphans
     log.close()
+
+
+def _kill_group(pgid: int) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _clear_mlflow_uris() -> None:
