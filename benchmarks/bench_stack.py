@@ -585,14 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidates < 2 or args.repeat < 1:
         parser.error("--candidates must be >= 2 and --repeat >= 1")
 
-    missing = [
-        what
-        for what, ok in (
-            (f"PostgreSQL on {stack_runner.PG_HOST}:{stack_runner.PG_PORT}", stack_runner.pg_reachable()),
-            (f"Redis on {stack_runner.REDIS_HOST}:{stack_runner.REDIS_PORT}", stack_runner.redis_reachable()),
-        )
-        if not ok
-    ]
+    missing = stack_runner.missing_services()
     if missing:
         hard = args.strict or bool(os.environ.get("CI"))
         say(

@@ -157,6 +157,18 @@ def redis_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def missing_services() -> list[str]:
+    """The services the stack needs that are not reachable, named with their address (empty: all there)."""
+    return [
+        what
+        for what, ok in (
+            (f"PostgreSQL on {PG_HOST}:{PG_PORT}", pg_reachable()),
+            (f"Redis on {REDIS_HOST}:{REDIS_PORT}", redis_reachable()),
+        )
+        if not ok
+    ]
+
+
 def pg_uri(db: str, scheme: str = "postgresql") -> str:
     """A database URI; SQLAlchemy users get an explicit driver (its default for postgresql:// is psycopg 3,
     which is not installed: the venv has psycopg2, and asyncpg for Airflow's async engine)."""

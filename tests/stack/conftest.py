@@ -39,14 +39,7 @@ def pytest_configure(config):
 
 
 def _require_services() -> None:
-    missing = [
-        what
-        for what, ok in (
-            (f"PostgreSQL on {stack_runner.PG_HOST}:{stack_runner.PG_PORT}", stack_runner.pg_reachable()),
-            (f"Redis on {stack_runner.REDIS_HOST}:{stack_runner.REDIS_PORT}", stack_runner.redis_reachable()),
-        )
-        if not ok
-    ]
+    missing = stack_runner.missing_services()
     if not missing:
         return
     reason = f"stack tests need {' and '.join(missing)} (not reachable)"
