@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import stack as stack_runner  # noqa: E402 (scripts/stack.py)
 
 GOAL_SPEEDUP = 1.6
+nan = float("nan")
 DAG_ID = "train"
 FANOUT_END = "2026-01-10"
 LATENCY_FIRST = dt.date(2026, 2, 1)
@@ -331,7 +332,21 @@ def fanout(stack, args, label: str) -> dict:
         for a, b in zip(sorted(spans), sorted(spans)[1:], strict=False)
     ]
     overheads = [d - f for d, f in zip(durations, fits, strict=True) if f is not None]
+    t0 = ts(run["start_date"])
+    timeline = [
+        {
+            "map_index": t["map_index"],
+            "host": (t.get("hostname") or "?").split("@")[0],
+            "scheduled": _rel(t.get("scheduled_when"), t0),
+            "queued": _rel(t.get("queued_when"), t0),
+            "start": s - t0,
+            "end": e - t0,
+            "fit": f,
+        }
+        for t, s, e, f in zip(mapped, starts, ends, fits, strict=True)
+    ]
     return {
+        "timeline": timeline,
         "run_id": run_id,
         "wall": max(ends) - min(starts),
         "run": ts(run["end_date"]) - ts(run["start_date"]),
@@ -344,6 +359,10 @@ def fanout(stack, args, label: str) -> dict:
         "cpu_idle": cpu_use(c0, c1),
         "cpu_run": cpu_use(c1, c2),
     }
+
+
+def _rel(value: str | None, t0: float) -> float | None:
+    return ts(value) - t0 if value else None
 
 
 def latency_api(stack, dates: list[str]) -> list[dict]:
@@ -481,6 +500,13 @@ def report(args, one: dict, two: dict) -> bool:
     say(f"  {'':<44} {'1 worker':>12} {'2 workers':>14}")
     for name, a, b in rows:
         say(f"  {name:<44} {a:>12} {b:>14}")
+    for label, fan in (("1 worker", f1), ("2 workers", f2)):
+        say(f"  timeline, {label} (s after the run started): map_index host scheduled queued start end fit")
+        for r in fan["timeline"]:
+            say(
+                f"    [{r['map_index']}] {r['host']:<4} {secs(r['scheduled'] or nan):>7} {secs(r['queued'] or nan):>7} "
+                f"{secs(r['start']):>7} {secs(r['end']):>7} {secs(r['fit'] or nan):>7}"
+            )
     speedup = f1["wall"] / f2["wall"]
     ok = speedup >= GOAL_SPEEDUP
     say(

@@ -89,3 +89,13 @@ def test_audit_chain_in_postgres_records_the_chain_and_verifies(stack, chain):
     assert runs <= seen, f"runs without audit records: {runs - seen}"
     result = audit.verify(uri)
     assert result.ok, result
+
+
+def test_every_worker_preloaded_the_bundle_before_forking_tasks(stack, chain):
+    """Each Celery worker imported the bundle and its libraries once, all of them, at start-up
+    (plugins/mlops_airflow/worker_preload.py), so the task processes it forked inherited them."""
+    for name in stack.worker_hostnames:
+        text = stack.airflow.log(f"worker-{name}").read_text(errors="replace")
+        line = next((ln for ln in text.splitlines() if "worker preload: imported" in ln), None)
+        assert line is not None, f"worker {name} did not preload; see {stack.airflow.log(f'worker-{name}')}"
+        assert ", 0 failed)" in line, line
