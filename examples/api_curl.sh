@@ -83,41 +83,38 @@ cmd_unpause() {
   done
 }
 
-# trigger DAG CONF_JSON: POST a run (logical_date is required by the API and may be null)
-trigger() {
-  api POST "/api/v2/dags/$1/dagRuns" "{\"logical_date\": null, \"conf\": $2}" | jget dag_run_id
+# json_obj KEY=TEXT... KEY:=JSON...: a JSON object (httpie's notation: `=` a string, `:=` a JSON value)
+json_obj() {
+  python3 -c 'import json, sys
+obj = {}
+for arg in sys.argv[1:]:
+    key, _, value = arg.partition("=")
+    if key.endswith(":"):
+        obj[key[:-1]] = json.loads(value)
+    else:
+        obj[key] = value
+print(json.dumps(obj))' "$@"
 }
 
-cmd_trigger_ingest() {
+# trigger DAG CONF_JSON: POST a run (logical_date is required by the API and may be null); print its id
+trigger() {
   local run
-  run=$(trigger ingest "{\"date\": \"$1\"}")
-  say "triggered ingest for $1: run $run"
+  run=$(api POST "/api/v2/dags/$1/dagRuns" "{\"logical_date\": null, \"conf\": $2}" | jget dag_run_id)
+  say "triggered $1 with conf $2: run $run"
   echo "$run"
 }
+
+cmd_trigger_ingest() { trigger ingest "$(json_obj date="$1")"; }
 
 cmd_trigger_train() {
-  local conf run
-  conf=$(python3 -c 'import json, sys
-conf = {"end_date": sys.argv[1]}
-if len(sys.argv) > 2:
-    conf.update(force=True, justification=sys.argv[2])
-print(json.dumps(conf))' "$@")
-  run=$(trigger train "$conf")
-  say "triggered train with conf $conf: run $run"
-  echo "$run"
+  if (($# > 1)); then
+    trigger train "$(json_obj end_date="$1" force:=true justification="$2")"
+  else
+    trigger train "$(json_obj end_date="$1")"
+  fi
 }
 
-cmd_rollback() {
-  local conf run
-  conf=$(python3 -c 'import json, sys
-conf = {"reason": sys.argv[1]}
-if len(sys.argv) > 2:
-    conf["to_version"] = sys.argv[2]
-print(json.dumps(conf))' "$@")
-  run=$(trigger rollback "$conf")
-  say "triggered rollback: run $run"
-  echo "$run"
-}
+cmd_rollback() { trigger rollback "$(json_obj reason="$1" ${2:+to_version="$2"})"; }
 
 # task_states DAG RUN: "task_id[map_index] state" lines of the run's task instances
 task_states() {

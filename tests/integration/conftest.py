@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, _free_port
+from tests.polling import wait_for
 
 
 @dataclass
@@ -45,16 +46,12 @@ class LocalAirflow:
         ]
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 600, until=("success", "failed")) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in until:
-                return run
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{dag_id}/{run_id} still {run['state']} after {timeout}s; logs in {self.home}"
-                )
-            time.sleep(2)
+        return wait_for(
+            lambda: self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"),
+            lambda run: run["state"] in until,
+            timeout=timeout,
+            describe=lambda run: f"{dag_id}/{run_id} still {run['state']} (logs in {self.home})",
+        )
 
     def task_states(self, dag_id: str, run_id: str) -> dict:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")

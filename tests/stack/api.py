@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from tests.polling import wait_for
 
 TERMINAL = {"success", "failed"}
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -50,17 +51,13 @@ def token_for(base_url: str, username: str, password: str) -> str:
 
 
 def wait_run(stack, token: str, dag_id: str, run_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        stack.check_alive()
-        run = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}")
-        if run["state"] in TERMINAL:
-            return run
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{dag_id} {run_id} still {run['state']} after {timeout}s; logs {stack.log_dir}"
-            )
-        time.sleep(2)
+    return wait_for(
+        lambda: rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}"),
+        lambda run: run["state"] in TERMINAL,
+        timeout=timeout,
+        describe=lambda run: f"{dag_id} {run_id} still {run['state']} (logs {stack.log_dir})",
+        alive=stack.check_alive,
+    )
 
 
 def task_instances(stack, token: str, dag_id: str, run_id: str) -> list[dict]:
@@ -72,42 +69,46 @@ def wait_new_run(stack, token: str, dag_id: str, since, run_type: str, timeout: 
     """The first run of `dag_id` of `run_type` queued at or after `since` (a UTC datetime)."""
     import datetime as dt
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def found() -> list[dict]:
         runs = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns", limit=50)["dag_runs"]
-        found = [
+        return [
             r
             for r in runs
             if r["run_type"] == run_type
             and dt.datetime.fromisoformat(r["queued_at"].replace("Z", "+00:00")) >= since
         ]
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {run_type} {dag_id} run queued since {since} after {timeout}s")
-        stack.check_alive()
-        time.sleep(2)
+
+    runs = wait_for(
+        found,
+        bool,
+        timeout=timeout,
+        describe=lambda _: f"no {run_type} {dag_id} run queued since {since}",
+        alive=stack.check_alive,
+    )
+    return runs[0]
 
 
 def wait_task_state(stack, token: str, dag_id: str, run_id: str, task_id: str, state: str, timeout: float):
     """Wait until task `task_id` (map index -1) of the run is in `state`; fail early if the run ends."""
     path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}"
-    deadline = time.monotonic() + timeout
-    while True:
-        stack.check_alive()
+
+    def fetch() -> dict:
         try:
             ti = rest(stack.api_url, token, "GET", path)
         except urllib.error.HTTPError as exc:
-            if exc.code != 404:  # not created yet
+            if exc.code != 404:  # 404: not created yet
                 raise
             ti = {"state": None}
-        if ti["state"] == state:
-            return ti
-        run = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}")
-        if run["state"] in TERMINAL:
-            raise AssertionError(f"{dag_id} {run_id} ended {run['state']} before {task_id} was {state}")
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{dag_id}.{task_id} still {ti['state']} after {timeout}s; logs {stack.log_dir}"
-            )
-        time.sleep(2)
+        if ti["state"] != state:
+            run = rest(stack.api_url, token, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}")
+            if run["state"] in TERMINAL:
+                raise AssertionError(f"{dag_id} {run_id} ended {run['state']} before {task_id} was {state}")
+        return ti
+
+    return wait_for(
+        fetch,
+        lambda ti: ti["state"] == state,
+        timeout=timeout,
+        describe=lambda ti: f"{dag_id}.{task_id} still {ti['state']} (logs {stack.log_dir})",
+        alive=stack.check_alive,
+    )
