@@ -191,37 +191,51 @@ def gate_numbers(api: af.ApiClient, run_id: str) -> None:
 
 
 def approve(api: af.ApiClient, run_id: str) -> bool:
-    """Wait for the approval request of a train run and approve it; False if the gate rejected the model."""
+    """Wait for the approval request of a train run and approve it; False if the gate rejected the model.
+
+    Returns once the approval task got past the question. Airflow 3.3 can fail the resumed attempt when
+    the answer arrives within about a second of the question (before the scheduler has handled the
+    pausing attempt's exit); the task's retry then asks again, and this answers once more.
+    """
     tis, runs = af.TaskInstanceApi(api), af.DagRunApi(api)
     deadline = time.monotonic() + WAIT_TIMEOUT
-    state = None
+    answered = None  # the try number whose question was answered last
     while True:
         try:
-            state = _value(tis.get_task_instance("train", run_id, "approve").state)
+            ti = tis.get_task_instance("train", run_id, "approve")
+            state = _value(ti.state)
         except NotFoundException:
-            state = None  # not created yet
-        if state == "awaiting_input":
-            break
-        if state in ("skipped", "removed"):
+            ti, state = None, None  # not created yet
+        if state == "success" and answered is not None:
+            return True
+        if state == "awaiting_input" and ti.try_number != answered:
+            if answered is None:
+                say(f"train {run_id} awaits approval:")
+                try:
+                    gate_numbers(api, run_id)
+                except (ApiException, KeyError, ValueError) as exc:
+                    say(f"  (gate numbers not available: {exc})")
+            else:
+                say(f"train {run_id}: Airflow asked again on try {ti.try_number} (try {answered} failed "
+                    "after the answer); approving again")  # fmt: skip
+            payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
+            done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
+            say(
+                f"approved promotion in train run {run_id}: {done.chosen_options} by {done.responded_by.name}"
+            )
+            answered = ti.try_number
+        if state in ("skipped", "removed") and answered is None:
             say(f"train {run_id} did not ask for approval (approve: {state}): the gate rejected the model")
             gate_numbers(api, run_id)
             return False
         if _value(runs.get_dag_run("train", run_id).state) == "failed":
-            raise StepError(f"train run {run_id} failed before its approval step")
+            when = "after" if answered is not None else "before"
+            raise StepError(f"train run {run_id} failed {when} its approval step")
         if time.monotonic() > deadline:
             raise StepError(
                 f"train {run_id}: approve still {state or 'not created'} after {WAIT_TIMEOUT:.0f}s"
             )
         time.sleep(POLL_SECONDS)
-    say(f"train {run_id} awaits approval:")
-    try:
-        gate_numbers(api, run_id)
-    except (ApiException, KeyError, ValueError) as exc:
-        say(f"  (gate numbers not available: {exc})")
-    payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
-    done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
-    say(f"approved promotion in train run {run_id}: {done.chosen_options} by {done.responded_by.name}")
-    return True
 
 
 def decision(api: af.ApiClient, dag_id: str, run_id: str, task_id: str, key: str) -> str:

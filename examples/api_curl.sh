@@ -181,30 +181,42 @@ for line in json.load(sys.stdin)["content"]:
         print("  " + text)' >&2
 }
 
+# Returns once the approval task got past the question. Airflow 3.3 can fail the resumed attempt when the
+# answer arrives within about a second of the question (before the scheduler has handled the pausing
+# attempt's exit); the task's retry then asks again, and this answers once more.
 cmd_approve() {
-  local run=$1 state="" deadline=$((SECONDS + WAIT_TIMEOUT)) base
+  local run=$1 ti state try answered="" deadline=$((SECONDS + WAIT_TIMEOUT)) base
   base="/api/v2/dags/train/dagRuns/$(urlq "$run")/taskInstances"
   while true; do
-    state=$(curl -sS -X GET "$AIRFLOW_URL$base/approve" -H "Authorization: Bearer $TOKEN" | jget state)
-    case $state in
-      awaiting_input) break ;;
-      skipped | removed)
-        say "train $run did not ask for approval (approve: $state): the gate rejected the model"
-        gate_numbers "$run" || true
-        return 3 ;;
-    esac
-    [[ $(api GET "/api/v2/dags/train/dagRuns/$(urlq "$run")" | jget state) == failed ]] &&
-      die "train run $run failed before its approval step"
+    ti=$(curl -sS -X GET "$AIRFLOW_URL$base/approve" -H "Authorization: Bearer $TOKEN")  # 404: not created yet
+    state=$(jget state <<<"$ti" || true)
+    try=$(jget try_number <<<"$ti" || true)
+    [[ $state == success && -n $answered ]] && return 0
+    if [[ $state == awaiting_input && $try != "$answered" ]]; then
+      if [[ -z $answered ]]; then
+        say "train $run awaits approval:"
+        gate_numbers "$run" || say "(gate numbers not available)"
+      else
+        say "train $run: Airflow asked again on try $try (try $answered failed after the answer); approving again"
+      fi
+      api PATCH "$base/approve/-1/hitlDetails" '{"chosen_options": ["Approve"], "params_input": {}}' |
+        python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print("  chosen {} by {}".format(d["chosen_options"], (d.get("responded_by") or {}).get("name", "?")))' >&2
+      say "approved promotion in train run $run"
+      answered=$try
+    fi
+    if [[ -z $answered && ($state == skipped || $state == removed) ]]; then
+      say "train $run did not ask for approval (approve: $state): the gate rejected the model"
+      gate_numbers "$run" || true
+      return 3
+    fi
+    if [[ $(api GET "/api/v2/dags/train/dagRuns/$(urlq "$run")" | jget state) == failed ]]; then
+      die "train run $run failed $([[ -n $answered ]] && echo after || echo before) its approval step"
+    fi
     ((SECONDS < deadline)) || die "train $run: approve still ${state:-not created} after ${WAIT_TIMEOUT}s"
     sleep "$POLL_SECONDS"
   done
-  say "train $run awaits approval:"
-  gate_numbers "$run" || say "(gate numbers not available)"
-  api PATCH "$base/approve/-1/hitlDetails" '{"chosen_options": ["Approve"], "params_input": {}}' |
-    python3 -c 'import json, sys
-d = json.load(sys.stdin)
-print("  chosen {} by {}".format(d["chosen_options"], (d.get("responded_by") or {}).get("name", "?")))' >&2
-  say "approved promotion in train run $run"
 }
 
 # decision DAG RUN TASK KEY: print what a promote/rollback task recorded (verdict, versions)

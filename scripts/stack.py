@@ -40,6 +40,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -393,6 +394,7 @@ def stack_env(
             "MLOPS_ENCRYPTION__KEY_SOURCE": "kms",
             "MLOPS_ENCRYPTION__KMS_KEY_ID": kms_key_id,
             "MLOPS_AUDIT__STORE_URI": pg_uri(databases["airflow"]),
+            "MLOPS_AUDIT_HMAC_KEY": secrets.token_urlsafe(32),  # a new chain per stack, keyed
             "MLOPS_PROMOTION__LOCK_URI": pg_uri(databases["mlflow"]),
             **(extra_env or {}),
         }

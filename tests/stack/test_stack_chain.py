@@ -87,8 +87,10 @@ def test_audit_chain_in_postgres_records_the_chain_and_verifies(stack, chain):
     runs = {run["dag_run_id"] for run in chain.runs.values()}
     seen = {r["payload"].get("run_id") for r in audit.iter_records(uri) if isinstance(r["payload"], dict)}
     assert runs <= seen, f"runs without audit records: {runs - seen}"
-    result = audit.verify(uri)
+    result = audit.verify(uri, stack.env["MLOPS_AUDIT_HMAC_KEY"])
     assert result.ok, result
+    # the chain is keyed (as in docker-compose.yaml): without the key it does not verify
+    assert not audit.verify(uri).ok
 
 
 def test_every_worker_preloaded_the_bundle_before_forking_tasks(stack, chain):
