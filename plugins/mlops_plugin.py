@@ -23,11 +23,11 @@ Registered pieces:
 * ``global_operator_extra_links``: "Drift report" and "MLflow model" (see ``mlops_airflow.links``): shown
   on any task that pushed XCom ``report_url`` / ``mlflow_url``, hidden elsewhere.
 
-* ``fastapi_root_middlewares``: ``mlops_airflow.auth_errors.InvalidTokenIs401`` on ``/api/v2``: a request
-  whose token Airflow rejects (malformed, wrong signature, expired, revoked) gets ``401`` with
-  ``WWW-Authenticate: Bearer`` and a JSON ``detail`` saying how to get a new token (``POST /auth/token``),
-  where Airflow 3.3 answers ``403``; an authenticated user without the permission (a viewer triggering a
-  run) still gets ``403``. ``/mlops`` keeps Airflow's answers.
+* ``fastapi_root_middlewares``: ``mlops_airflow.auth_errors.InvalidTokenIs401`` on ``/api/v2`` and
+  ``/mlops``: a request whose token Airflow rejects (malformed, wrong signature, expired, revoked) gets
+  ``401`` with ``WWW-Authenticate: Bearer`` and a JSON ``detail`` saying how to get a new token
+  (``POST /auth/token``), where Airflow 3.3 answers ``403``; an authenticated user without the permission
+  (a viewer triggering a run) still gets ``403``.
 
 Plugin files are imported by every Airflow process, task processes included, so the FastAPI app (and
 Airflow's API-server security module) is only built when the api-server first routes a request to it.

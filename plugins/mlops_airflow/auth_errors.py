@@ -16,8 +16,8 @@ it); an expired token, already a 401 in Airflow, gets the same detail as an inva
 
 How it decides, staying on Airflow's own token validation:
 
-* Only requests under ``/api/v2`` (by default) are looked at: not ``/execution`` (task processes, their
-  own tokens and rules), ``/ui``, ``/auth`` or static files.
+* Only requests under ``/api/v2`` and the bundle's report app ``/mlops`` (by default) are looked at: not
+  ``/execution`` (task processes, their own tokens and rules), ``/ui``, ``/auth`` or static files.
 * Nothing is done before the request is handled and nothing at all for answers other than 401/403, so
   successful requests cost one status check. Only when the API answers 401 or 403 to a request that
   carried a credential (the bearer token Airflow would use, else the UI's ``_token`` cookie, the same
@@ -45,7 +45,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-DEFAULT_PREFIXES = ("/api/v2",)
+DEFAULT_PREFIXES = ("/api/v2", "/mlops")  # the public REST API and the bundle's report app
 COOKIE_NAME = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
 _REWRITTEN_HEADERS = {b"content-length", b"content-type", b"www-authenticate"}
 

@@ -195,6 +195,18 @@ def test_bad_or_missing_tokens_get_401_on_every_mutating_endpoint(stack, operati
             assert status == 405, (method, path, status)
 
 
+def test_the_report_app_answers_bad_tokens_401_and_serves_a_viewer(stack):
+    """/mlops (the bundle's report app) refuses a bad credential the way /api/v2 does, and a viewer, who
+    may read the monitor DAG's task instances, gets the report index."""
+    for name, headers in _bad_credentials(stack).items():
+        status, hdrs, body = _call(stack, "GET", "/mlops/reports?format=json", headers)
+        assert status == 401, (name, status, body)
+        assert (hdrs.get("WWW-Authenticate") or "").startswith("Bearer"), (name, dict(hdrs))
+    viewer = {"Authorization": f"Bearer {token_for(stack.api_url, 'viewer', 'viewer')}"}
+    status, _, body = _call(stack, "GET", "/mlops/reports?format=json", viewer)
+    assert status == 200, (status, body)
+
+
 def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, operations):
     admin = {"Authorization": f"Bearer {token_for(stack.api_url, 'admin', 'admin')}"}
     viewer_token = token_for(stack.api_url, "viewer", "viewer")
