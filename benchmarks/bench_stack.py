@@ -53,7 +53,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 import stack as stack_runner  # noqa: E402 (scripts/stack.py)
 
 GOAL_SPEEDUP = 1.6
-nan = float("nan")
 DAG_ID = "train"
 FANOUT_END = "2026-01-10"
 LATENCY_FIRST = dt.date(2026, 2, 1)
@@ -459,8 +458,8 @@ def mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
 
 
-def secs(x: float) -> str:
-    return "-" if x != x else f"{x:.1f}s"  # nan (nothing measured) -> "-"
+def secs(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.1f}s"  # None or nan (nothing measured) -> "-"
 
 
 def report(args, one: dict, two: dict) -> bool:
@@ -504,8 +503,8 @@ def report(args, one: dict, two: dict) -> bool:
         say(f"  timeline, {label} (s after the run started): map_index host scheduled queued start end fit")
         for r in fan["timeline"]:
             say(
-                f"    [{r['map_index']}] {r['host']:<4} {secs(r['scheduled'] or nan):>7} {secs(r['queued'] or nan):>7} "
-                f"{secs(r['start']):>7} {secs(r['end']):>7} {secs(r['fit'] or nan):>7}"
+                f"    [{r['map_index']}] {r['host']:<4} {secs(r['scheduled']):>7} {secs(r['queued']):>7} "
+                f"{secs(r['start']):>7} {secs(r['end']):>7} {secs(r['fit']):>7}"
             )
     speedup = f1["wall"] / f2["wall"]
     ok = speedup >= GOAL_SPEEDUP

@@ -368,8 +368,14 @@ def read_key_id(src: str | os.PathLike[str] | bytes | IO[bytes]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- streaming
-class _Unclosable(io.RawIOBase):
-    """Tink closes the file object it wraps; this shields the caller's stream from that."""
+class _Shield(io.RawIOBase):
+    """The caller's stream as Tink sees it, one direction (mode "r" or "w").
+
+    Tink closes the file object it wraps: closing this one leaves the caller's stream open. It counts the
+    bytes that pass, and keeps the exception of a failed read/write: Tink's callback re-raises it wrapped
+    in a TinkError, and the caller must get the I/O error itself (disk full, dropped connection), never a
+    cipher or "corrupted ciphertext" verdict.
+    """
 
     def __init__(self, inner: IO[bytes], mode: str):
         super().__init__()
@@ -384,20 +390,25 @@ class _Unclosable(io.RawIOBase):
     def writable(self) -> bool:
         return self._mode == "w"
 
+    def _call(self, op: Callable[[Any], Any], arg: Any) -> Any:
+        try:
+            return op(arg)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
     def read(self, size: int = -1) -> bytes:
-        return self._inner.read(size)
+        data = self._call(self._inner.read, size)
+        self.count += len(data)
+        return data
 
     def readinto(self, b) -> int:
-        data = self._inner.read(len(b))
+        data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
 
     def write(self, b) -> int:
-        try:
-            n = self._inner.write(b)
-        except BaseException as exc:  # Tink's callback wraps it in a TinkError: keep the original
-            self.error = exc
-            raise
+        n = self._call(self._inner.write, b)
         n = len(b) if n is None else n
         self.count += n
         return n
@@ -434,7 +445,7 @@ def encrypt_stream(
     header = _build_header(key_id, wrap)
     dst.write(header.raw)
     primitive = handle.primitive(streaming_aead.StreamingAead)
-    shield = _Unclosable(dst, "w")
+    shield = _Shield(dst, "w")
     try:
         total = _encrypt_body(primitive, src, shield, header.raw + aad)
     except tink.TinkError:
@@ -445,7 +456,7 @@ def encrypt_stream(
     return CryptoResult(key_id, total, len(header.raw) + shield.count)
 
 
-def _encrypt_body(primitive: Any, src: IO[bytes], shield: _Unclosable, aad: bytes) -> int:
+def _encrypt_body(primitive: Any, src: IO[bytes], shield: _Shield, aad: bytes) -> int:
     """Stream src through Tink into shield; the plaintext byte count."""
     total = 0
     with primitive.new_encrypting_stream(shield, aad) as enc:
@@ -502,7 +513,7 @@ def decrypt_stream(
         key_id = header.key_id
         handle = _unwrap(header, keyring, aad, name)
         primitive = handle.primitive(streaming_aead.StreamingAead)
-        counter = _Counting(src)
+        counter = _Shield(src, "r")
         try:
             with primitive.new_decrypting_stream(counter, header.raw + aad) as dec:
                 while True:
@@ -529,33 +540,6 @@ def decrypt_stream(
         raise
     _key_used("decrypt", key_id, name)
     return CryptoResult(key_id, total, len(header.raw) + counter.count)
-
-
-class _Counting(io.RawIOBase):
-    """Reads through to src (never closing it) and counts the bytes."""
-
-    def __init__(self, inner: IO[bytes]):
-        super().__init__()
-        self._inner = inner
-        self.count = 0
-        self.error: BaseException | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._inner.read(size)
-        except BaseException as exc:  # Tink's callback wraps it in a TinkError: keep the original
-            self.error = exc
-            raise
-        self.count += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 def encrypt_bytes(data: bytes, keyring: Keyring, *, aad: bytes = b"", name: str = "") -> bytes:

@@ -23,6 +23,7 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ BUNDLE = (
 )
 
 
-def enabled(environ: os._Environ | dict = os.environ) -> bool:
+def enabled(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get(ENV, "true").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -81,14 +82,14 @@ def modules() -> list[str]:
     return [*BUNDLE, *estimators, *LIBRARIES]
 
 
-def preload(names: list[str] | None = None) -> tuple[float, list[str]]:
-    """Import `names` (default: modules()); (seconds taken, the modules that failed). A failure is logged,
-    not raised: the task that needs the module then fails at its own import with the real error."""
+def preload(names: list[str]) -> tuple[float, list[str]]:
+    """Import `names`; (seconds taken, the modules that failed). A failure is logged, not raised: the task
+    that needs the module then fails at its own import with the real error."""
     t0 = time.perf_counter()
     failed = []
     # GX logs ~1,000 INFO lines about its docs registry at import: not worth a worker log
     logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
-    for name in modules() if names is None else names:
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - reported below, raised again by the task that needs it
@@ -98,13 +99,14 @@ def preload(names: list[str] | None = None) -> tuple[float, list[str]]:
 
 
 if enabled():
-    _seconds, _failed = preload()
+    _names = modules()
+    _seconds, _failed = preload(_names)
     log.warning(  # warning: the level Celery workers log at by default, so the line is always there
         "worker preload: imported the bundle and its libraries in %.1fs (%d modules, %d failed); tasks "
         "forked from this worker skip those imports. Restart the worker to pick up edited library code, "
         "or set %s=false.",
         _seconds,
-        len(modules()),
+        len(_names),
         len(_failed),
         ENV,
     )

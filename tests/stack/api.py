@@ -60,6 +60,19 @@ def wait_run(stack, token: str, dag_id: str, run_id: str, timeout: float) -> dic
     )
 
 
+def land_batch(stack, date: str, rows: int = 2000, drift: float = 0.0) -> tuple[str, bytes]:
+    """Put one day's generated batch into the stack's S3 landing prefix, where ingest looks for it;
+    (object key, the CSV bytes written)."""
+    from mlops_bundle.config import load_config
+    from mlops_bundle.sample import generate_batch
+
+    cfg = load_config(environ=stack.env)
+    key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{date}/batch.csv"
+    body = generate_batch(date, rows=rows, drift=drift).to_csv(index=False).encode()
+    stack.s3().put_object(Bucket=stack.bucket, Key=key, Body=body)
+    return key, body
+
+
 def task_instances(stack, token: str, dag_id: str, run_id: str) -> list[dict]:
     path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances"
     return rest(stack.api_url, token, "GET", path, limit=100)["task_instances"]

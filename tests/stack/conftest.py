@@ -77,15 +77,10 @@ def chain(stack) -> Chain:
     """Drive the whole chain once through the REST API with a JWT, as a producer and an operator would:
     a batch lands in S3, ingest is triggered with conf, the validated-data asset triggers train, whose
     promotion waits for a human and is approved through the API, then monitor is triggered for the same day. Fails if any run does not succeed."""
-    from mlops_bundle.config import load_config
-    from mlops_bundle.sample import generate_batch
-    from tests.stack.api import q, rest, token_for, wait_new_run, wait_run, wait_task_state
+    from tests.stack.api import land_batch, q, rest, token_for, wait_new_run, wait_run, wait_task_state
 
-    cfg = load_config(environ=stack.env)
     token = token_for(stack.api_url, "admin", "admin")
-    landing_key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{CHAIN_DATE}/batch.csv"
-    csv = generate_batch(CHAIN_DATE, rows=2000).to_csv(index=False).encode()
-    stack.s3().put_object(Bucket=stack.bucket, Key=landing_key, Body=csv)
+    landing_key, csv = land_batch(stack, CHAIN_DATE)
     result = Chain(token=token, batch_date=CHAIN_DATE, landing_key=landing_key, landing_bytes=csv)
 
     for dag_id in ("ingest", "train", "monitor"):

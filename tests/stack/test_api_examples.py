@@ -29,7 +29,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
-from tests.stack.api import q, rest, token_for
+from tests.stack.api import land_batch, q, rest, token_for
 
 pytestmark = pytest.mark.stack
 
@@ -37,17 +37,6 @@ CURL = REPO / "examples" / "api_curl.sh"
 CLIENT = REPO / "examples" / "api_client.py"
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 RUN_TIMEOUT = 2700  # one walkthrough: ingest, up to two train runs, rollback on a loaded 2-core machine
-
-
-def _land(stack, date: str, drift: float) -> None:
-    """Put one day's batch into the stack's S3 landing prefix, as the chain fixture does."""
-    from mlops_bundle.config import load_config
-    from mlops_bundle.sample import generate_batch
-
-    cfg = load_config(environ=stack.env)
-    key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{date}/batch.csv"
-    body = generate_batch(date, rows=2000, drift=drift).to_csv(index=False).encode()
-    stack.s3().put_object(Bucket=stack.bucket, Key=key, Body=body)
 
 
 def _aliases(stack) -> dict[str, str | None]:
@@ -170,7 +159,7 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
 
 def test_curl_walkthrough(chain, stack):
     date = "2026-01-07"
-    _land(stack, date, drift=0.0)
+    land_batch(stack, date, drift=0.0)
     before = _aliases(stack)
     assert before["champion"], "the chain fixture should have left a champion"
     lines, progress, seconds = _run(stack, ["bash", str(CURL), "walkthrough", date])
@@ -180,7 +169,7 @@ def test_curl_walkthrough(chain, stack):
 
 def test_python_client_walkthrough(chain, stack):
     date = "2026-01-08"
-    _land(stack, date, drift=1.0)
+    land_batch(stack, date, drift=1.0)
     before = _aliases(stack)
     assert before["champion"], "the chain fixture should have left a champion"
     lines, progress, seconds = _run(stack, [sys.executable, str(CLIENT), "walkthrough", date])

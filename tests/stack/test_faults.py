@@ -25,7 +25,7 @@ import urllib.error
 
 import pytest
 
-from tests.stack.api import q, rest, token_for, wait_new_run, wait_run
+from tests.stack.api import land_batch, q, rest, token_for, wait_new_run, wait_run
 from tests.stack.conftest import _require_services, stack_runner
 
 pytestmark = pytest.mark.stack
@@ -85,13 +85,7 @@ def _client(stack):
 
 def _ingest_and_wait_for_train(stack, token: str, date: str) -> dict:
     """Land a batch in S3, trigger ingest with conf through REST, return the asset-triggered train run."""
-    from mlops_bundle.sample import generate_batch
-
-    cfg = _cfg(stack)
-    key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{date}/batch.csv"
-    stack.s3().put_object(
-        Bucket=stack.bucket, Key=key, Body=generate_batch(date, rows=ROWS[date]).to_csv(index=False).encode()
-    )
+    land_batch(stack, date, rows=ROWS[date])
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     run_id = f"faults__{date}__{int(time.time())}"
     body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": date}}
