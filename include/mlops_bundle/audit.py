@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mlops_bundle.jsonsafe import json_safe
+from mlops_bundle.uris import is_postgres, is_sqlite, pg_dsn, redact, sqlite_path
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -145,14 +146,7 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _redact(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
-
-
 # ------------------------------------------------------------------------------------------ backends
-
-_PG_RE = re.compile(r"^postgres(?:ql)?(?:\+[A-Za-z0-9_]+)?://")
-_SQLITE_RE = re.compile(r"^sqlite(?:\+[A-Za-z0-9_]+)?:///")
 
 
 class _Backend:
@@ -206,7 +200,7 @@ class _SQLite(_Backend):
     def __init__(self, uri: str, timeout_s: float, durable: bool = True):
         super().__init__(uri, timeout_s)
         self.durable = durable
-        path = _SQLITE_RE.sub("", uri, count=1)
+        path = sqlite_path(uri)
         if not path or path == ":memory:":
             raise AuditError(f"audit store {uri!r}: an in-memory SQLite DB cannot be shared; use a file")
         self.path = Path(path)
@@ -251,7 +245,7 @@ class _Postgres(_Backend):
 
     def __init__(self, uri: str, timeout_s: float):
         super().__init__(uri, timeout_s)
-        self.dsn = "postgresql://" + _PG_RE.sub("", uri, count=1)
+        self.dsn = pg_dsn(uri)
 
     def connect(self) -> Any:
         import psycopg2
@@ -289,12 +283,12 @@ class _Postgres(_Backend):
 
 
 def _backend(uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, durable: bool = True) -> _Backend:
-    if _PG_RE.match(uri or ""):
+    if is_postgres(uri):
         return _Postgres(uri, timeout_s)
-    if _SQLITE_RE.match(uri or ""):
+    if is_sqlite(uri):
         return _SQLite(uri, timeout_s, durable)
     raise AuditError(
-        f"audit store {_redact(uri)!r} is not supported: use sqlite:////absolute/path.db (embedded) or "
+        f"audit store {redact(uri)!r} is not supported: use sqlite:////absolute/path.db (embedded) or "
         f"postgresql://user@host:port/db (shared stack); see audit.store_uri in the config"
     )
 
@@ -363,7 +357,7 @@ class AuditLog:
         elif row[0] != self._key_id:
             have = "no HMAC key" if self._key is None else f"HMAC key id {self._key_id}"
             raise AuditKeyMismatch(
-                f"audit store {_redact(self.uri)} was started with "
+                f"audit store {redact(self.uri)} was started with "
                 f"{'no HMAC key' if row[0] == _UNKEYED else 'HMAC key id ' + row[0]} but this writer has "
                 f"{have}: give every writer the same key (the audit.hmac_conn_id connection or "
                 f"${HMAC_ENV}); a different key means a new audit store"
@@ -743,7 +737,7 @@ def record_event(
         )
     except Exception as exc:
         message = (
-            f"could not write audit record {event} for {subject!r} to {_redact(cfg.audit_uri)}: "
+            f"could not write audit record {event} for {subject!r} to {redact(cfg.audit_uri)}: "
             f"{type(exc).__name__}: {exc}"
         )
         if required:

@@ -20,6 +20,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlops_bundle.names import DATASET_NAME_PATTERN
+
 ENV_PREFIX = "MLOPS_"
 CONFIG_ENV = "MLOPS_CONFIG"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +46,7 @@ class ColumnSpec(_Strict):
 
 
 class DatasetConfig(_Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    name: str = Field(pattern=DATASET_NAME_PATTERN)
     columns: list[ColumnSpec] = Field(min_length=2)
     id_column: str
     timestamp_column: str
@@ -89,6 +91,20 @@ class StorageConfig(_Strict):
     staging_prefix: str = "staging"
     quarantine_prefix: str = "quarantine"
     reports_prefix: str = "reports"
+    # scored batches, training hand-over files and monitoring state (retrain history)
+    predictions_prefix: str = "predictions"
+    work_prefix: str = "work"
+    monitoring_prefix: str = "monitoring"
+
+    def written_prefixes(self) -> list[str]:
+        """Every prefix the pipeline writes data to (landing is delivered, never written by it)."""
+        return [
+            self.staging_prefix,
+            self.quarantine_prefix,
+            self.reports_prefix,
+            self.predictions_prefix,
+            self.work_prefix,
+        ]
 
 
 class IngestConfig(_Strict):
@@ -115,6 +131,7 @@ class MlflowConfig(_Strict):
     # or http(s)://host:port of an MLflow server; or a database URI (postgresql://...)
     tracking_uri: str = "../var/mlflow"
     experiment: str = "{dataset}-training"
+    monitoring_experiment: str = "{dataset}-monitoring"
     registered_model: str = "{dataset}-classifier"
 
 
@@ -160,7 +177,7 @@ class MonitoringConfig(_Strict):
 
 
 class EncryptionConfig(_Strict):
-    # encrypt objects under these storage prefixes at rest (staging, quarantine, reports...)
+    # encrypt objects under storage prefixes at rest
     enabled: bool = False
     # "connection": a Tink keyset held by an Airflow connection (embedded mode);
     # "kms": AWS KMS key-encryption keys through the Airflow AWS connection (storage.aws_conn_id)
@@ -169,9 +186,9 @@ class EncryptionConfig(_Strict):
     keyset_conn_id: str = "mlops_keyset"
     # KMS key id/ARN/alias that wraps new data keys (key_source=kms); old ids stay decryptable
     kms_key_id: str = ""
-    prefixes: list[str] = Field(
-        default_factory=lambda: ["staging", "quarantine", "reports", "predictions", "work"]
-    )
+    # the prefixes to encrypt; empty (the default) = every prefix the pipeline writes
+    # (storage.written_prefixes(): staging, quarantine, reports, predictions, work)
+    prefixes: list[str] = Field(default_factory=list)
 
 
 class AuditConfig(_Strict):
@@ -241,6 +258,15 @@ class BundleConfig(_Strict):
     @property
     def experiment_name(self) -> str:
         return self.mlflow.experiment.format(dataset=self.dataset.name)
+
+    @property
+    def monitoring_experiment_name(self) -> str:
+        return self.mlflow.monitoring_experiment.format(dataset=self.dataset.name)
+
+    @property
+    def encrypted_prefixes(self) -> list[str]:
+        """The storage prefixes encrypted at rest when encryption is enabled."""
+        return list(self.encryption.prefixes) or self.storage.written_prefixes()
 
     @property
     def model_name(self) -> str:

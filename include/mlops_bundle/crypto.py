@@ -45,7 +45,7 @@ import shutil
 import struct
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -53,6 +53,8 @@ from typing import IO, Any, Protocol
 import tink
 from tink import aead, secret_key_access, streaming_aead
 from tink.proto import tink_pb2
+
+from mlops_bundle.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -556,29 +558,12 @@ def decrypt_bytes(data: bytes, keyring: Keyring, *, aad: bytes = b"", name: str 
     return out.getvalue()
 
 
-@contextlib.contextmanager
-def _temp_beside(dst: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    """A temp file in dst's folder that becomes dst on success and disappears on any failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dst.parent)
-    tmp_path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh, tmp_path
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, dst)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def encrypt_file(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], keyring: Keyring, *, aad: bytes = b""
 ) -> CryptoResult:
     """Encrypt file src to dst atomically (dst appears only complete)."""
     src, dst = Path(src), Path(dst)
-    with open(src, "rb", buffering=0) as fin, _temp_beside(dst) as (fout, _tmp):
+    with open(src, "rb", buffering=0) as fin, atomic_file(dst) as fout:
         return encrypt_stream(fin, fout, keyring, aad=aad, name=_name_of(aad, str(src)))
 
 
@@ -595,7 +580,7 @@ def decrypt_file(
         fin = open(src, "rb")
     except OSError as exc:
         raise DecryptionError(f"{src}: cannot open: {exc}") from exc
-    with fin, _temp_beside(dst) as (fout, _tmp):
+    with fin, atomic_file(dst) as fout:
         return decrypt_stream(fin, fout, keyring, aad=aad, name=str(src))
 
 
@@ -682,7 +667,7 @@ class EncryptingStorage:
         name = self.inner.uri(key)
         dest = self.inner.local_path(key)
         if dest is not None:  # local: encrypt straight into a temp file beside the object
-            with open(path, "rb", buffering=0) as fin, _temp_beside(Path(dest)) as (fout, _tmp):
+            with open(path, "rb", buffering=0) as fin, atomic_file(Path(dest)) as fout:
                 encrypt_stream(fin, fout, self.keyring, aad=self._aad(key), name=name)
             return name
         with tempfile.TemporaryDirectory(prefix="mlops-enc-") as tmp:
@@ -706,10 +691,10 @@ class EncryptingStorage:
                 head = fh.read(len(MAGIC) + 1)
             if not is_encrypted(head):
                 self._plaintext_ok(key)
-                with open(src, "rb") as fin, _temp_beside(path) as (fout, _t):
+                with open(src, "rb") as fin, atomic_file(path) as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
                 return path
-            with open(src, "rb") as fin, _temp_beside(path) as (fout, _t):
+            with open(src, "rb") as fin, atomic_file(path) as fout:
                 decrypt_stream(fin, fout, self.keyring, aad=self._aad(key), name=name)
         return path
 

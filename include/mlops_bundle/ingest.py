@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from mlops_bundle.audit import record_event
 from mlops_bundle.config import BundleConfig
+from mlops_bundle.names import parse_date
 from mlops_bundle.storage import ObjectInfo, Storage, join, match_any
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,6 @@ def staging_prefix(cfg: BundleConfig, date: str) -> str:
 
 def quarantine_prefix(cfg: BundleConfig, date: str, attempt: str) -> str:
     return join(cfg.storage.quarantine_prefix, cfg.dataset.name, f"ds={date}", attempt)
-
-
-def parse_date(value: str) -> str:
-    try:
-        return dt.date.fromisoformat(str(value)).isoformat()
-    except ValueError:
-        raise ValueError(f"date {value!r} is not an ISO date: use YYYY-MM-DD, e.g. 2026-01-05") from None
 
 
 # ---------------------------------------------------------------- discovery and reading

@@ -51,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.features import feature_kind, positive_class_index, predict_positive
 from mlops_bundle.jsonsafe import json_safe
+from mlops_bundle.locks import file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,8 +89,6 @@ _QUALITY_METRICS = {
     "RocAuc": "roc_auc",
     "LogLoss": "log_loss",
 }
-_NUMERIC_DTYPES = {"int", "float"}
-_CATEGORICAL_DTYPES = {"category", "string", "bool"}
 HISTORY_KEEP = 500  # retrain history records kept (the guard only needs the last day)
 
 
@@ -125,8 +125,8 @@ def score_batch(
     keep_features: bool = True,
     chunk_rows: int = 1_000_000,
 ) -> pd.DataFrame:
-    """Score a batch with a fitted binary classifier: adds ``prediction`` (0/1 at 0.5) and
-    ``prediction_proba`` (probability of class 1).
+    """Score a batch with a fitted binary classifier: adds ``prediction`` (0/1 at ``features.THRESHOLD``)
+    and ``prediction_proba`` (probability of the positive class).
 
     The id and timestamp columns are always kept (so scores can be joined back and audited); with
     ``keep_features`` the features (and the target, if present) are kept too, which is the frame
@@ -145,7 +145,10 @@ def score_batch(
             f"batch to score lacks columns {missing} that the champion was trained on; "
             f"check the batch against config {cfg.source or 'config/churn.yaml'} (dataset.columns)"
         )
-    pos = _positive_class_index(model)
+    try:
+        pos = positive_class_index(getattr(model, "classes_", []))
+    except ValueError as exc:
+        raise MonitoringError(str(exc)) from None
     X = df[features]
     proba = np.empty(len(df), dtype="float64")
     step = max(1, int(chunk_rows))
@@ -160,22 +163,9 @@ def score_batch(
     keys = [c for c in (ds.id_column, ds.timestamp_column) if c in df.columns]
     keep = keys + features + ([ds.target] if ds.target in df.columns else []) if keep_features else keys
     out_df = df.loc[:, keep]  # a new frame with the input's dtypes (category stays category)
-    out_df[prediction_col] = (proba >= 0.5).astype("int64")
+    out_df[prediction_col] = predict_positive(proba)
     out_df[proba_col] = proba
     return out_df
-
-
-def _positive_class_index(model: Any) -> int:
-    """Column of ``predict_proba`` that holds class 1 (the last column when classes are unknown)."""
-    classes = list(getattr(model, "classes_", []))
-    if not classes:
-        return -1
-    for positive in (1, True, "1"):
-        if positive in classes:
-            return classes.index(positive)
-    if len(classes) != 2:
-        raise MonitoringError(f"expected a binary classifier, the model has classes {classes}")
-    return 1
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -443,10 +433,9 @@ def _feature_kinds(cfg: BundleConfig) -> tuple[dict[str, str], list[str]]:
     notes: list[str] = []
     for col in cfg.dataset.feature_columns:
         dtype = cfg.dataset.column(col).dtype
-        if dtype in _NUMERIC_DTYPES:
-            kinds[col] = "numerical"
-        elif dtype in _CATEGORICAL_DTYPES:
-            kinds[col] = "categorical"
+        kind = feature_kind(dtype)
+        if kind is not None:
+            kinds[col] = {"numeric": "numerical"}.get(kind, kind)  # Evidently's spelling
         else:
             notes.append(f"feature {col!r} has dtype {dtype!r}: no drift method for it, not monitored")
     return kinds, notes
@@ -754,7 +743,7 @@ def should_trigger_retrain(
 
 def history_key(cfg: BundleConfig) -> str:
     """Where the drift-triggered retrain history of a data set lives in the store."""
-    return f"monitoring/{cfg.dataset.name}/retrain_history.json"
+    return f"{cfg.storage.monitoring_prefix}/{cfg.dataset.name}/retrain_history.json"
 
 
 def load_history(store: Storage, key: str) -> list[dict[str, Any]]:
@@ -780,7 +769,7 @@ def load_history(store: Storage, key: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _history_lock(store: Storage, key: str) -> Iterator[None]:
-    """An exclusive fcntl lock beside a local history file; a no-op for object stores.
+    """An exclusive file lock beside a local history file; a no-op for object stores.
 
     Object stores have no cheap lock here; there the read-modify-write can lose a record if two
     monitor runs of the same data set append in the same instant. The monitor DAG runs one active
@@ -790,16 +779,8 @@ def _history_lock(store: Storage, key: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    import fcntl
-
-    lock_path = Path(path).with_name(Path(path).name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(Path(path).with_name(Path(path).name + ".lock")):
+        yield
 
 
 def append_history(store: Storage, key: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -865,7 +846,7 @@ def load_reference(client: Any, run_id: str) -> pd.DataFrame:
 
 def predictions_key(cfg: BundleConfig, date: str) -> str:
     """Where a day's scores live: next to the validated partition, one object per day (rerun = replace)."""
-    return f"predictions/{cfg.dataset.name}/ds={date}/predictions.parquet"
+    return f"{cfg.storage.predictions_prefix}/{cfg.dataset.name}/ds={date}/predictions.parquet"
 
 
 def reports_prefix(cfg: BundleConfig, date: str) -> str:
@@ -881,13 +862,13 @@ def log_monitoring_run(
     operations: Mapping[str, float],
     tags: Mapping[str, str],
 ) -> str:
-    """Log one day's key numbers to the MLflow monitoring experiment (`<dataset>-monitoring`).
+    """Log one day's key numbers to the MLflow monitoring experiment (``mlflow.monitoring_experiment``).
 
     Drift share, per-column scores, prediction drift and quality (when labels exist) sit next to the
     operational figures (rows scored/rejected, scoring throughput, task durations), so one MLflow chart
     shows whether the model, the data or the pipeline changed. Returns the MLflow run id.
     """
-    name = f"{cfg.dataset.name}-monitoring"
+    name = cfg.monitoring_experiment_name
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = f"{cfg.artifact_root}/{name}" if cfg.artifact_root else None

@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 from mlops_bundle.audit import record_decision
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig
 from mlops_bundle.jsonsafe import json_safe
+from mlops_bundle.locks import LockTimeout, LockUnavailable, advisory_key, file_lock, pg_advisory_lock
+from mlops_bundle.uris import pg_dsn, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -333,22 +333,8 @@ class Decision:
 
 
 def lock_key(model_name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for one model (same on every host and Python version)."""
-    digest = hashlib.sha256(f"mlops-promotion:{model_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-_PG_URI = re.compile(r"^postgres(?:ql)?(?:\+[A-Za-z0-9_]+)?://")
-
-
-def _pg_dsn(uri: str) -> str | None:
-    """``postgresql[+driver]://...`` (SQLAlchemy/MLflow style) -> a libpq URI; None for other schemes."""
-    match = _PG_URI.match(uri or "")
-    return "postgresql://" + uri[match.end() :] if match else None
-
-
-def _redact(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+    """The advisory-lock key of one model's promotions (stable on every host and Python version)."""
+    return advisory_key(f"mlops-promotion:{model_name}")
 
 
 def _lock_dir(cfg: BundleConfig) -> Path:
@@ -366,96 +352,11 @@ def _safe_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model_name)
 
 
-def _timeout_message(model_name: str, timeout_s: float, where: str, hint: str) -> str:
-    return (
-        f"another promotion of {model_name!r} has held the lock for {timeout_s:g} s ({where}); "
-        f"wait for it to finish and retry, or pass a longer timeout. {hint}"
-    )
-
-
-@contextlib.contextmanager
-def _pg_lock(dsn: str, model_name: str, timeout_s: float) -> Iterator[None]:
-    import psycopg2
-
-    key = lock_key(model_name)
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="mlops-promotion-lock")
-    except psycopg2.Error as exc:
-        raise GateError(
-            f"cannot connect to the promotion lock database {_redact(dsn)}: {str(exc).strip()}; "
-            f"check promotion.lock_uri (or the postgresql:// tracking URI) and that PostgreSQL is reachable"
-        ) from exc
-    try:
-        conn.autocommit = True
-        deadline = time.monotonic() + timeout_s
-        with conn.cursor() as cur:
-            while True:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-                if cur.fetchone()[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise PromotionLockTimeout(
-                        _timeout_message(
-                            model_name,
-                            timeout_s,
-                            f"PostgreSQL advisory lock {key} on {_redact(dsn)}",
-                            "The holder shows up in: SELECT pid, application_name FROM pg_locks JOIN "
-                            "pg_stat_activity USING (pid) WHERE locktype = 'advisory';",
-                        )
-                    )
-                time.sleep(_POLL_S)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
-    finally:
-        conn.close()  # closing the session releases the lock even if the unlock failed
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, model_name: str, timeout_s: float) -> Iterator[None]:
-    import fcntl
-    import os
-    import socket
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
-                    raise PromotionLockTimeout(
-                        _timeout_message(
-                            model_name,
-                            timeout_s,
-                            f"file lock {path}, held by {holder}",
-                            "A file lock is released when its process exits; if that process hangs, stop "
-                            "it (see `fuser` on the lock file).",
-                        )
-                    ) from None
-                time.sleep(_POLL_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_utc_now()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def lock_description(cfg: BundleConfig, model_name: str) -> str:
     """Which lock ``promotion_lock`` would take (for logs and docs)."""
-    dsn = _pg_dsn(cfg.promotion.lock_uri) or _pg_dsn(cfg.tracking_uri)
+    dsn = pg_dsn(cfg.promotion.lock_uri) or pg_dsn(cfg.tracking_uri)
     if dsn:
-        return f"postgres advisory lock {lock_key(model_name)} on {_redact(dsn)}"
+        return f"postgres advisory lock {lock_key(model_name)} on {redact(dsn)}"
     return f"file lock {_lock_dir(cfg) / f'promotion-{_safe_name(model_name)}.lock'}"
 
 
@@ -473,19 +374,35 @@ def promotion_lock(
     ``PromotionLockTimeout`` after ``timeout_s``.
     """
     lock_uri = cfg.promotion.lock_uri
-    if lock_uri and not (_pg_dsn(lock_uri) or lock_uri.startswith("file://")):
+    if lock_uri and not (pg_dsn(lock_uri) or lock_uri.startswith("file://")):
         raise GateError(
-            f"promotion.lock_uri {_redact(lock_uri)!r} is not supported: use a postgresql:// URI (advisory "
+            f"promotion.lock_uri {redact(lock_uri)!r} is not supported: use a postgresql:// URI (advisory "
             f"lock), a file:// folder on a disk all workers share, or leave it empty"
         )
-    dsn = _pg_dsn(lock_uri) or _pg_dsn(cfg.tracking_uri)
-    if dsn:
-        with _pg_lock(dsn, model_name, timeout_s):
+    dsn = pg_dsn(lock_uri) or pg_dsn(cfg.tracking_uri)
+    busy = f"another promotion of {model_name!r} has held the lock for {timeout_s:g} s"
+    try:
+        if dsn:
+            lock = pg_advisory_lock(
+                dsn, lock_key(model_name), timeout_s=timeout_s, application_name="mlops-promotion-lock"
+            )
+        else:
+            path = _lock_dir(cfg) / f"promotion-{_safe_name(model_name)}.lock"
+            hint = (
+                "A file lock is released when its process exits; if that process hangs, stop it "
+                "(see `fuser` on the lock file)."
+            )
+            lock = file_lock(path, timeout_s=timeout_s, hint=hint)
+        with lock:
             yield
-        return
-    path = _lock_dir(cfg) / f"promotion-{_safe_name(model_name)}.lock"
-    with _file_lock(path, model_name, timeout_s):
-        yield
+    except LockTimeout as exc:
+        raise PromotionLockTimeout(
+            f"{busy} ({exc}); wait for it to finish and retry, or pass a longer timeout"
+        ) from None
+    except LockUnavailable as exc:
+        raise GateError(
+            f"{exc}; check promotion.lock_uri (or the postgresql:// tracking URI) and that PostgreSQL is reachable"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------- mlflow glue

@@ -8,18 +8,43 @@ file in the same folder and is renamed into place; an S3 PUT is atomic by nature
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlparse
+from typing import IO, Any, Protocol
+from urllib.parse import quote, urlparse
+
+from mlops_bundle.uris import local_path, parse_s3_uri
 
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI."""
+
+
+TMP_PREFIX = ".tmp-"  # temp files of atomic writes; listings skip them
+
+
+@contextlib.contextmanager
+def atomic_file(dest: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary temp file in ``dest``'s folder that becomes ``dest`` (fsynced, renamed) when the ``with``
+    body succeeds and disappears on any failure: readers see the old file or the whole new one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -84,7 +109,7 @@ class LocalStorage:
         out = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(TMP_PREFIX):
                     continue
                 p = Path(dirpath) / name
                 out.append(ObjectInfo(p.relative_to(self.root).as_posix(), p.stat().st_size))
@@ -101,17 +126,8 @@ class LocalStorage:
 
     def _atomic(self, key: str, writer) -> str:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(dest) as fh:
+            writer(fh)
         return file_uri(dest)
 
     def write_bytes(self, key: str, data: bytes) -> str:
@@ -201,13 +217,15 @@ class S3Storage:
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
     """Split a storage URI into (scheme, bucket-or-empty, path)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return "file", "", unquote(parsed.path)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise StorageError(f"{uri!r} has no bucket: use s3://bucket/prefix")
-        return "s3", parsed.netloc, parsed.path.strip("/")
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return "file", "", str(local_path(uri))
+    if scheme == "s3":
+        try:
+            bucket, key = parse_s3_uri(uri)
+        except ValueError:
+            raise StorageError(f"{uri!r} has no bucket: use s3://bucket/prefix") from None
+        return "s3", bucket, key.strip("/")
     raise StorageError(f"unsupported storage URI {uri!r}: use file:///path or s3://bucket/prefix")
 
 

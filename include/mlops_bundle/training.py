@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from mlops_bundle import tracking
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig, CandidateSpec
+from mlops_bundle.features import feature_types, positive_class_index, predict_positive
 from mlops_bundle.ingest import MANIFEST_FILE, parse_date
 from mlops_bundle.storage import Storage, join
 
@@ -60,7 +61,6 @@ warnings.filterwarnings("ignore", module=r"skops\.io\._utils")
 # registers a new version instead of reusing one built the old way.
 PIPELINE_VERSION = 1
 MODEL_ARTIFACT = "model"
-THRESHOLD = 0.5
 # skops (MLflow 3's default) is safe to load without executing pickled code paths and needs no
 # cloudpickle of our own modules; see log_candidate for why it works here and what it does not protect.
 SERIALIZATION_FORMAT = "skops"
@@ -104,26 +104,6 @@ FAMILIES: dict[str, Family] = {
         "sklearn.ensemble.HistGradientBoostingClassifier", scale_numeric=False, dense=True
     ),
 }
-
-
-def feature_types(cfg: BundleConfig) -> tuple[list[str], list[str], list[str]]:
-    """(numeric, categorical, dropped) feature columns, from the configured dtypes.
-
-    int/float -> numeric; category/string/bool -> categorical (one-hot). datetime features are dropped:
-    a raw timestamp does not generalise across a time split (every holdout timestamp lies outside the
-    training range), so a data set that needs calendar features should declare them as their own
-    columns (day of week, age in days, ...) upstream.
-    """
-    numeric, categorical, dropped = [], [], []
-    for name in cfg.dataset.feature_columns:
-        dtype = cfg.dataset.column(name).dtype
-        if dtype in ("int", "float"):
-            numeric.append(name)
-        elif dtype in ("category", "string", "bool"):
-            categorical.append(name)
-        else:
-            dropped.append(name)
-    return numeric, categorical, dropped
 
 
 def _family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
@@ -401,7 +381,7 @@ def _normalise_dtypes(df: pd.DataFrame, cfg: BundleConfig) -> pd.DataFrame:
 def _work_prefix(cfg: BundleConfig, key: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._=-]{1,128}", key):
         raise TrainingError(f"work key {key!r} must be 1-128 characters of letters, digits and ._=-")
-    return join("work", cfg.dataset.name, "train", key)
+    return join(cfg.storage.work_prefix, cfg.dataset.name, "train", key)
 
 
 def _write_parquet(store: Storage, key: str, df: pd.DataFrame) -> str:
@@ -486,7 +466,7 @@ def model_input(df: pd.DataFrame, cfg: BundleConfig) -> pd.DataFrame:
 
 
 def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
-    """Score a fitted classifier on ``df`` (threshold 0.5 on the positive-class probability).
+    """Score a fitted classifier on ``df`` (``features.THRESHOLD`` on the positive-class probability).
 
     Returns roc_auc, f1, precision, recall, accuracy, log_loss, rows, positive_rate (share of actual
     positives) and predicted_positive_rate. roc_auc/log_loss are NaN when ``df`` has one class only.
@@ -504,10 +484,10 @@ def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
             f"it has {list(df.columns)}"
         )
     classes = list(model.classes_)
-    positive = 1 if 1 in classes else classes[-1]
-    proba = model.predict_proba(df[features])[:, classes.index(positive)]
-    y = (df[target].to_numpy() == positive).astype(int)
-    pred = (proba >= THRESHOLD).astype(int)
+    pos = positive_class_index(classes)
+    proba = model.predict_proba(df[features])[:, pos]
+    y = (df[target].to_numpy() == classes[pos]).astype(int)
+    pred = predict_positive(proba)
     both = len(np.unique(y)) == 2
     return {
         "roc_auc": float(skm.roc_auc_score(y, proba)) if both else float("nan"),

@@ -13,7 +13,7 @@ Validation results and Data Docs go to ``great_expectations/uncommitted/`` and a
   the suite's table-columns expectation and the config's columns agree.
 
 GX is imported lazily (the import takes seconds) and the loaded context is cached per ``gx_root`` for the
-life of the process. Runs and pruning hold an exclusive ``fcntl.flock`` on
+life of the process. Runs and pruning hold an exclusive file lock (``locks.file_lock``) on
 ``great_expectations/uncommitted/validation.lock`` (plus a thread lock), so concurrent processes
 validating into the same folder queue up instead of racing on GX's file stores and the Data Docs index.
 This module never imports Airflow.
@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
-import math
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mlops_bundle.jsonsafe import json_safe
+from mlops_bundle.locks import file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -286,12 +287,9 @@ def _get_context(gx_root: Path) -> Any:
 def _locked(gx_root: Path) -> Iterator[None]:
     lock_dir = gx_root / UNCOMMITTED
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with _thread_lock, open(lock_dir / LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    # flock excludes other processes; the thread lock the other threads of this one
+    with _thread_lock, file_lock(lock_dir / LOCK_FILE):
+        yield
 
 
 def _prune_unlocked(gx_root: Path, keep: int) -> int:
@@ -366,7 +364,7 @@ def _docs_url(context: Any, key: Any) -> str | None:
 def _outcome(
     suite_result: Any, suite_name: str, docs_url: str | None, examples: int, dtypes: dict[str, str]
 ) -> ValidationOutcome:
-    result = _json_safe(suite_result.to_json_dict())
+    result = json_safe(suite_result.to_json_dict())
     stats = result.get("statistics", {})
     failures = [_failure(r, examples, dtypes) for r in result.get("results", []) if not r.get("success")]
     # table-level problems first (they usually explain the rest), unevaluable expectations last
@@ -424,21 +422,6 @@ def _exception_message(info: Any) -> str | None:
     messages = [v.get("exception_message") for v in info.values() if isinstance(v, dict)]
     messages = [m for m in messages if m]
     return "; ".join(dict.fromkeys(messages)) or None
-
-
-def _json_safe(obj: Any) -> Any:
-    """Round-trip through json so the result is plain dicts/lists; NaN/inf become None."""
-
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [clean(v) for v in o]
-        return o
-
-    return clean(json.loads(json.dumps(obj, default=str)))
 
 
 def _short(value: Any, limit: int = 120) -> str:

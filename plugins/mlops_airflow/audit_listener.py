@@ -49,12 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_RUN_TYPE_ACTORS = {
-    "scheduled": "scheduler",
-    "asset_triggered": "asset-trigger",
-    "asset_materialization": "asset-materialization",
-    "backfill": "backfill",
-}
 _ERROR_MAX = 2000
 _MISSING = object()
 _keys: dict[str, Any] = {}
@@ -108,13 +102,10 @@ def audit_log(cfg: BundleConfig) -> AuditLog:
 
 
 def actor_of(run_type: Any, triggering_user_name: str | None, triggered_by: Any = None) -> str:
-    """Who caused a run: the triggering user, else what triggered it (``scheduler``, ``backfill``...)."""
-    if triggering_user_name:
-        return str(triggering_user_name)
-    rt = _value(run_type)
-    if rt in _RUN_TYPE_ACTORS:
-        return _RUN_TYPE_ACTORS[rt]
-    return str(_value(triggered_by) or rt or "airflow")
+    """Who caused a run (the library's one spelling: :func:`mlops_bundle.names.actor`)."""
+    from mlops_bundle.names import actor
+
+    return actor(run_type, triggering_user_name, triggered_by)
 
 
 # ------------------------------------------------------------------------------------------ internals

@@ -86,13 +86,13 @@ def keyring_from_config(
 
 
 def storage_with_encryption(cfg: BundleConfig, store: Storage) -> Storage:
-    """`store` wrapped so objects under encryption.prefixes are encrypted at rest (when enabled)."""
+    """`store` wrapped so objects under the encrypted prefixes are encrypted at rest (when enabled)."""
     if not cfg.encryption.enabled:
         return store
     from mlops_bundle.crypto import EncryptingStorage, set_key_use_callback
 
     set_key_use_callback(_audit_key_use(cfg))
-    return EncryptingStorage(store, keyring_from_config(cfg), list(cfg.encryption.prefixes))
+    return EncryptingStorage(store, keyring_from_config(cfg), cfg.encrypted_prefixes)
 
 
 def _audit_key_use(cfg: BundleConfig):

@@ -18,14 +18,14 @@ No heavy import at module level: plugin files are imported by every task process
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
+
+from mlops_bundle import names
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -45,19 +45,9 @@ MONITOR_DAG_ID = "monitor"
 REPORT_URL_KEY = "report_url"
 MLFLOW_URL_KEY = "mlflow_url"
 
-DATASET_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def valid_date(value: str) -> str:
-    """``value`` if it is an ISO calendar date (YYYY-MM-DD), else ValueError naming it."""
-    if not isinstance(value, str) or not DATE_RE.match(value):
-        raise ValueError(f"{value!r} is not a date: use YYYY-MM-DD")
-    try:
-        dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a calendar date: use YYYY-MM-DD") from None
-    return value
+DATASET_RE = names.DATASET_NAME_RE
+DATE_RE = names.DATE_RE
+valid_date = names.parse_date
 
 
 def report_path(cfg: BundleConfig, date: str, name: str = "report.html") -> str:

@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def actor(dag_run: Any) -> str:
-    """Who or what started this run, for MLflow tags and decision records."""
-    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
-    who = dag_run.triggering_user_name or ("scheduler" if run_type != "manual" else "unknown")
-    return f"{run_type}:{who}"
+    """Who or what started this run, for MLflow tags and decision records (spelled as in the audit log)."""
+    from mlops_bundle.names import actor as actor_name
+
+    return actor_name(dag_run.run_type, dag_run.triggering_user_name, getattr(dag_run, "triggered_by", None))
 
 
 def run_tags(dag_run: Any) -> dict[str, str]:
