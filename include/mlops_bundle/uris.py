@@ -30,6 +30,11 @@ def is_sqlite(uri: str) -> bool:
     return bool(_SQLITE_RE.match(uri or ""))
 
 
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` names S3 (``s3://...``); anything else is a local path or ``file://`` URI."""
+    return urlparse(uri or "").scheme == "s3"
+
+
 def sqlite_path(uri: str) -> str:
     """The file path of a ``sqlite[+driver]:///path`` URI ('' for other schemes)."""
     match = _SQLITE_RE.match(uri or "")

@@ -3,8 +3,9 @@
 ``EncryptFileOperator`` / ``DecryptFileOperator`` encrypt or decrypt one file with the bundle's envelope
 encryption (``mlops_bundle.crypto``: Tink streaming AEAD, a fresh data key per object wrapped by a KEK from
 an Airflow connection or AWS KMS). Sources and destinations are local paths or ``s3://bucket/key``; S3
-objects stream through a temporary file (constant memory) with a client built by ``S3Hook`` in
-``execute``. A decrypted object reaches its destination only after the whole stream authenticated.
+objects stream through a temporary file (constant memory); ``execute`` builds the hooks that own the S3
+and KMS clients and the URI parsing (``mlops_airflow.crypto_hooks``). A decrypted object reaches its
+destination only after the whole stream authenticated.
 
 Key material never passes through these operators' arguments (only connection ids and KMS key ids do),
 is masked with ``mask_secret`` as soon as it is read, and never appears in the returned XCom value, which
@@ -13,7 +14,6 @@ is ``{"source", "destination", "bytes" (plaintext size), "key_id"}``.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,23 +22,6 @@ from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def _split_s3(uri: str) -> tuple[str, str] | None:
-    if not uri.startswith("s3://"):
-        return None
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket or not key:
-        raise ValueError(f"{uri!r} is not an S3 object URI: use s3://bucket/key")
-    return bucket, key
-
-
-def _local(path: str) -> Path:
-    if path.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return Path(unquote(urlparse(path).path))
-    return Path(path)
 
 
 class _FileCryptoOperator(BaseOperator):
@@ -91,37 +74,20 @@ class _FileCryptoOperator(BaseOperator):
     _verb = ""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlops_airflow.crypto_hooks import keyring_from_config
+        from mlops_airflow.crypto_hooks import KeyringHook, MlopsStorageHook
         from mlops_airflow.runtime import bundle_config
 
         cfg = bundle_config()
-        aws_conn_id = self.aws_conn_id or cfg.storage.aws_conn_id
-        keyring = keyring_from_config(
+        keyring = KeyringHook.from_config(
             cfg,
             key_source=self.key_source,
             keyset_conn_id=self.keyset_conn_id,
             kms_key_id=self.kms_key_id,
-            aws_conn_id=aws_conn_id,
-        )
-        src_s3, dst_s3 = _split_s3(self.source), _split_s3(self.destination)
-        s3 = None
-        if src_s3 or dst_s3:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-            s3 = S3Hook(aws_conn_id=aws_conn_id).get_conn()
-        aad = self.associated_data.encode("utf-8")
-        with tempfile.TemporaryDirectory(prefix="mlops-crypto-") as tmp:
-            if src_s3:
-                src = Path(tmp) / "source"
-                self.log.info("Downloading %s", self.source)
-                s3.download_file(src_s3[0], src_s3[1], str(src))
-            else:
-                src = _local(self.source)
-            dst = Path(tmp) / "destination" if dst_s3 else _local(self.destination)
-            result = self._transform(src, dst, keyring, aad)
-            if dst_s3:
-                self.log.info("Uploading to %s", self.destination)
-                s3.upload_file(str(dst), dst_s3[0], dst_s3[1])
+            aws_conn_id=self.aws_conn_id,
+        ).get_conn()
+        files = MlopsStorageHook(aws_conn_id=self.aws_conn_id or cfg.storage.aws_conn_id)
+        with files.local_files(self.source, self.destination) as (src, dst):
+            result = self._transform(src, dst, keyring, self.associated_data.encode("utf-8"))
         self.log.info(
             "%s %s -> %s: %d plaintext bytes, %d stored bytes, key id %s",
             self._verb,

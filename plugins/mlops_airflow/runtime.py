@@ -1,10 +1,10 @@
-"""Bridge from Airflow to the library: config and storage built from Airflow connections."""
+"""Bridge from Airflow to the library: the config, and stores whose clients the bundle's hooks build."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -17,28 +17,17 @@ def bundle_config() -> BundleConfig:
     return load_config()
 
 
-def s3_client(aws_conn_id: str) -> Any:
-    """A boto3 S3 client from an Airflow AWS connection (endpoint_url in its extra for MinIO/moto)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=aws_conn_id).get_conn()
-
-
 def storage(cfg: BundleConfig, uri: str | None = None) -> Storage:
     """The store for `uri` (default: the configured root); S3 credentials come from the Airflow connection.
 
     With encryption enabled in the config, the root store encrypts and decrypts transparently.
     """
-    from mlops_bundle.storage import open_storage
+    from mlops_airflow.crypto_hooks import MlopsStorageHook, storage_with_encryption
 
     root = uri is None or uri.rstrip("/") == cfg.root_uri
-    uri = uri or cfg.root_uri
-    client = s3_client(cfg.storage.aws_conn_id) if uri.startswith("s3://") else None
-    store = open_storage(uri, client)
-    if root and cfg.encryption.enabled:
+    store = MlopsStorageHook(aws_conn_id=cfg.storage.aws_conn_id).open_storage(uri or cfg.root_uri)
+    if root:
         # the lake's staging/quarantine/reports/predictions objects are encrypted at rest; landing stays raw
-        from mlops_airflow.crypto_hooks import storage_with_encryption
-
         store = storage_with_encryption(cfg, store)
     return store
 

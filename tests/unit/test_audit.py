@@ -1,7 +1,7 @@
 """The hash-chained audit log on SQLite and PostgreSQL: concurrency, tamper detection, CLI, export, library hook.
 
-PostgreSQL tests run in a throwaway database on 127.0.0.1:5432 (dropped afterwards); they are skipped when
-the server is unreachable, unless ``CI`` is set (then unreachable Postgres is a failure).
+PostgreSQL tests (marker ``postgres``) run in a throwaway database on tests.services.PG_URL (dropped
+afterwards); they are skipped when the server is unreachable, unless ``CI`` is set (then it is a failure).
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 from mlops_bundle import audit
+from mlops_bundle.audit import recorder
 from mlops_bundle.config import load_config
 from tests.conftest import REPO
-
-PG_SERVER = os.environ.get("MLOPS_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
-
 
 # ---------------------------------------------------------------------------------------- fixtures
 
@@ -54,26 +50,7 @@ class Store:
         ]
 
 
-def _pg_available() -> bool:
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG_SERVER, connect_timeout=3).close()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} but CI is set")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}")
-    return PG_SERVER
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request, tmp_path):
     if request.param == "sqlite":
         path = tmp_path / "audit.db"
@@ -81,25 +58,18 @@ def store(request, tmp_path):
         return
     import psycopg2
 
-    base = request.getfixturevalue("pg_server")
-    name = f"test_audit_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(base)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    uri = base.rsplit("/", 1)[0] + "/" + name
+    uri = request.getfixturevalue("pg_database")
     try:
         yield Store(uri, lambda: psycopg2.connect(uri))
     finally:
-        audit._logs.clear()
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        recorder._logs.clear()
 
 
 @pytest.fixture(autouse=True)
 def _no_library_key(monkeypatch):
     monkeypatch.delenv(audit.HMAC_ENV, raising=False)
-    monkeypatch.setattr(audit, "_hmac_key", None)
-    monkeypatch.setattr(audit, "_hmac_key_set", False)
+    monkeypatch.setattr(recorder, "_hmac_key", None)
+    monkeypatch.setattr(recorder, "_hmac_key_set", False)
 
 
 def _fill(store: Store, n: int = 20, key: bytes | None = None) -> list[dict]:
@@ -420,9 +390,3 @@ def test_record_decision_describes_a_promotion(tmp_path):
     payload = json.loads(rec["payload"])
     assert payload["decision_id"] == decision.decision_id and payload["champion_version"] == "2"
     assert payload["applied"] is True and payload["metrics"] == {"roc_auc": 0.81}
-
-
-def test_library_never_imports_airflow():
-    code = "import sys, mlops_bundle.audit; assert not any(m.startswith('airflow') for m in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(Path(REPO / "include"))}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)

@@ -38,6 +38,7 @@ from mlops_bundle.crypto import (
     rotate_local_keyset,
 )
 from mlops_bundle.storage import LocalStorage, S3Storage
+from tests.services import aws_client
 
 FIRST_SEGMENT_PLAINTEXT = SEGMENT_SIZE - STREAM_HEADER_SIZE - TAG_SIZE
 SEGMENT_PLAINTEXT = SEGMENT_SIZE - TAG_SIZE
@@ -56,15 +57,7 @@ def local_keyring(keyset) -> LocalKeyring:
 
 @pytest.fixture(scope="module")
 def kms(moto_endpoint):
-    import boto3
-
-    return boto3.client(
-        "kms",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return aws_client("kms", moto_endpoint)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +70,7 @@ def kms_keyring(kms, kms_key) -> KmsKeyring:
     return KmsKeyring(kms, kms_key)
 
 
-@pytest.fixture(params=["local", "kms"])
+@pytest.fixture(params=["local", pytest.param("kms", marks=pytest.mark.moto)])
 def keyring(request):
     return request.getfixturevalue(f"{request.param}_keyring")
 
@@ -489,7 +482,7 @@ def test_key_use_callback(local_keyring):
 
 
 # ------------------------------------------------------------------------------------------ storage wrapper
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.moto)])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStorage(tmp_path / "lake")
