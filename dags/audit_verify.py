@@ -18,19 +18,16 @@ A failure is not retried away: do not repair the log in place; export it for the
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import dag, task
+
+from mlops_airflow.dag_defaults import dag_args
 
 
 @dag(
     schedule="@hourly",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    tags=["mlops", "audit"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=30)},
     doc_md=__doc__,
+    **dag_args("audit", retry_delay_s=30),
 )
 def audit_verify():
     @task

@@ -9,7 +9,7 @@ Runs daily (and on demand from the UI or the REST API). For the run's batch date
 2. **reads** and **coerces** them to the configured schema, **fingerprints** the canonical data (sha256),
    and runs the **Great Expectations** checkpoint (Data Docs are updated);
 3. on success writes the partition `staging/<dataset>/ds=<date>/` atomically (a rerun replaces it, never
-   duplicates it) and emits the **`mlops.validated_data`** Asset event with rows, fingerprint and URI;
+   duplicates it) and emits the **`mlops.validated_data`** Asset event (extra: dataset, date, rows, fingerprint, `staging_uri`, gx_success);
 4. on failure copies the raw batch and the GX result to `quarantine/<dataset>/ds=<date>/<attempt>/` and
    fails without retrying, naming the failed expectations, columns and counts.
 
@@ -21,27 +21,17 @@ ended), `source` (optional `file://` or `s3://` folder holding the batch, instea
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.assets import VALIDATED_DATA
+from mlops_airflow.dag_defaults import dag_args, date_param
 
 
 @dag(
     schedule="30 0 * * *",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=4,
-    tags=["mlops", "ingest", "great-expectations"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=20)},
     params={
-        "date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Batch date YYYY-MM-DD; empty = the day before the run's logical date",
-        ),
+        "date": date_param("Batch date YYYY-MM-DD; empty = the day before the run's logical date"),
         "source": Param(
             None,
             type=["null", "string"],
@@ -50,6 +40,7 @@ from mlops_airflow.assets import VALIDATED_DATA
         ),
     },
     doc_md=__doc__,
+    **dag_args("ingest", "great-expectations"),
 )
 def ingest():
     @task

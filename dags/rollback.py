@@ -11,20 +11,15 @@ version tags) and emits **`mlops.champion_model`**.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.assets import CHAMPION_MODEL
+from mlops_airflow.dag_defaults import dag_args
 
 
 @dag(
     schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    tags=["mlops", "rollback", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=15)},
     params={
         "reason": Param(
             "", type="string", minLength=10, description="Why the champion is rolled back (recorded)"
@@ -34,20 +29,16 @@ from mlops_airflow.assets import CHAMPION_MODEL
         ),
     },
     doc_md=__doc__,
+    **dag_args("rollback", "mlflow", retry_delay_s=15),
 )
 def rollback():
     @task(outlets=[CHAMPION_MODEL])
     def roll_back(params=None, dag_run=None, outlet_events=None) -> dict:
+        from mlops_airflow.train_tasks import champion_event
         from mlops_airflow.train_tasks import roll_back as run
 
         record = run(params, dag_run)
-        outlet_events[CHAMPION_MODEL].extra = {
-            "model": record["model_name"],
-            "version": record["challenger"]["version"],
-            "previous": record.get("previous_champion"),
-            "verdict": record["verdict"],
-            "decision_id": record["decision_id"],
-        }
+        outlet_events[CHAMPION_MODEL].extra = champion_event(record)
         return record
 
     roll_back()

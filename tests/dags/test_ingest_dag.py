@@ -8,6 +8,7 @@ import pytest
 
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch, write_landing
+from tests.asset_events import asset_event_extras
 from tests.conftest import LAKE
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -27,17 +28,7 @@ def _run(dagbag, date: str):
 
 
 def _asset_events(date: str) -> list[dict]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == "mlops.validated_data")
-            .all()
-        )
-        return [e.extra for e in rows if (e.extra or {}).get("date") == date]
+    return [e for e in asset_event_extras("mlops.validated_data") if e.get("date") == date]
 
 
 def _landing_snapshot(date: str) -> dict[str, bytes]:
