@@ -39,7 +39,7 @@ def batch_date(
 
     A scheduled run at midnight therefore ingests the day that just ended.
     """
-    from mlops_bundle.ingest import parse_date
+    from mlops_bundle.names import parse_date
 
     if param_date:
         return parse_date(param_date)
