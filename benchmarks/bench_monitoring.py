@@ -14,11 +14,18 @@ child, as the monitor DAG would:
 * **scoring**: ``score_batch(model, df, cfg)`` (chunked predict_proba, 0/1 labels, keeps id/timestamp/
   features/target) vs ``model.predict_proba(df[features])`` on the same 1M-row frame, alternating in one
   subprocess, minimum of 2x ``--repeat`` rounds (shared machines are noisy; the minimum is the honest
-  cost). Goal: at most 1.3x.
+  cost). Goal: at most 1.3x. The fixed cost of one ``predict_proba`` call (a 1-row batch) is printed too:
+  it is what every scoring chunk pays, hence ``monitoring.scoring.SCORE_CHUNK_ROWS``.
+* **noise** (``--noise``, instead of the above): the drift scores ``build_report`` gives two
+  same-distribution samples (different days and seeds) at 1k/2k/20k rows per side over ``--seeds``
+  seeds, per kind (numeric Wasserstein, categorical Jensen-Shannon), and what a real shift
+  (``generate_batch(drift=0.2 / 1.0)``) scores at 20k rows: the evidence for the pinned thresholds
+  (``mlops_bundle/monitoring/drift.py``). Reported, no goal.
 
 Exit 0 unless ``--strict`` is given and a goal is missed.
 
     .venv/bin/python benchmarks/bench_monitoring.py [--rows 1000000] [--small 100000] [--repeat 3] [--strict]
+    .venv/bin/python benchmarks/bench_monitoring.py --noise [--seeds 15] [--noise-sizes 1000,2000,20000]
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procmem import memory  # benchmarks/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT_GOAL = 1.3
 RSS_GOAL_MB = 1536
@@ -42,27 +51,6 @@ CAT = ["contract_type", "payment_method", "region"]
 
 
 # ---------------------------------------------------------------------------------------- child side
-
-
-def _memory() -> dict[str, float]:
-    """Peak (ru_maxrss), current (VmRSS) and the address space's high-water mark (VmHWM) in MB.
-
-    Linux carries ru_maxrss across exec, so a child spawned by a big parent inherits the parent's peak;
-    the parent therefore stays small (data preparation runs in its own child) and VmHWM, which belongs
-    to the new address space only, is printed as a cross-check.
-    """
-    import resource
-
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                out["rss_mb"] = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                out["hwm_mb"] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return out
 
 
 def child_report(ws: Path, size: str) -> dict:
@@ -81,7 +69,7 @@ def child_report(ws: Path, size: str) -> dict:
     t1 = time.perf_counter()
     build_report(reference.iloc[:1_000], current.iloc[:1_000], cfg)
     warm_s = time.perf_counter() - t1
-    before = _memory()["rss_mb"]
+    before = memory()["rss_mb"]
     t2 = time.perf_counter()
     result = build_report(reference, current, cfg)
     seconds = time.perf_counter() - t2
@@ -96,7 +84,7 @@ def child_report(ws: Path, size: str) -> dict:
         "cold_import_s": import_s,
         "cold_first_report_s": warm_s,
         "rss_before_mb": before,
-        **_memory(),
+        **memory(),
     }
 
 
@@ -120,6 +108,11 @@ def child_score(ws: Path, repeat: int) -> dict:
     head = df.iloc[:10_000]
     model.predict_proba(head[features])
     score_batch(model, head, cfg)
+    one_row = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        model.predict_proba(head[features].iloc[:1])
+        one_row.append(time.perf_counter() - t0)
     times: dict[str, list[float]] = {"direct": [], "ours": []}
     for i in range(repeat):
         order = (("direct", direct), ("ours", ours)) if i % 2 == 0 else (("ours", ours), ("direct", direct))
@@ -128,7 +121,32 @@ def child_score(ws: Path, repeat: int) -> dict:
             out = fn()
             times[name].append(time.perf_counter() - t0)
             del out
-    return {"rows": len(df), "times": times, **_memory()}
+    return {"rows": len(df), "times": times, "one_row_s": min(one_row), **memory()}
+
+
+def child_noise(ws: Path, seeds: int, sizes: list[int]) -> dict:
+    """Per size and kind: mean and max drift score of same-distribution pairs; shift scores at 20k rows."""
+    from mlops_bundle.config import load_config
+    from mlops_bundle.monitoring import build_report, score_batch
+    from mlops_bundle.sample import generate_batch
+
+    cfg = load_config()
+    model = pickle.loads((ws / "model.pkl").read_bytes())
+
+    def scores(rows: int, seed: int, drift: float = 0.0) -> dict[str, dict[str, float]]:
+        ref = score_batch(model, generate_batch("2026-01-10", rows, seed=100 + seed), cfg)
+        cur = score_batch(model, generate_batch("2026-02-01", rows, seed=200 + seed, drift=drift), cfg)
+        return build_report(ref, cur, cfg).column_scores
+
+    same: dict[str, dict[str, list[float]]] = {}
+    for rows in sizes:
+        per_kind: dict[str, list[float]] = {"numeric": [], "categorical": []}
+        for seed in range(seeds):
+            for col, sc in scores(rows, seed).items():
+                per_kind["numeric" if col in NUM else "categorical"].append(sc["score"])
+        same[str(rows)] = per_kind
+    shift = {str(d): {c: sc["score"] for c, sc in scores(20_000, 0, d).items()} for d in (0.2, 1.0)}
+    return {"same": same, "shift": shift}
 
 
 # --------------------------------------------------------------------------------------- parent side
@@ -164,6 +182,8 @@ def prepare(ws: Path, large: int, small: int) -> str:
     )
     model = make_pipeline(pre, LogisticRegression(max_iter=500)).fit(train[NUM + CAT], train["churned"])
     (ws / "model.pkl").write_bytes(pickle.dumps(model))
+    if large == 0:  # --noise: the model is all it needs
+        return f"prepared: model on 30,000 rows in {time.perf_counter() - t0:.1f}s"
 
     def frame(day: str, rows: int, seed: int) -> pd.DataFrame:
         df = generate_batch(day, rows, seed=seed)
@@ -192,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="report rounds (alternating sizes); scoring runs 2x as many"
     )
     ap.add_argument("--strict", action="store_true", help="exit 1 if a goal is missed")
+    ap.add_argument(
+        "--noise", action="store_true", help="measure same-distribution drift-score noise instead"
+    )
+    ap.add_argument("--seeds", type=int, default=15, help="--noise: sample pairs per size")
+    ap.add_argument(
+        "--noise-sizes", default="1000,2000,20000", help="--noise: rows per side, comma-separated"
+    )
     ap.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--child", choices=["prepare", "report", "score"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["prepare", "report", "score", "noise"], help=argparse.SUPPRESS)
     ap.add_argument("--size", choices=["small", "large"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -206,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "score":
         print(json.dumps(child_score(args.workspace, args.repeat)))
         return 0
+    sizes_noise = [int(n) for n in args.noise_sizes.split(",")]
+    if args.child == "noise":
+        print(json.dumps(child_noise(args.workspace, args.seeds, sizes_noise)))
+        return 0
+    if args.noise:
+        return run_noise(args.seeds, args.noise_sizes)
 
     started = time.perf_counter()
     print(
@@ -268,8 +301,27 @@ def main(argv: list[str] | None = None) -> int:
         f"scoring ratio score_batch/predict_proba: {score_ratio:.2f}x (goal <= {SCORE_GOAL}x) "
         f"{'PASS' if ok_score else 'FAIL'}"
     )
+    print(f"fixed cost of one predict_proba call (1 row): {score['one_row_s'] * 1000:.0f} ms")
     print(f"benchmark wall time {time.perf_counter() - started:.0f}s")
     return 1 if args.strict and not (ok_report and ok_rss and ok_score) else 0
+
+
+def run_noise(seeds: int, sizes: str) -> int:
+    """Same-distribution drift-score noise per size and kind, and the scores of a real shift."""
+    started = time.perf_counter()
+    print(f"drift-score noise: {seeds} same-distribution pairs per size ({sizes} rows per side)")
+    with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as tmp:
+        ws = Path(tmp)
+        print(run_child(ws, "--child", "prepare", "--rows", "0", "--small", "0")["message"])
+        res = run_child(ws, "--child", "noise", "--seeds", str(seeds), "--noise-sizes", sizes)
+    for rows, kinds in res["same"].items():
+        parts = [f"{k} mean {sum(v) / len(v):.3f} max {max(v):.3f}" for k, v in kinds.items() if v]
+        print(f"  {int(rows):>7,} rows/side: " + "; ".join(parts))
+    for drift, cols in res["shift"].items():
+        shown = ", ".join(f"{c} {v:.2f}" for c, v in cols.items() if v is not None)
+        print(f"  shift drift={drift} at 20,000 rows/side: {shown}")
+    print(f"benchmark wall time {time.perf_counter() - started:.0f}s")
+    return 0
 
 
 if __name__ == "__main__":

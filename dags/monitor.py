@@ -13,36 +13,26 @@ Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
    `reports/<dataset>/<date>/`; the numbers and operational figures go to the MLflow experiment
    `<dataset>-monitoring`. The task's **Drift report** link opens the HTML.
 3. **decide_retrain** emits **`mlops.drift_detected`** (which schedules the train DAG) only if the share
-   of drifted features reaches `monitoring.drift_share_threshold`, the batch passed GX, the cooldown since
-   the last drift-triggered retrain has passed and the daily maximum is not reached. A retrain it starts
-   still goes through the data and promotion gates.
+   of drifted features reaches `monitoring.drift_share_threshold`, the cooldown since the last
+   drift-triggered retrain has passed and the daily maximum is not reached (a retry keeps the first
+   attempt's verdict). Only validated partitions are scored, so a batch the GX gate rejected never gets
+   here; a retrain it starts still goes through the data and promotion gates.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
 from mlops_airflow.assets import DRIFT_DETECTED
+from mlops_airflow.dag_defaults import dag_args, date_param
 
 
 @dag(
     schedule="0 6 * * *",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,  # the retrain history is read-modify-write
-    tags=["mlops", "monitor", "evidently"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=20)},
-    params={
-        "date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Day to monitor YYYY-MM-DD; empty = the day before the run's logical date",
-        ),
-    },
+    params={"date": date_param("Day to monitor YYYY-MM-DD; empty = the day before the run's logical date")},
     doc_md=__doc__,
+    **dag_args("monitor", "evidently"),
 )
 def monitor():
     @task
@@ -58,10 +48,10 @@ def monitor():
         return report(scored, dag_run, ti)
 
     @task(outlets=[DRIFT_DETECTED])
-    def decide_retrain(result: dict, outlet_events=None, ti=None) -> dict:
+    def decide_retrain(result: dict, outlet_events=None, dag_run=None, ti=None) -> dict:
         from mlops_airflow.monitor_tasks import decide_retrain as decide
 
-        record = decide(result, ti)
+        record = decide(result, dag_run, ti)
         outlet_events[DRIFT_DETECTED].extra = record
         return record
 

@@ -3,7 +3,7 @@
 A drift report lives in the bundle's storage (a local folder or S3), which a browser cannot open from an
 http page (``file://`` links are refused by the Airflow UI, S3 needs credentials). So the bundle's plugin
 serves reports through the Airflow api-server itself under ``/mlops/reports/...`` (see
-``plugins/mlops_plugin.py``), behind Airflow's own authentication, and a task that wrote a report pushes
+``mlops_airflow.report_app``), behind Airflow's own authentication, and a task that wrote a report pushes
 the URL of that page as XCom ``report_url``; a training task pushes the MLflow model version page as
 XCom ``mlflow_url``.
 
@@ -26,6 +26,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 
 from mlops_bundle import names
+from mlops_bundle.monitoring import REPORT_FILES
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -33,12 +34,7 @@ if TYPE_CHECKING:
 # Where the plugin's FastAPI app is mounted in the api-server (must not clash with Airflow's
 # reserved prefixes /api/v2, /ui, /execution, /auth, /pluginsv2).
 URL_PREFIX = "/mlops"
-# The files of one report, the only names the report endpoint serves.
-REPORT_FILES: dict[str, str] = {
-    "report.html": "text/html; charset=utf-8",
-    "report.json": "application/json",
-    "summary.json": "application/json",
-}
+# REPORT_FILES (imported above): the files of one report and their media types, the only names served.
 # The DAG that writes the reports: reading a report requires read access to its task instances.
 MONITOR_DAG_ID = "monitor"
 

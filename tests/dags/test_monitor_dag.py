@@ -12,6 +12,7 @@ from mlops_bundle import ingest
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests.asset_events import asset_event_extras
 from tests.conftest import LAKE
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -66,17 +67,7 @@ def _xcom(dr, task_id):
 
 
 def _drift_events():
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == "mlops.drift_detected")
-            .all()
-        )
-        return [dict(e.extra or {}) for e in rows]
+    return asset_event_extras("mlops.drift_detected")
 
 
 def _queued_train_runs():

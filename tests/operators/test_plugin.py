@@ -21,14 +21,6 @@ SUMMARY = {"dataset": "churn", "date": DATE, "drift_share": 0.4, "drifted": True
 
 
 @pytest.fixture(scope="module")
-def airflow_db():
-    from airflow.utils import db
-
-    db.resetdb()
-    return True
-
-
-@pytest.fixture(scope="module")
 def report_in_lake():
     folder = LAKE / "reports" / "churn" / DATE
     folder.mkdir(parents=True, exist_ok=True)

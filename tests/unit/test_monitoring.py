@@ -21,18 +21,20 @@ from mlops_bundle.monitoring import (
     MonitoringError,
     append_history,
     build_report,
+    decide_retrain,
     history_key,
     load_history,
+    read_predictions,
+    reference_needed,
     sample,
     score_batch,
     should_trigger_retrain,
+    write_predictions,
     write_report,
 )
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
-
-NUM = ["tenure_months", "monthly_charges", "total_charges", "support_tickets", "age"]
-CAT = ["contract_type", "payment_method", "region"]
+from tests.models import CAT, NUM, fit_logreg
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +42,10 @@ def cfg():
     return load_config()
 
 
-def _fit(train: pd.DataFrame):
-    from sklearn.compose import make_column_transformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    pre = make_column_transformer(
-        (make_pipeline(SimpleImputer(), StandardScaler()), NUM),
-        (OneHotEncoder(handle_unknown="ignore"), CAT),
-    )
-    return make_pipeline(pre, LogisticRegression(max_iter=500)).fit(train[NUM + CAT], train["churned"])
-
-
 @pytest.fixture(scope="module")
 def model_and_train():
     train = pd.concat([generate_batch(f"2026-01-0{d}", 10_000) for d in range(1, 4)], ignore_index=True)
-    return _fit(train), train
+    return fit_logreg(train), train
 
 
 @pytest.fixture(scope="module")
@@ -230,42 +218,34 @@ def _at(hours_ago: float) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("summary", "gx_ok", "history", "expected", "reason"),
+    ("summary", "history", "expected", "reason"),
     [
-        (NO_DRIFT, True, [], False, "no dataset drift: drift share 0.12 < threshold 0.30"),
-        (DRIFT, False, [], False, "failed the data quality gate"),
+        (NO_DRIFT, [], False, "no dataset drift: drift share 0.12 < threshold 0.30"),
+        (DRIFT, [_at(2)], False, "cooldown: last drift-triggered retrain at .* 2.0 h ago < cooldown_hours 6"),
+        (DRIFT, [_at(7)], True, "last one 7.0 h ago .* retrain 2 of 2 today"),
         (
             DRIFT,
-            True,
-            [_at(2)],
-            False,
-            "cooldown: last drift-triggered retrain at .* 2.0 h ago < cooldown_hours 6",
-        ),
-        (DRIFT, True, [_at(7)], True, "last one 7.0 h ago .* retrain 2 of 2 today"),
-        (
-            DRIFT,
-            True,
             [_at(14.5), _at(7)],
             False,
             r"max retrains per day reached: 2 .* 2026-02-01 .* >= max_retrains_per_day 2",
         ),
-        (DRIFT, True, [_at(30)], True, "retrain 1 of 2 today"),  # yesterday does not count
-        (DRIFT, True, [], True, "dataset drift: share 0.62 >= threshold 0.30; first trigger"),
+        (DRIFT, [_at(30)], True, "retrain 1 of 2 today"),  # yesterday does not count
+        (DRIFT, [], True, "dataset drift: share 0.62 >= threshold 0.30; first trigger"),
     ],
-    ids=["no-drift", "failed-gx", "cooldown-active", "cooldown-expired", "max-per-day", "yesterday", "first"],
+    ids=["no-drift", "cooldown-active", "cooldown-expired", "max-per-day", "yesterday", "first"],
 )
-def test_retrain_guard(cfg, summary, gx_ok, history, expected, reason):
-    ok, why = should_trigger_retrain(summary, history, NOW, cfg, data_gx_success=gx_ok)
+def test_retrain_guard(cfg, summary, history, expected, reason):
+    ok, why = should_trigger_retrain(summary, history, NOW, cfg)
     assert ok is expected
     assert __import__("re").search(reason, why), why
 
 
 def test_guard_accepts_naive_times_and_rejects_bad_records(cfg):
     naive = {"at": (NOW - dt.timedelta(hours=1)).replace(tzinfo=None).isoformat()}
-    ok, why = should_trigger_retrain(DRIFT, [naive], NOW, cfg, data_gx_success=True)
+    ok, why = should_trigger_retrain(DRIFT, [naive], NOW, cfg)
     assert not ok and "cooldown" in why
     with pytest.raises(MonitoringError, match="record #0 .*fix or remove"):
-        should_trigger_retrain(DRIFT, [{"at": "yesterday"}], NOW, cfg, data_gx_success=True)
+        should_trigger_retrain(DRIFT, [{"at": "yesterday"}], NOW, cfg)
 
 
 def test_history_roundtrip_and_concurrent_appends_are_not_lost(tmp_path, cfg):
@@ -289,3 +269,52 @@ def test_history_roundtrip_and_concurrent_appends_are_not_lost(tmp_path, cfg):
     store.write_bytes(key, b"{not json")
     with pytest.raises(MonitoringError, match="retrain_history.json is not valid JSON"):
         load_history(store, key)
+
+
+def test_decide_retrain_records_the_retrain_and_a_retry_keeps_the_first_verdict(tmp_path, cfg):
+    store = LocalStorage(tmp_path / "lake")
+    day = {**DRIFT, "date": "2026-02-01", "drifted_columns": ["region"], "champion_version": "3"}
+    first = decide_retrain(cfg, store, day, NOW, decision_key="monitor/run-1")
+    assert first.retrain and "first trigger" in first.reason
+    assert first.record["date"] == "2026-02-01" and first.record["champion_version"] == "3"
+    [stored] = load_history(store, history_key(cfg))
+    assert stored == first.record
+    # a retry of the same run (its first attempt died after recording) completes that decision...
+    later = NOW + dt.timedelta(minutes=5)
+    retry = decide_retrain(cfg, store, day, later, decision_key="monitor/run-1")
+    assert retry.retrain and retry.record == first.record and "earlier attempt" in retry.reason
+    # ...while another run is held back by the cooldown the first one started, and records nothing
+    other = decide_retrain(cfg, store, day, later, decision_key="monitor/run-2")
+    assert not other.retrain and "cooldown" in other.reason and other.record == {}
+    quiet = decide_retrain(
+        cfg, store, {**NO_DRIFT, "date": "2026-02-02"}, later, decision_key="monitor/run-3"
+    )
+    assert not quiet.retrain and "no dataset drift" in quiet.reason
+    assert len(load_history(store, history_key(cfg))) == 1
+
+
+def test_predictions_roundtrip_and_missing_day_is_named(model_and_train, cfg, tmp_path):
+    model, _ = model_and_train
+    store = LocalStorage(tmp_path / "lake")
+    scored = score_batch(model, generate_batch("2026-02-03", 200), cfg)
+    uri = write_predictions(store, cfg, "2026-02-03", scored)
+    assert uri.endswith("predictions/churn/ds=2026-02-03/predictions.parquet")
+    pd.testing.assert_frame_equal(read_predictions(store, cfg, "2026-02-03"), scored.reset_index(drop=True))
+    with pytest.raises(MonitoringError, match="no predictions for churn/2026-02-04 .*score the day first"):
+        read_predictions(store, cfg, "2026-02-04")
+
+
+class _Artifacts:
+    def __init__(self, paths):
+        self.paths = paths
+
+    def list_artifacts(self, run_id, path):
+        return [type("A", (), {"path": p})() for p in self.paths]
+
+
+def test_reference_is_recorded_for_new_versions_and_repaired_for_reused_ones():
+    recorded = _Artifacts(["reference/reference.parquet"])
+    assert reference_needed(recorded, "r1", reused=False)  # a new version always gets one
+    assert not reference_needed(recorded, "r1", reused=True)
+    # reused, but the attempt that registered it died before recording the reference
+    assert reference_needed(_Artifacts([]), "r1", reused=True)

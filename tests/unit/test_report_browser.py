@@ -25,11 +25,12 @@ from mlops_bundle.monitoring import build_report, score_batch, write_report
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
 from tests.browser import chromium_path
+from tests.models import fit_logreg
+
+pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-NUM = ["tenure_months", "monthly_charges", "total_charges", "support_tickets", "age"]
-CAT = ["contract_type", "payment_method", "region"]
 
 
 def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,26 +59,12 @@ def _visible_text(dom: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _fit(train: pd.DataFrame):
-    from sklearn.compose import make_column_transformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    pre = make_column_transformer(
-        (make_pipeline(SimpleImputer(), StandardScaler()), NUM),
-        (OneHotEncoder(handle_unknown="ignore"), CAT),
-    )
-    return make_pipeline(pre, LogisticRegression(max_iter=500)).fit(train[NUM + CAT], train["churned"])
-
-
 @pytest.fixture(scope="module")
 def written_report(tmp_path_factory):
     binary = chromium_path()  # skip before paying for Evidently
     cfg = load_config()
     train = pd.concat([generate_batch(f"2026-01-0{d}", 3_000) for d in range(1, 4)], ignore_index=True)
-    model = _fit(train)
+    model = fit_logreg(train)
     reference = score_batch(model, train, cfg)
     current = score_batch(model, generate_batch("2026-02-01", 3_000, drift=1.0, seed=11), cfg)
     result = build_report(reference, current, cfg)
