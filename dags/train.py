@@ -28,24 +28,19 @@ yesterday), `window_days`, `candidates` (names from the config; default all), `f
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow.assets import CHAMPION_MODEL, DRIFT_DETECTED, TRAINING_POOL, VALIDATED_DATA
+from mlops_airflow.dag_defaults import dag_args, date_param
 
 
 @dag(
     schedule=VALIDATED_DATA | DRIFT_DETECTED,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=2,
-    tags=["mlops", "train", "mlflow"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=15)},
     params={
-        "end_date": Param(None, type=["null", "string"], format="date", description="Last day of the window"),
+        "end_date": date_param("Last day of the window"),
         "window_days": Param(None, type=["null", "integer"], minimum=1, description="Default: from config"),
         "candidates": Param(
             None, type=["null", "array"], items={"type": "string"}, description="Subset of configured names"
@@ -54,6 +49,7 @@ from mlops_airflow.assets import CHAMPION_MODEL, DRIFT_DETECTED, TRAINING_POOL, 
         "justification": Param(None, type=["null", "string"], description="Required with force"),
     },
     doc_md=__doc__,
+    **dag_args("train", "mlflow", retry_delay_s=15),
 )
 def train():
     @task
@@ -76,9 +72,10 @@ def train():
 
     @task.branch
     def evaluate_gate(registered: dict, params=None, dag_run=None):
-        from mlops_airflow.train_tasks import pre_approval
+        from mlops_airflow.train_tasks import ASK_APPROVAL, NO_APPROVAL, pre_approval
 
-        return pre_approval(registered, params, dag_run)
+        route = pre_approval(registered, params, dag_run)
+        return {NO_APPROVAL: ["no_approval_needed"], ASK_APPROVAL: ["approve"]}.get(route, [])
 
     approve = ApprovalOperator(
         task_id="approve",
@@ -97,14 +94,9 @@ def train():
 
     @task(outlets=[CHAMPION_MODEL])
     def publish_champion(outlet_events=None, ti=None) -> dict:
-        decision = ti.xcom_pull(task_ids="promote", key="decision")
-        extra = {
-            "model": decision["model_name"],
-            "version": decision["challenger"]["version"],
-            "previous": decision.get("previous_champion"),
-            "verdict": decision["verdict"],
-            "decision_id": decision["decision_id"],
-        }
+        from mlops_airflow.train_tasks import champion_event
+
+        extra = champion_event(ti.xcom_pull(task_ids="promote", key="decision"))
         outlet_events[CHAMPION_MODEL].extra = extra
         return extra
 

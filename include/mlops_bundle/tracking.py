@@ -1,9 +1,10 @@
 """MLflow plumbing shared by training, promotion and scoring: one place that knows the tracking URI.
 
-Nothing happens at import time: MLflow is imported inside the functions (it costs ~1.5 s and, without
-``MLFLOW_DISABLE_TELEMETRY``, reaches out to the network), and the tracking URI is set only when a caller
-asks for it with :func:`use`. The registry URI is always the tracking URI: one store holds runs, logged
-models and registered versions, so a version's ``runs:/``/``models:/`` source always resolves.
+Nothing happens at import time: MLflow is imported inside the functions (its import is one of the costly
+ones, see benchmarks/README.md, and without ``MLFLOW_DISABLE_TELEMETRY`` it reaches out to the network),
+and the tracking URI is set only when a caller asks for it with :func:`use`. The registry URI is always
+the tracking URI: one store holds runs, logged models and registered versions, so a version's
+``runs:/``/``models:/`` source always resolves.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def check_reachable(cfg: BundleConfig, timeout: float = 5) -> str:
     return uri
 
 
-def ensure_experiment(cfg: BundleConfig) -> str:
-    """The id of the config's experiment, creating it on first use.
+def ensure_experiment(cfg: BundleConfig, name: str | None = None) -> str:
+    """The id of the config's experiment (or of ``name``, e.g. the monitoring one), creating it on first use.
 
     With a local store (``cfg.artifact_root`` set) artifacts go to ``<artifact_root>/<experiment name>``
     so the database and artifacts live side by side in one folder; a server decides for itself. Two
@@ -112,7 +113,7 @@ def ensure_experiment(cfg: BundleConfig) -> str:
     """
     check_reachable(cfg)
     c = client(cfg)
-    name = cfg.experiment_name
+    name = name or cfg.experiment_name
     exp = c.get_experiment_by_name(name)
     if exp is None:
         location = f"{cfg.artifact_root}/{name}" if cfg.artifact_root else None
@@ -138,8 +139,9 @@ def ensure_experiment(cfg: BundleConfig) -> str:
 def alias_version(c: MlflowClient, model: str, alias: str) -> str | None:
     """The version (as str) an alias of a registered model points to, or None if the alias/model is absent.
 
-    Why: the SQL store returns versions as int and the REST server as str; comparing "3" with 3 silently
-    fails, so every caller goes through this normalisation.
+    The one home of this lookup (promotion, scoring and the tests use it). Why: the SQL store returns
+    versions as int and the REST server as str; comparing "3" with 3 silently fails, so every caller goes
+    through this normalisation.
     """
     try:
         mv = c.get_model_version_by_alias(model, alias)

@@ -17,6 +17,11 @@ from mlops_airflow import runtime
 
 log = logging.getLogger(__name__)
 
+# what evaluate_gate found before promote; dags/train.py maps each to the task ids it follows
+NO_APPROVAL = "no_approval"  # promotion.require_approval is off: straight to promote
+ASK_APPROVAL = "ask_approval"  # the gate would promote: a human approves or rejects first
+GATE_REJECTS = "gate_rejects"  # the gate would reject (recorded): nobody is asked, nothing is promoted
+
 
 def actor(dag_run: Any) -> str:
     """Who or what started this run, for MLflow tags and decision records (spelled as in the audit log)."""
@@ -39,7 +44,7 @@ def run_tags(dag_run: Any) -> dict[str, str]:
 
 
 def _end_date(params: dict, dag_run: Any) -> str:
-    from mlops_bundle.ingest import parse_date
+    from mlops_bundle.names import parse_date
 
     if params.get("end_date"):
         return parse_date(params["end_date"])
@@ -119,9 +124,7 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
     best = {**best, "window": results[0]["window"], "train_key": train_key}
     from mlops_bundle import monitoring, tracking
 
-    # a reused version normally has its reference already; not if an earlier attempt of this task
-    # registered it and then died (worker lost, MLflow down) before recording the reference
-    if not best["reused"] or not _has_reference(tracking.client(cfg), best["run_id"]):
+    if monitoring.reference_needed(tracking.client(cfg), best["run_id"], reused=best["reused"]):
         window = training.load_window(runtime.storage(cfg), cfg, best["window"])
         model = training.load_model(cfg, best["model_uri"])
         path = monitoring.log_reference(cfg, tracking.client(cfg), best["run_id"], model, window.train)
@@ -139,13 +142,6 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
         " (already registered by an earlier run with the same data and params)" if best["reused"] else "",
     )
     return best
-
-
-def _has_reference(client: Any, run_id: str) -> bool:
-    from mlops_bundle import monitoring
-
-    listed = client.list_artifacts(run_id, monitoring.REFERENCE_ARTIFACT_DIR)
-    return f"{monitoring.REFERENCE_ARTIFACT_DIR}/{monitoring.REFERENCE_FILE}" in {a.path for a in listed}
 
 
 def _fmt(metrics: dict) -> str:
@@ -196,17 +192,30 @@ def gate(registered: dict, params: dict, dag_run: Any, *, apply: bool) -> dict[s
     return record
 
 
-def pre_approval(registered: dict, params: dict, dag_run: Any) -> list[str]:
-    """Branch: without an approval step go straight to promote; with one, evaluate first (recorded, not
-    applied) and ask a human only when the gate would promote."""
+def pre_approval(registered: dict, params: dict, dag_run: Any) -> str:
+    """NO_APPROVAL without an approval step; with one, evaluate first (recorded, not applied) and answer
+    ASK_APPROVAL only when the gate would promote, else GATE_REJECTS."""
+    from mlops_bundle import promotion
+
     cfg = runtime.bundle_config()
     if not cfg.promotion.require_approval:
-        return ["no_approval_needed"]
+        return NO_APPROVAL
     decision = gate(registered, params, dag_run, apply=False)
-    if decision["verdict"] != "promote":
+    if decision["verdict"] != promotion.PROMOTE:
         log.info("gate rejects version %s: no approval requested", registered["version"])
-        return []
-    return ["approve"]
+        return GATE_REJECTS
+    return ASK_APPROVAL
+
+
+def champion_event(decision: dict) -> dict[str, Any]:
+    """The extra of the champion-model asset event: which version is champion now, and why."""
+    return {
+        "model": decision["model_name"],
+        "version": decision["challenger"]["version"],
+        "previous": decision.get("previous_champion"),
+        "verdict": decision["verdict"],
+        "decision_id": decision["decision_id"],
+    }
 
 
 def roll_back(params: dict, dag_run: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ promotion, rollback), like the life of one registered model; they share one mode
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 MODEL = f"churn-test-{uuid.uuid4().hex[:8]}"
 CLEAN_DAYS = [f"2026-06-0{d}" for d in range(1, 6)]
 NOISY_DAYS = ["2026-06-06", "2026-06-07", "2026-06-08"]
+# a clean day after the noisy ones, sized so that a window over both has exactly this day as its holdout
+# (1125 rows = 20% of 3 x 1500 + 1125): trained on noise only, judged on clean data
+CLEAN_AFTER_NOISE, CLEAN_AFTER_NOISE_ROWS = "2026-06-09", 1125
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,7 @@ def mlflow_env(mlflow_server, session_dir):
         _stage(cfg, store, day, generate_batch(day, rows=1500))
     for day in NOISY_DAYS:  # labels carry no signal: any model trained on them is worse
         _stage(cfg, store, day, generate_batch(day, rows=1500, label_noise=0.5))
+    _stage(cfg, store, CLEAN_AFTER_NOISE, generate_batch(CLEAN_AFTER_NOISE, rows=CLEAN_AFTER_NOISE_ROWS))
     yield load_config()
     mp.undo()
 
@@ -112,13 +117,29 @@ def test_first_run_promotes_the_first_model(dagbag, mlflow_env):
     assert len(artifacts) == 1
 
 
-def test_worse_data_is_rejected_and_champion_stays(dagbag, mlflow_env):
+def test_worse_data_is_rejected_and_champion_stays(dagbag, mlflow_env, monkeypatch):
+    """A challenger trained on labels without signal loses to the champion on the same (clean) holdout.
+
+    The floor is 0 and there are no guard metrics, so the comparison with the champion is the only rule
+    that can fail: the reason must be exactly that rule's text, blaming nothing else.
+    """
     cfg = mlflow_env
-    dr, states = _run(dagbag, "train", {"end_date": NOISY_DAYS[-1], "window_days": 3})
+    monkeypatch.setenv("MLOPS_PROMOTION__FLOOR", "0")
+    monkeypatch.setenv("MLOPS_PROMOTION__GUARD_METRICS", "{}")
+    dr, states = _run(dagbag, "train", {"end_date": CLEAN_AFTER_NOISE, "window_days": 4})
     assert dr.state == "success", states
+    registered = dr.get_task_instance("register_best").xcom_pull(task_ids="register_best")
+    assert registered["window"]["split_ts"].startswith(CLEAN_AFTER_NOISE), "holdout = the clean day only"
     decision = _decision(dr)
     assert decision["verdict"] == "reject" and decision["applied"] is False
-    assert "floor" in decision["reason"] or "champion" in decision["reason"]
+    assert decision["policy"]["floor"] == 0 and decision["policy"]["guard_metrics"] == {}
+    reason = decision["reason"]
+    assert re.fullmatch(
+        r"vs champion version 1: roc_auc \S+ does not beat champion \S+ "
+        r"\(improvement -\S+; needs > 0 and >= min_improvement \S+\)",
+        reason,
+    ), reason
+    assert "floor" not in reason and "guard" not in reason
     assert states[("publish_champion", -1)] == "skipped"
     assert _champion(cfg) == "1"
     version = _client(cfg).get_model_version(cfg.model_name, decision["challenger"]["version"])
@@ -230,11 +251,11 @@ def test_unknown_model_family_in_config_fails_clearly(dagbag, mlflow_env, task_e
 
 
 def test_unreachable_mlflow_retries_then_fails_clearly(dagbag, mlflow_env, task_errors, monkeypatch):
-    from tests.conftest import _free_port
+    from tests.services import free_port
 
     cfg = mlflow_env
     before = _versions(cfg)
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLOPS_MLFLOW__TRACKING_URI", dead)
     dr, states = _run(dagbag, "train", {"end_date": CLEAN_DAYS[-1], "window_days": 5})
     assert dr.state == "failed" and states[("prepare_window", -1)] == "failed"

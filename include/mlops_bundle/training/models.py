@@ -1,0 +1,252 @@
+"""Model families, candidate pipelines, fitting and the holdout score.
+
+:func:`resolve_candidates` turns ``training.candidates`` into checked specs (unknown family, unknown
+candidate name and bad hyper-parameters are refused before any data is read). :func:`train_candidate` fits
+one sklearn Pipeline (imputation + scaling/one-hot + estimator) and scores it on the holdout with
+:func:`evaluate`; the promotion gate uses the same function to score the champion on the challenger's
+holdout. scikit-learn is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops_bundle.config import BundleConfig, CandidateSpec
+from mlops_bundle.features import feature_types, positive_class_index, predict_positive
+from mlops_bundle.training.window import TrainingError, Window
+
+log = logging.getLogger(__name__)
+
+# Bump when the way pipelines are built changes: it is part of train_key, so a rerun after such a change
+# registers a new version instead of reusing one built the old way.
+PIPELINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family a candidate can name: which estimator, how its numeric inputs are prepared."""
+
+    estimator: str  # dotted path of the sklearn classifier
+    scale_numeric: bool  # linear models need standardised inputs; trees do not care
+    dense: bool = False  # the estimator refuses sparse input (HistGradientBoosting)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def make(self, params: dict[str, Any], seed: int):
+        """A fresh, unfitted estimator with defaults < params, seeded when it takes a random_state."""
+        module, _, cls = self.estimator.rpartition(".")
+        est = getattr(importlib.import_module(module), cls)()
+        merged = {**self.defaults, **params}
+        if "random_state" in est.get_params() and "random_state" not in params:
+            merged["random_state"] = seed
+        est.set_params(**merged)
+        return est
+
+
+FAMILIES: dict[str, Family] = {
+    # lbfgs needs more than the default 100 iterations on one-hot + scaled data of this size
+    "logistic_regression": Family(
+        "sklearn.linear_model.LogisticRegression", scale_numeric=True, defaults={"max_iter": 2000}
+    ),
+    "random_forest": Family("sklearn.ensemble.RandomForestClassifier", scale_numeric=False),
+    "hist_gradient_boosting": Family(
+        "sklearn.ensemble.HistGradientBoostingClassifier", scale_numeric=False, dense=True
+    ),
+}
+
+
+def _family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
+    fam = FAMILIES.get(spec.family)
+    if fam is None:
+        raise TrainingError(
+            f"candidate {spec.name!r} names unknown model family {spec.family!r}; known families: "
+            f"{sorted(FAMILIES)}; fix training.candidates in {cfg.source or 'the config file'}"
+        )
+    return fam
+
+
+def build_estimator(spec: CandidateSpec, cfg: BundleConfig):
+    """The candidate's unfitted estimator; TrainingError naming the parameter if a param is wrong.
+
+    Checks names (set_params) and values (sklearn's own parameter constraints) now, so a typo in the
+    config fails in seconds instead of after the data has been read.
+    """
+    fam = _family(spec, cfg)
+    try:
+        est = fam.make(dict(spec.params), cfg.training.seed)
+        validate = getattr(est, "_validate_params", None)  # sklearn's declared constraints, if any
+        if validate is not None:
+            validate()
+    except (ValueError, TypeError) as exc:
+        bad = [p for p in spec.params if f"'{p}'" in str(exc)]
+        which = f"parameter {bad[0]!r}" if bad else f"params {dict(spec.params)}"
+        raise TrainingError(
+            f"candidate {spec.name!r} (family {spec.family!r}) has a bad {which}: {exc}; fix "
+            f"training.candidates in {cfg.source or 'the config file'}"
+        ) from None
+    return est
+
+
+def build_pipeline(spec: CandidateSpec, cfg: BundleConfig):
+    """Preprocessing + estimator as one sklearn Pipeline, so the logged model takes raw feature columns.
+
+    Categorical columns arrive as pandas ``category`` (staging) or plain object strings (scoring input);
+    SimpleImputer + OneHotEncoder treat both alike, and ``handle_unknown="ignore"`` maps categories the
+    model never saw to all zeros instead of failing a scoring run.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    fam = _family(spec, cfg)
+    estimator = build_estimator(spec, cfg)
+    numeric, categorical, _ = feature_types(cfg)
+    num_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if fam.scale_numeric:
+        num_steps.append(("scale", StandardScaler()))
+    cat_steps = [
+        ("impute", SimpleImputer(strategy="most_frequent")),
+        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=not fam.dense)),
+    ]
+    transformers = []
+    if numeric:
+        transformers.append(("num", Pipeline(num_steps), numeric))
+    if categorical:
+        transformers.append(("cat", Pipeline(cat_steps), categorical))
+    if not transformers:
+        raise TrainingError(
+            f"data set {cfg.dataset.name!r} has no usable feature columns (int/float/category/string/bool) "
+            f"besides id, timestamp and target; declare them in dataset.columns of {cfg.source}"
+        )
+    prep = ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0 if fam.dense else 0.3)
+    return Pipeline([("prep", prep), ("model", estimator)])
+
+
+def resolve_candidates(cfg: BundleConfig, names: list[str] | None = None) -> list[CandidateSpec]:
+    """The configured candidates (or the named subset, in the given order), each checked to build.
+
+    Why up front: the train DAG maps one task per candidate; a wrong name, family or parameter should
+    fail the first task with a message pointing at the config, not N mapped tasks half way through.
+    """
+    configured = list(cfg.training.candidates)
+    where = cfg.source or "the config file"
+    if not configured:
+        raise TrainingError(f"no candidates configured: add at least one to training.candidates in {where}")
+    if names:
+        by_name = {c.name: c for c in configured}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise TrainingError(
+                f"unknown candidate name(s) {unknown}; configured candidates: {sorted(by_name)} "
+                f"(training.candidates in {where})"
+            )
+        chosen = [by_name[n] for n in dict.fromkeys(names)]
+    else:
+        chosen = configured
+    for spec in chosen:
+        build_estimator(spec, cfg)
+    return chosen
+
+
+def _model_features(model, cfg: BundleConfig) -> list[str]:
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        return [str(c) for c in names]
+    numeric, categorical, _ = feature_types(cfg)
+    return numeric + categorical
+
+
+def model_input(df: pd.DataFrame, cfg: BundleConfig) -> pd.DataFrame:
+    """The feature columns of ``df`` as a logged model's pyfunc flavor accepts them.
+
+    Why: pyfunc enforces the signature, and MLflow 3.17 refuses pandas ``category`` columns for a
+    ``string`` input ("Can not safely convert category to <U0"); staging frames have category dtype.
+    The sklearn flavor (:func:`~mlops_bundle.training.registry.load_model`) takes either.
+    """
+    numeric, categorical, _ = feature_types(cfg)
+    out = df[numeric + categorical].copy()
+    for col in categorical:
+        if isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].astype(object)
+    return out
+
+
+def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
+    """Score a fitted classifier on ``df`` (``features.THRESHOLD`` on the positive-class probability).
+
+    Returns roc_auc, f1, precision, recall, accuracy, log_loss, rows, positive_rate (share of actual
+    positives) and predicted_positive_rate. roc_auc/log_loss are NaN when ``df`` has one class only.
+    The promotion gate calls this on the challenger's holdout for both models, so they are compared on
+    identical rows with identical code.
+    """
+    from sklearn import metrics as skm
+
+    target = cfg.dataset.target
+    features = _model_features(model, cfg)
+    missing = [c for c in features + [target] if c not in df.columns]
+    if missing:
+        raise TrainingError(
+            f"evaluation data lacks column(s) {missing} that the model/config needs; "
+            f"it has {list(df.columns)}"
+        )
+    classes = list(model.classes_)
+    pos = positive_class_index(classes)
+    proba = model.predict_proba(df[features])[:, pos]
+    y = (df[target].to_numpy() == classes[pos]).astype(int)
+    pred = predict_positive(proba)
+    both = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, proba)) if both else float("nan"),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "log_loss": float(skm.log_loss(y, proba, labels=[0, 1])) if both else float("nan"),
+        "rows": float(len(df)),
+        "positive_rate": float(y.mean()) if len(y) else float("nan"),
+        "predicted_positive_rate": float(pred.mean()) if len(pred) else float("nan"),
+    }
+
+
+def train_candidate(spec: CandidateSpec, window: Window, cfg: BundleConfig) -> tuple[Any, dict[str, float]]:
+    """Fit the candidate's pipeline on ``window.train`` and score it on ``window.holdout``.
+
+    Returns (fitted Pipeline, metrics); metrics also carry fit_seconds and train_rows. Convergence
+    warnings are logged, not raised: a slightly under-converged model is still judged by its holdout score.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+
+    pipe = build_pipeline(spec, cfg)
+    numeric, categorical, dropped = feature_types(cfg)
+    if dropped:
+        log.info("dropping datetime feature column(s) %s (see feature_types)", dropped)
+    features = numeric + categorical
+    X, y = window.train[features], window.train[cfg.dataset.target]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        pipe.fit(X, y)
+    fit_s = time.perf_counter() - t0
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            log.warning("candidate %s: %s", spec.name, w.message)
+    metrics = evaluate(pipe, window.holdout, cfg)
+    metrics.update({"fit_seconds": round(fit_s, 3), "train_rows": float(len(window.train))})
+    log.info(
+        "candidate %s (%s): fit %d rows in %.2fs, holdout %s=%.4f",
+        spec.name,
+        spec.family,
+        len(X),
+        fit_s,
+        cfg.training.metric,
+        metrics.get(cfg.training.metric, float("nan")),
+    )
+    return pipe, metrics

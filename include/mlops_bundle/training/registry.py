@@ -1,0 +1,201 @@
+"""Registration: the best candidate's run -> one version of the registered model, idempotently.
+
+:func:`train_key` hashes everything that determines the trained models; :func:`register_best` registers
+the best run under that key, so a rerun with the same key returns the existing version instead of adding
+a duplicate. :func:`load_model` loads a registered (or logged) model back. MLflow is imported inside the
+functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from mlops_bundle import tracking
+from mlops_bundle.config import BundleConfig, CandidateSpec
+from mlops_bundle.training.models import PIPELINE_VERSION
+from mlops_bundle.training.runs import MODEL_ARTIFACT
+from mlops_bundle.training.window import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def train_key(
+    window_fingerprint: str, spec_or_specs: CandidateSpec | list[CandidateSpec], cfg: BundleConfig
+) -> str:
+    """A stable sha256 (hex) of everything that determines the trained models.
+
+    Data fingerprint, candidate specs (order-insensitive), selection metric, holdout fraction, seed,
+    features/target and their dtypes, scikit-learn version and PIPELINE_VERSION. A rerun of the same
+    train run on the same data and params gets the same key, so :func:`register_best` can recognise it.
+    """
+    specs = spec_or_specs if isinstance(spec_or_specs, list) else [spec_or_specs]
+    payload = {
+        "data": window_fingerprint,
+        "candidates": sorted((s.model_dump(mode="json") for s in specs), key=lambda d: d["name"]),
+        "metric": cfg.training.metric,
+        "holdout_fraction": cfg.training.holdout_fraction,
+        "seed": cfg.training.seed,
+        "columns": [
+            [c.name, c.dtype]
+            for c in cfg.dataset.columns
+            if c.name in cfg.dataset.feature_columns or c.name == cfg.dataset.target
+        ],
+        "target": cfg.dataset.target,
+        "timestamp": cfg.dataset.timestamp_column,
+        "sklearn": importlib.metadata.version("scikit-learn"),
+        "pipeline_version": PIPELINE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _versions_with_key(c, name: str, key: str) -> list:
+    found = c.search_model_versions(f"name = '{name}' AND tags.train_key = '{key}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def _version_result(c, cfg: BundleConfig, mv, reused: bool, fallback: dict[str, Any]) -> dict[str, Any]:
+    run_id = mv.run_id or fallback.get("run_id")
+    metrics = dict(fallback.get("metrics") or {})
+    candidate = (mv.tags or {}).get("candidate") or fallback.get("candidate")
+    if reused and run_id:
+        try:
+            metrics = dict(c.get_run(run_id).data.metrics)
+        except Exception as exc:  # the version still exists; its run's metrics are a nicety
+            log.warning("could not read metrics of run %s: %s", run_id, exc)
+    version = str(mv.version)
+    return {
+        "version": version,
+        "run_id": run_id,
+        "candidate": candidate,
+        "metrics": metrics,
+        "reused": reused,
+        "model_uri": f"models:/{cfg.model_name}/{version}",
+    }
+
+
+def _logged_model_id(c, run_id: str) -> str | None:
+    """The MLflow 3 logged-model id of the run's ``model`` artifact (what a version's source must name)."""
+    run = c.get_run(run_id)
+    outputs = getattr(run, "outputs", None)
+    ids = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+    if len(ids) == 1:
+        return ids[0]
+    found = c.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'",
+    )
+    return found[0].model_id if found else (ids[-1] if ids else None)
+
+
+def _wait_ready(c, name: str, version: str, timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        mv = c.get_model_version(name, version)
+        status = str(mv.status)
+        if status == "READY":
+            return mv
+        if "FAILED" in status:
+            raise TrainingError(
+                f"registration of {name} version {version} failed ({mv.status_message}); "
+                "check the registry server's logs, then clear the task to retry"
+            )
+        if time.monotonic() > deadline:
+            raise TrainingError(f"{name} version {version} still {status} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def register_best(
+    cfg: BundleConfig, results: list[dict[str, Any]], key: str, tags: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Register the best candidate's model as a version of ``cfg.model_name``, once per ``key``.
+
+    ``results``: ``[{"candidate", "run_id", "metrics"}]``. Best = highest ``training.metric`` (ties: first by
+    candidate name; NaN never wins). Idempotency: a version tagged ``train_key == key`` is looked up first
+    and returned with ``reused: True``. The tags are written in the same create call as the version
+    (one transaction in MLflow's SQL store), so a version either exists *with* its key or not at all: if
+    the server dies after creating it and before answering, the retry finds it by the tag instead of adding
+    a second. Two workers registering the same key at the same moment can still both create one; the
+    loser notices (a lower version carries the same key), deletes its own fresh, un-aliased version and
+    returns the winner's. Returns {version, run_id, candidate, metrics, reused, model_uri}.
+    """
+    metric = cfg.training.metric
+    scored = []
+    for r in results:
+        value = (r.get("metrics") or {}).get(metric)
+        if value is not None and not math.isnan(float(value)):
+            scored.append((float(value), r))
+    if not scored:
+        raise TrainingError(
+            f"none of the candidates {[r.get('candidate') for r in results]} reported training.metric "
+            f"{metric!r} (a number): check the metric name in {cfg.source} (evaluate() reports "
+            "roc_auc, f1, precision, recall, accuracy, log_loss)"
+        )
+    top = max(v for v, _ in scored)
+    best = sorted((r for v, r in scored if v == top), key=lambda r: str(r["candidate"]))[0]
+    name = cfg.model_name
+    tracking.check_reachable(cfg)
+    c = tracking.client(cfg)
+
+    existing = _versions_with_key(c, name, key)
+    if existing:
+        log.info("%s version %s already holds train_key %s: reusing it", name, existing[0].version, key[:12])
+        return _version_result(c, cfg, existing[0], True, best)
+
+    try:
+        c.create_registered_model(name, description=f"{cfg.dataset.name} classifier (mlops_bundle)")
+    except Exception as exc:
+        if tracking.error_code(exc) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    run_id = best["run_id"]
+    run_tags = c.get_run(run_id).data.tags
+    version_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    version_tags.update(
+        {
+            "train_key": key,
+            "candidate": str(best["candidate"]),
+            "family": run_tags.get("family", ""),
+            "data_fingerprint": run_tags.get("data_fingerprint", ""),
+            "metric": metric,
+            **{f"metric.{k}": f"{float(v):.6g}" for k, v in best["metrics"].items()},
+        }
+    )
+    model_id = _logged_model_id(c, run_id)
+    source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    mv = c.create_model_version(
+        name, source, run_id=run_id, tags=version_tags, model_id=model_id, await_creation_for=0
+    )
+    mv = _wait_ready(c, name, str(mv.version))
+    same = _versions_with_key(c, name, key)
+    if same and str(same[0].version) != str(mv.version):
+        log.warning(
+            "another worker registered train_key %s as version %s at the same time; deleting duplicate %s",
+            key[:12],
+            same[0].version,
+            mv.version,
+        )
+        c.delete_model_version(name, str(mv.version))
+        return _version_result(c, cfg, same[0], True, best)
+    log.info(
+        "registered %s version %s from run %s (candidate %s, %s=%.4f)",
+        name,
+        mv.version,
+        run_id,
+        best["candidate"],
+        metric,
+        top,
+    )
+    return _version_result(c, cfg, mv, False, best)
+
+
+def load_model(cfg: BundleConfig, model_uri: str):
+    """The scikit-learn pipeline behind a ``models:/name/version``, ``models:/name@alias`` or ``runs:/`` URI."""
+    tracking.use(cfg)
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(model_uri)
