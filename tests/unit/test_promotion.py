@@ -1,6 +1,18 @@
 """Promotion gate: the pure rules (table-driven), gate/rollback against a real local MLflow store, the
 decision records, and the race the promotion lock exists for (concurrent processes, file lock and
-PostgreSQL advisory lock, plus a no-lock control that ends with a worse champion)."""
+PostgreSQL advisory lock, plus a no-lock control that ends with a worse champion).
+
+The race tests force the losing interleaving (see "race" below), so they are deterministic: without the
+lock they fail every run, with it they pass every run. Test-only switches, off by default and not part
+of the normal run:
+
+* ``MLOPS_TEST_RACE_NO_LOCK=1``: the lock tests run with ``promotion_lock`` replaced by a no-op and must
+  then FAIL (proof that they catch a missing or broken lock);
+* ``MLOPS_TEST_RACE_RUNS=N``: every race test runs N times (``test_race_file_lock[0]`` ... ``[N-1]``).
+
+    MLOPS_TEST_RACE_RUNS=10 MLOPS_TEST_RACE_NO_LOCK=1 .venv/bin/python -m pytest -q -k race \\
+        tests/unit/test_promotion.py   # the two lock tests must fail 10/10, the control pass 10/10
+"""
 
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ from mlops_bundle.promotion import (
     PromotionLockTimeout,
     decide,
 )
+from mlops_bundle.tracking import alias_version
 
 # ------------------------------------------------------------------------------------------- decide
 
@@ -215,7 +228,8 @@ def _env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow SQLite DB: creating one costs ~3 s, copying it ~0 s."""
+    """An empty, migrated MLflow SQLite DB, copied per test: migrating one is slow, copying it is not
+    (benchmarks/README.md, "Test fixtures")."""
     from mlflow import MlflowClient
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
@@ -300,19 +314,19 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     assert (worse.verdict, worse.applied) == (REJECT, False)
     assert worse.reason.startswith(f"vs champion version {v['f3']}: roc_auc 0.7")
     assert "does not beat champion" in worse.reason
-    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
-    assert promotion._alias_version(client, cfg.model_name, "previous") is None
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
+    assert alias_version(client, cfg.model_name, "previous") is None
 
     # apply=False: the verdict is recorded, aliases untouched (before a human approval step)
     dry = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test", apply=False)
     assert (dry.verdict, dry.applied) == (PROMOTE, False)
-    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
 
     better = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="approver")
     assert (better.verdict, better.applied, better.previous_champion) == (PROMOTE, True, v["f3"])
     assert "beats champion" in better.reason and "guards ok: f1" in better.reason
-    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f5"]
-    assert promotion._alias_version(client, cfg.model_name, "previous") == v["f3"]
+    assert alias_version(client, cfg.model_name, "champion") == v["f5"]
+    assert alias_version(client, cfg.model_name, "previous") == v["f3"]
 
     again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
     assert (again.verdict, again.applied) == (NOOP, False)
@@ -331,8 +345,8 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
         back.reason
         == f"rolled back from version {v['f5']} to version {v['f3']}: f5 misbehaves on live traffic"
     )
-    assert promotion._alias_version(client, cfg.model_name, "champion") == v["f3"]
-    assert promotion._alias_version(client, cfg.model_name, "previous") == v["f5"]
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
+    assert alias_version(client, cfg.model_name, "previous") == v["f5"]
 
     # records: one JSON artifact per call on the subject's run, latest verdict in the version tags
     f3, f1, f5 = (decisions_of(client, cfg, v[k], tmp_path / "downloads") for k in ("f3", "f1", "f5"))
@@ -440,30 +454,9 @@ def test_unsupported_lock_uri(tmp_path):
 
 
 @pytest.fixture
-def pg_lock_uri():
-    """A throwaway PostgreSQL database for advisory locks (skipped only when PG is absent outside CI)."""
-    import psycopg2
-
-    admin = os.environ.get("MLOPS_TEST_POSTGRES_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        conn = psycopg2.connect(admin, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        problem = f"PostgreSQL at {admin} is not reachable ({str(exc).strip()})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{problem}; CI must run the advisory-lock tests (set MLOPS_TEST_POSTGRES_URI)")
-        pytest.skip(
-            f"{problem}; start PostgreSQL or set MLOPS_TEST_POSTGRES_URI to run the advisory-lock tests"
-        )
-    conn.autocommit = True
-    db = f"mlops_promotion_test_{uuid.uuid4().hex[:10]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield admin.rsplit("/", 1)[0] + f"/{db}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.close()
+def pg_lock_uri(pg_database):
+    """A throwaway PostgreSQL database for advisory locks (tests/conftest.py's, marker postgres)."""
+    return pg_database
 
 
 def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
@@ -492,7 +485,27 @@ def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
 
 
 # ----------------------------------------------------------------------------------------------- race
+#
+# Six racers (one process per registered version) gate their version at the same moment. The losing
+# interleaving is forced, not left to timing, by hooks the test wraps around each racer's scorer and
+# MlflowClient (the gate code has no test hooks); they are the same with and without the lock:
+#
+# 1. ``start``: after scoring its challenger (outside the lock) each racer waits for all the others, so
+#    they all reach promotion_lock together;
+# 2. ``read``: right after reading the champion alias each racer waits until every racer has read it,
+#    for READ_WAIT_S at most. Without the lock all of them read "no champion" before anyone writes.
+#    With it only the lock holder gets there: its wait times out and breaks the barrier, and the later
+#    holders pass straight through (READ_WAIT_S once per test);
+# 3. the champion alias write of the racer ranked r (0 = best score) waits r * WRITE_STAGGER_S, so
+#    without the lock the best version writes first and a worse one last (the last writer wins).
+#
+# So without the lock every run ends with several "first" promotions and a worse champion; with it every
+# run ends with a chain of promotions up to the best version.
 
+READ_WAIT_S = 8.0
+WRITE_STAGGER_S = 0.5
+RACE_RUNS = int(os.environ.get("MLOPS_TEST_RACE_RUNS", "1"))
+RACE_NO_LOCK = os.environ.get("MLOPS_TEST_RACE_NO_LOCK", "") not in ("", "0")
 
 RACER_PRELOAD = [
     "mlflow",
@@ -510,10 +523,52 @@ RACER_PRELOAD = [
 ]
 
 
-def _race_worker(env, version, rank, mode, barrier, write_barrier, results):
-    """One process = one training run finishing at the same moment as the others and calling gate()."""
+@pytest.fixture
+def race_run() -> int:
+    """Which repetition of a race test this is (MLOPS_TEST_RACE_RUNS parametrizes it; default one run)."""
+    return 0
+
+
+def pytest_generate_tests(metafunc):
+    if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
+        metafunc.parametrize("race_run", range(RACE_RUNS))
+
+
+def _hook_racer(client, score, rank: int, start, read):
+    """Install hooks 1-3 (above) on one racer's client; returns its scorer wrapped with hook 1."""
     import time
 
+    get_alias, set_alias = client.get_model_version_by_alias, client.set_registered_model_alias
+    done: set[str] = set()
+
+    def score_then_start(uri):
+        metrics = score(uri)
+        if "start" not in done:  # the first call scores the challenger, before the lock
+            done.add("start")
+            start.wait(timeout=300)
+        return metrics
+
+    def read_then_wait(name, alias):
+        try:
+            return get_alias(name, alias)  # raises when there is no champion yet
+        finally:
+            if alias == promotion.CHAMPION_ALIAS and "read" not in done:
+                done.add("read")
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    read.wait(timeout=READ_WAIT_S)
+
+    def staggered_set(name, alias, version):
+        if alias == promotion.CHAMPION_ALIAS:
+            time.sleep(rank * WRITE_STAGGER_S)
+        return set_alias(name, alias, version)
+
+    client.get_model_version_by_alias = read_then_wait
+    client.set_registered_model_alias = staggered_set
+    return score_then_start
+
+
+def _race_worker(env, version, rank, mode, start, read, results):
+    """One process = one training run finishing at the same moment as the others and calling gate()."""
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     try:
         import mlflow
@@ -522,26 +577,14 @@ def _race_worker(env, version, rank, mode, barrier, write_barrier, results):
         cfg = load_config(environ=env)
         mlflow.set_tracking_uri(cfg.tracking_uri)
         client = MlflowClient(cfg.tracking_uri)
+        if mode == "nolock":  # patch the defining module: champion.py looks it up there
+            promotion.lock.promotion_lock = lambda *a, **k: contextlib.nullcontext()
         score = make_scorer(Path(env["MLOPS_MLFLOW__TRACKING_URI"]).parent / "downloads")
-        if mode == "nolock":
-            # what happens without serialization: every eligible racer has read "no champion" before the
-            # first alias write (write_barrier), then the better a version, the earlier it writes, so the
-            # last writer (who wins) is the worst eligible version
-            promotion.promotion_lock = lambda *a, **k: contextlib.nullcontext()
-            original = client.set_registered_model_alias
-
-            def slow_set(name, alias, ver):
-                write_barrier.wait(timeout=60)
-                time.sleep(0.3 * rank)
-                return original(name, alias, ver)
-
-            client.set_registered_model_alias = slow_set
-        barrier.wait(timeout=120)
         decision = promotion.gate(
             cfg,
             client,
             challenger_version=version,
-            score=score,
+            score=_hook_racer(client, score, rank, start, read),
             actor=f"racer-{version}",
             context={"mode": mode},
         )
@@ -562,24 +605,24 @@ def _race(tmp_path, mode: str, **promotion_env: str):
     scores = {v: score(f"models:/{cfg.model_name}/{v}")["roc_auc"] for v in versions.values()}
     eligible = sorted((s, v) for v, s in scores.items() if s >= cfg.promotion.floor)
     gaps = [b[0] - a[0] for a, b in zip(eligible, eligible[1:], strict=False)]
-    assert min(gaps) > cfg.promotion.min_improvement, scores  # precondition: clearly different scores
+    assert len(eligible) >= 3 and min(gaps) > cfg.promotion.min_improvement, scores  # clearly different
     best = eligible[-1][1]
-    # rank 0 = best (writes first in the no-lock variant)
+    # rank 0 = best (writes first, hook 3)
     ranks = {v: i for i, (_, v) in enumerate(sorted(((s, v) for v, s in scores.items()), reverse=True))}
 
-    # forkserver + preload: the heavy imports (~5 s of CPU per process) are paid once, not per racer
+    # forkserver + preload: the heavy imports are paid once, not per racer
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(RACER_PRELOAD)
-    barrier = ctx.Barrier(len(versions))
-    write_barrier = ctx.Barrier(len(eligible))  # used by the no-lock variant only
+    start = ctx.Barrier(len(versions))
+    read = ctx.Barrier(len(versions))
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, barrier, write_barrier, results))
+        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, start, read, results))
         for v in versions.values()
     ]
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=180) for _ in procs]
+    outcomes = [results.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(30)
     errors = [o for o in outcomes if o[4]]
@@ -589,8 +632,9 @@ def _race(tmp_path, mode: str, **promotion_env: str):
 
 
 def _assert_race_safe(tmp_path, **promotion_env):
-    cfg, client, versions, scores, best, eligible, outcomes = _race(tmp_path, "lock", **promotion_env)
-    champion = promotion._alias_version(client, cfg.model_name, "champion")
+    mode = "nolock" if RACE_NO_LOCK else "lock"  # nolock: must fail (see the module docstring)
+    cfg, client, versions, scores, best, eligible, outcomes = _race(tmp_path, mode, **promotion_env)
+    champion = alias_version(client, cfg.model_name, "champion")
     assert champion == best, (champion, scores, outcomes)
     for v in versions.values():
         records = decisions_of(client, cfg, v, tmp_path / "downloads")
@@ -598,32 +642,36 @@ def _assert_race_safe(tmp_path, **promotion_env):
     promoted = [o for o in outcomes if o[1] == PROMOTE and o[2]]
     # serialized: each applied promotion replaced the one applied just before it (a chain from None)
     by_previous = {o[3]: o[0] for o in promoted}
-    assert len(by_previous) == len(promoted)
+    assert len(by_previous) == len(promoted), outcomes
     chain, current = [], None
     while current in by_previous:
         current = by_previous[current]
         chain.append(current)
     assert chain[-1] == best and len(chain) == len(promoted)
     assert [scores[c] for c in chain] == sorted(scores[c] for c in chain)
-    previous = promotion._alias_version(client, cfg.model_name, "previous")
+    previous = alias_version(client, cfg.model_name, "previous")
     assert (previous is None and len(chain) == 1) or previous == chain[-2]
     below_floor = [v for v, s in scores.items() if s < cfg.promotion.floor]
     assert all(o[1] == REJECT for o in outcomes if o[0] in below_floor)
 
 
-def test_race_file_lock(tmp_path, mlflow_store):
+@pytest.mark.slow  # concurrent racer processes, each with MLflow and scikit-learn loaded
+def test_race_file_lock(tmp_path, mlflow_store, race_run):
     _assert_race_safe(tmp_path)
 
 
-def test_race_postgres_advisory_lock(tmp_path, mlflow_store, pg_lock_uri):
+@pytest.mark.slow
+def test_race_postgres_advisory_lock(tmp_path, mlflow_store, pg_lock_uri, race_run):
     _assert_race_safe(tmp_path, lock_uri=pg_lock_uri)
 
 
-def test_race_without_lock_can_end_with_worse_champion(tmp_path, mlflow_store):
-    """The control: with the lock replaced by a no-op every racer sees "no champion" and the last alias
-    write wins, so the champion ends up a worse model than the best one that was gated."""
+@pytest.mark.slow
+def test_race_without_lock_ends_with_worse_champion(tmp_path, mlflow_store, race_run):
+    """The control: with the lock replaced by a no-op every eligible racer reads "no champion" and
+    promotes, and the last alias write wins, so the champion ends up worse than the best one gated."""
     cfg, client, versions, scores, best, eligible, outcomes = _race(tmp_path, "nolock")
-    champion = promotion._alias_version(client, cfg.model_name, "champion")
+    champion = alias_version(client, cfg.model_name, "champion")
     applied = [o for o in outcomes if o[1] == PROMOTE and o[2]]
-    assert len(applied) > 1 and all(o[3] is None for o in applied)  # all believed they were first
-    assert champion != best and scores[champion] < scores[best]
+    assert sorted(o[0] for o in applied) == sorted(v for _, v in eligible), outcomes
+    assert all(o[3] is None for o in applied), outcomes  # all believed they were first
+    assert champion != best and scores[champion] < scores[best], (champion, scores)
