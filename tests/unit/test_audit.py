@@ -2,16 +2,30 @@
 
 PostgreSQL tests (marker ``postgres``) run in a throwaway database on tests.services.PG_URL (dropped
 afterwards); they are skipped when the server is unreachable, unless ``CI`` is set (then it is a failure).
+
+The append race test (``test_race_*``, see "race" below) forces the losing interleaving, so it is
+deterministic: without the write lock it fails every run, with it it passes every run. Test-only
+switches, off by default and not part of the normal run (the same names as tests/unit/test_promotion.py):
+
+* ``MLOPS_TEST_RACE_NO_LOCK=1``: the racer processes append with the store's write lock replaced by a
+  no-op (SQLite ``BEGIN IMMEDIATE`` -> ``BEGIN DEFERRED``, PostgreSQL without ``pg_advisory_xact_lock``)
+  and the race test must then FAIL (proof that it catches a missing or broken lock);
+* ``MLOPS_TEST_RACE_RUNS=N``: the race test runs N times per backend (``[0-sqlite]`` ... ``[N-1-postgresql]``).
+
+    MLOPS_TEST_RACE_RUNS=10 MLOPS_TEST_RACE_NO_LOCK=1 .venv/bin/python -m pytest -q -k race \\
+        tests/unit/test_audit.py   # must fail 10/10 per backend (and pass 10/10 without NO_LOCK)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -113,6 +127,7 @@ def _writer(uri: str, key: bytes | None, wid: int, events: int) -> None:
     log.close()
 
 
+@pytest.mark.slow  # 8 processes x 1000 appends contend for the store's lock: about a minute on 2 cores
 @pytest.mark.parametrize("key", [None, b"k3y"], ids=["sha256", "hmac"])
 def test_eight_processes_thousand_events_each_keep_one_valid_chain(store, key):
     ctx = mp.get_context("spawn")
@@ -129,6 +144,113 @@ def test_eight_processes_thousand_events_each_keep_one_valid_chain(store, key):
     assert sorted(per_writer) == [(f"writer{w}", 1000) for w in range(8)]
     res = audit.verify(store.uri, key)
     assert res.ok and res.records == 8000 and res.first_bad_seq is None, res
+    assert (res.head_seq, res.head_hash) == audit.head(store.uri)
+
+
+# ----------------------------------------------------------------------------------------------- race
+#
+# RACERS processes append RACE_EVENTS records each to a store the test has already initialized (one
+# genesis record, so no racer creates tables). The losing interleaving is forced, not left to volume or
+# timing, by a wrapper the racer process puts around the appender's "read the head" step
+# (``chain.last_record``; the library has no test hooks):
+#
+# * ``start``: each racer waits until all are up, so they reach their first append together;
+# * ``read``: right after reading the head each racer waits until every racer has read it, for
+#   READ_WAIT_S at most. Without the lock all of them read the same head and then all insert the same next
+#   seq: ``seq`` is the primary key, so one insert wins and the others raise (PostgreSQL: unique
+#   violation; SQLite: the stale snapshot cannot be upgraded to a write, "database is locked"), i.e.
+#   appends fail and records are lost (the chain cannot fork, the key is the backstop). This repeats every
+#   round. With the lock only the holder gets past the read: its wait times out and breaks the barrier,
+#   and every later wait passes straight through (READ_WAIT_S once per run).
+#
+# So without the lock every run has failed appends and missing records; with it every run ends with one
+# gapless, valid chain holding every racer's records in its own order.
+
+READ_WAIT_S = 3.0
+RACERS = 4
+RACE_EVENTS = 3
+RACE_RUNS = int(os.environ.get("MLOPS_TEST_RACE_RUNS", "1"))
+RACE_NO_LOCK = os.environ.get("MLOPS_TEST_RACE_NO_LOCK", "") not in ("", "0")
+
+
+@pytest.fixture
+def race_run() -> int:
+    """Which repetition of a race test this is (MLOPS_TEST_RACE_RUNS parametrizes it; default one run)."""
+    return 0
+
+
+def pytest_generate_tests(metafunc):
+    if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
+        metafunc.parametrize("race_run", range(RACE_RUNS))
+
+
+def _race_writer(uri: str, wid: int, no_lock: bool, start, read, results) -> None:
+    """One racer process: RACE_EVENTS appends, each waiting at ``read`` right after reading the head."""
+    from mlops_bundle.audit import chain
+    from mlops_bundle.audit import store as audit_store
+
+    try:
+        if no_lock:  # the control only (MLOPS_TEST_RACE_NO_LOCK): this process appends without the lock
+            audit_store._SQLite.begin_write = lambda self, cur: cur.execute("BEGIN DEFERRED")
+            audit_store._Postgres.begin_write = lambda self, cur: None
+        read_head = chain.last_record  # AuditLog._append_once looks it up in chain's namespace
+
+        def read_then_wait(cur):
+            try:
+                return read_head(cur)
+            finally:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    read.wait(timeout=READ_WAIT_S)
+
+        chain.last_record = read_then_wait
+        log = audit.AuditLog(uri)
+        start.wait(timeout=120)
+        errors = []
+        for i in range(RACE_EVENTS):
+            try:
+                log.append(
+                    "test.race", source="cli", actor=f"writer{wid}", subject=f"{wid}/{i}", payload={"i": i}
+                )
+            except Exception as exc:
+                errors.append(f"writer{wid} append {i}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        log.close()
+        results.put((wid, errors))
+    except Exception as exc:  # report, never hang the parent
+        results.put((wid, [f"writer{wid}: {type(exc).__name__}: {exc}"]))
+
+
+def test_race_concurrent_appenders_keep_one_chain(store, race_run):
+    """Racers that all read the head before anyone inserts: with the lock every append lands in one
+    gapless chain (see "race" above; MLOPS_TEST_RACE_NO_LOCK=1 makes this fail)."""
+    genesis = audit.AuditLog(store.uri)
+    genesis.append("test.genesis", source="cli", actor="test", subject="race")
+    genesis.close()
+
+    # forkserver + preload: the imports are paid once, not per racer
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["psycopg2", "mlops_bundle.audit", __name__])
+    start, read, results = ctx.Barrier(RACERS), ctx.Barrier(RACERS), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_writer, args=(store.uri, w, RACE_NO_LOCK, start, read, results))
+        for w in range(RACERS)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(30)
+
+    errors = [e for _, errs in sorted(outcomes) for e in errs]
+    # without the lock: every round one insert wins, the others hit the taken seq (lost appends)
+    assert not errors, (f"{len(errors)} of {RACERS * RACE_EVENTS} appends failed", errors)
+    total = 1 + RACERS * RACE_EVENTS
+    rows = store.rows()
+    assert [r["seq"] for r in rows] == list(range(1, total + 1)), "seqs must be gapless"
+    for w in range(RACERS):  # every racer's records, each in the order it appended them
+        subjects = [r["subject"] for r in rows if r["actor"] == f"writer{w}"]
+        assert subjects == [f"{w}/{i}" for i in range(RACE_EVENTS)], (w, subjects)
+    res = audit.verify(store.uri)
+    assert res.ok and res.records == total and res.first_bad_seq is None, res
     assert (res.head_seq, res.head_hash) == audit.head(store.uri)
 
 
