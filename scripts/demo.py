@@ -9,33 +9,58 @@ are written only if missing. Airflow (api-server, scheduler, dag-processor, trig
 .airflow/ with LocalExecutor on SQLite; each process logs to .airflow/logs/<name>.log and is stopped on
 exit, Ctrl-C or SIGTERM.
 
+The processes come from scripts/airflow_procs.py, the REST calls (login, pool, unpause, following runs)
+from scripts/airflow_rest.py; this file holds the demo's own setup, phases and summary.
+
 Stdlib only (plus the bundle's own sample-data helpers), so it runs before anything else is set up.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
+from airflow_procs import (  # noqa: E402
+    RunnerError,
+    airflow_db_migrate,
+    airflow_running,
+    check_leftovers,
+    check_port_free,
+    http_ok,
+    mlflow_server_cmd,
+    now_utc,
+    say,
+    wait_for,
+)
+from airflow_rest import (  # noqa: E402
+    Api,
+    bundle_config,
+    ensure_pool,
+    follow,
+    http_detail,
+    parse_ts,
+    q,
+    run_key,
+    task_instances,
+    task_log_tail,
+    unpause_all,
+    wait_for_dags,
+    xcom_return,
+)
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 MLFLOW_PORT = int(os.environ.get("DEMO_MLFLOW_PORT") or 5000)
 TRAIN_DAG = "train"
 GOOD_DATE = "2026-01-05"
@@ -61,71 +86,9 @@ PHASES = (
         ((MONITOR_DAG, DRIFT_DATE),),
     ),
 )
-TERMINAL = {"success", "failed"}
-TI_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def parse_ts(value: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-class DemoError(Exception):
-    """A setup/runtime problem the user has to act on; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------- setup
-
-
-def check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        if s.connect_ex((al.HOST, port)) == 0:
-            raise DemoError(
-                f"port {port} is already in use (another Airflow or web server?). Stop it, or run on "
-                f"another port: DEMO_PORT=8081 make demo"
-            )
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like uvicorn: TIME_WAIT is fine
-        try:
-            s.bind((al.HOST, port))
-        except OSError as exc:
-            raise DemoError(f"cannot bind {al.HOST}:{port}: {exc}; set DEMO_PORT to a free port") from None
-
-
-def pid_file() -> Path:
-    return al.AIRFLOW_HOME / "demo.pids.json"
-
-
-def check_leftovers() -> None:
-    """Refuse to start beside Airflow processes of an earlier run that was killed hard (kill -9)."""
-    path = pid_file()
-    if not path.is_file():
-        return
-    alive = []
-    for name, pid in json.loads(path.read_text()).items():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "airflow" in cmdline:
-            alive.append((name, pid))
-    if alive:
-        listing = ", ".join(f"{n} (pid {p})" for n, p in alive)
-        groups = " ".join(f"-{p}" for _, p in alive)
-        raise DemoError(
-            f"Airflow processes started by scripts/demo.py for {al.AIRFLOW_HOME} are still running: "
-            f"{listing} (another `make up`/`make demo`, or a run that was killed hard). "
-            f"Stop that one, or: kill -TERM -- {groups}"
-        )
-    path.unlink()
 
 
 def migrate_db(env: dict[str, str]) -> None:
@@ -137,24 +100,14 @@ def migrate_db(env: dict[str, str]) -> None:
         say(f"metadata DB     {db} (up to date, Airflow {version})")
         return
     t0 = time.monotonic()
-    proc = subprocess.run(
-        al.airflow_cmd("db", "migrate"), env=env, capture_output=True, text=True, cwd=al.PROJECT_ROOT
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise DemoError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
+    airflow_db_migrate(env)
     marker.write_text(version + "\n")
     say(f"metadata DB     {db} (migrated in {time.monotonic() - t0:.1f}s)")
 
 
 def lake_root() -> tuple[Any, Path | None]:
     """The bundle config and the local path of its storage root (None for s3:// roots)."""
-    try:
-        from mlops_bundle.config import load_config
-    except ImportError:  # not pip-installed yet: use the checkout
-        sys.path.insert(0, str(al.PROJECT_ROOT / "include"))
-        from mlops_bundle.config import load_config
-    cfg = load_config()
+    cfg = bundle_config()
     uri = cfg.root_uri
     if not uri.startswith("file://"):
         return cfg, None
@@ -194,416 +147,7 @@ def seed_landing() -> None:
         say(f"sample data     {path} ({len(df)} rows, {label})")
 
 
-# ------------------------------------------------------------------------------------------ processes
-
-
-class Processes:
-    """The Airflow components as subprocesses, each in its own process group, logging to a file."""
-
-    def __init__(self, env: dict[str, str], extra: dict[str, list[str]] | None = None) -> None:
-        self.env = env
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.killed: set[str] = set()  # stopped on purpose by kill(): check_alive does not complain
-        self.log_dir = al.AIRFLOW_HOME / "logs"
-        # name -> argv; extra services (the MLflow server) start first
-        self.commands = {**(extra or {}), **{name: al.airflow_cmd(name) for name in COMPONENTS}}
-
-    def log(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def _spawn(self, name: str) -> subprocess.Popen:
-        fh = open(self.log(name), "ab")  # noqa: SIM115 (owned by the child)
-        fh.write(f"\n===== {now_utc().isoformat()} {name} (scripts/demo.py) =====\n".encode())
-        fh.flush()
-        self.procs[name] = subprocess.Popen(
-            self.commands[name],
-            env=self.env,
-            cwd=al.PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop them in order
-        )
-        fh.close()
-        return self.procs[name]
-
-    def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.commands:
-            self._spawn(name)
-        pid_file().write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
-        say(f"started         {', '.join(f'{n} (pid {p.pid})' for n, p in self.procs.items())}")
-        say(f"process logs    {self.log_dir}/<component>.log")
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if name not in self.killed and proc.poll() is not None:
-                raise DemoError(
-                    f"{name} exited with code {proc.returncode}; last lines of {self.log(name)}:\n"
-                    + tail_file(self.log(name))
-                )
-
-    def _descendants(self, roots: list[int] | None = None) -> set[int]:
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        out: set[int] = set()
-        todo = list(roots) if roots is not None else [p.pid for p in self.procs.values()]
-        while todo:
-            pid = todo.pop()
-            for child in children.get(pid, []):
-                if child not in out:
-                    out.add(child)
-                    todo.append(child)
-        return out
-
-    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> list[int]:
-        """Send `sig` to one component's process group and to every process below it (task processes run
-        in their own groups), wait until the component exited, and let check_alive ignore it until
-        restart(name). For fault tests: SIGKILL is a crashed host/container. Returns the pids signalled."""
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            raise DemoError(f"{name} (pid {proc.pid}) is not running (exit code {proc.returncode})")
-        self.killed.add(name)
-        descendants = self._descendants([proc.pid])
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        for pid in descendants:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise DemoError(f"{name} (pid {proc.pid}) still runs {timeout:.0f}s after signal {sig}") from None
-        say(f"killed          {name} (pid {proc.pid}, signal {sig}, {len(descendants)} descendant(s))")
-        return [proc.pid, *sorted(descendants)]
-
-    def restart(self, name: str) -> subprocess.Popen:
-        """Start a component again with its original command (after kill(name) or after it exited)."""
-        old = self.procs.get(name)
-        if old is not None and old.poll() is None:
-            raise DemoError(f"{name} (pid {old.pid}) is still running: kill it first")
-        proc = self._spawn(name)
-        self.killed.discard(name)
-        with contextlib.suppress(OSError, ValueError):  # keep the pids another Processes wrote there
-            pids = json.loads(pid_file().read_text()) if pid_file().is_file() else {}
-            pid_file().write_text(json.dumps({**pids, name: proc.pid}))
-        say(f"restarted       {name} (pid {proc.pid})")
-        return proc
-
-    def stop(self, timeout: float = 30.0) -> None:
-        running = {n: p for n, p in self.procs.items() if p.poll() is None}
-        if not self.procs:
-            return
-        say(f"stopping        {', '.join(running) or 'nothing left running'}")
-        try:
-            descendants = self._descendants()  # task processes run in their own groups
-        except OSError:
-            descendants = set()
-        for proc in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name, proc in running.items():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                say(f"                {name} ignored SIGTERM for {timeout:.0f}s: killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # stragglers left in the component's group
-        for pid in descendants:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            pid_file().unlink()
-        self.procs.clear()
-        say("stopped         all processes")
-
-
-def tail_file(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
-
-
-# ------------------------------------------------------------------------------------------------ API
-
-
-class Api:
-    """Minimal Airflow REST client (urllib; proxies bypassed since the server is on loopback)."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base = base.rstrip("/")
-        self.username, self.password = username, password
-        self.token: str | None = None
-        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: dict | None = None,
-        auth: bool = True,
-        timeout: float = 30,
-    ) -> Any:
-        url = self.base + path
-        if params:
-            url += "?" + urllib.parse.urlencode(params, doseq=True)
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        with self.opener.open(req, timeout=timeout) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
-
-    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        if self.token is None:
-            self.login()
-        try:
-            return self._call(method, path, body, **kw)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 401:
-                raise
-            self.login()  # expired token
-            return self._call(method, path, body, **kw)
-
-    def get(self, path: str, **params: Any) -> Any:
-        return self.call("GET", path, params=params or None)
-
-    def login(self) -> None:
-        resp = self._call(
-            "POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False
-        )
-        self.token = resp["access_token"]
-
-    def ready(self) -> bool:
-        try:
-            self._call("GET", "/api/v2/monitor/health", auth=False, timeout=3)
-            return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
-
-
-def http_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read() or b"{}")
-        return f"HTTP {exc.code}: {body.get('detail', body)}"
-    except (ValueError, AttributeError):
-        return f"HTTP {exc.code}"
-
-
-def wait_for(what: str, check, timeout: float, procs: Processes, every: float = 5.0) -> Any:
-    """Poll check() until truthy; print a progress line every few seconds."""
-    t0 = time.monotonic()
-    last = t0
-    while True:
-        procs.check_alive()
-        result = check()
-        if result:
-            return result
-        elapsed = time.monotonic() - t0
-        if elapsed > timeout:
-            raise DemoError(f"gave up waiting for {what} after {timeout:.0f}s; see {procs.log_dir}/*.log")
-        if time.monotonic() - last >= every:
-            say(f"waiting for {what}... {elapsed:.0f}s")
-            last = time.monotonic()
-        time.sleep(1)
-
-
-def candidate_dag_files(folder: Path) -> set[str]:
-    """Files in the DAG folder Airflow will parse (its default heuristic: mentions 'airflow' and 'dag')."""
-    out = set()
-    for path in folder.rglob("*.py"):
-        if any(part.startswith((".", "__")) for part in path.relative_to(folder).parts):
-            continue
-        text = path.read_text(errors="replace").lower()
-        if "airflow" in text and "dag" in text:
-            out.add(str(path.resolve()))
-    return out
-
-
-def wait_for_dags(api: Api, procs: Processes, need: set[str], timeout: float = 180) -> list[dict]:
-    """Wait until every DAG file was parsed (a DAG or an import error for it) and `need` DAGs exist."""
-    folder = Path(procs.env["AIRFLOW__CORE__DAGS_FOLDER"])
-    files = candidate_dag_files(folder)
-    state: dict[str, Any] = {}
-
-    def check():
-        dags = api.get("/api/v2/dags", limit=100)["dags"]
-        errors = api.get("/api/v2/importErrors", limit=100)["import_errors"]
-        seen = {str(Path(d["fileloc"]).resolve()) for d in dags}
-        seen |= {str((folder / e["filename"]).resolve()) for e in errors}
-        seen |= {str(Path(e["filename"]).resolve()) for e in errors}
-        names = {d["dag_id"] for d in dags}
-        if names != state.get("names"):
-            state.update(names=names, changed_at=time.monotonic())
-        state.update(dags=dags, errors=errors, missing=files - seen)
-        stable_for = time.monotonic() - state["changed_at"]
-        if need <= names:
-            # files that hold no DAG (helpers) leave no trace: accept once the DAG list stops changing
-            return not state["missing"] or stable_for > 15
-        if not state["missing"] or stable_for > 30:
-            # every file parsed (or nothing changes any more) but a needed DAG is absent: say so
-            state.setdefault("parsed_at", time.monotonic())
-            if time.monotonic() - state["parsed_at"] > 20:
-                raise DemoError(
-                    f"DAG(s) {sorted(need - names)} not found in {folder}; found {sorted(names) or 'no DAGs'}"
-                    + (" (see the import errors above)" if errors else "")
-                )
-        return False
-
-    try:
-        wait_for(f"DAGs to be parsed from {folder}", check, timeout, procs)
-    finally:
-        for err in state.get("errors", []):
-            say(
-                f"IMPORT ERROR in {err['filename']}:\n"
-                + "\n".join("    " + line for line in err["stack_trace"].strip().splitlines()[-12:])
-            )
-    return state["dags"]
-
-
-def unpause_all(api: Api, dags: list[dict]) -> None:
-    for dag in dags:
-        if dag["is_paused"]:
-            api.call("PATCH", f"/api/v2/dags/{q(dag['dag_id'])}", {"is_paused": False})
-    say(f"unpaused        {', '.join(sorted(d['dag_id'] for d in dags)) or '(no DAGs)'}")
-
-
-def q(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-# ------------------------------------------------------------------------------------------- follow
-
-
-def run_key(run: dict) -> tuple[str, str]:
-    return run["dag_id"], run["dag_run_id"]
-
-
-def task_instances(api: Api, dag_id: str, run_id: str) -> list[dict]:
-    return api.get(f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances", limit=100)["task_instances"]
-
-
-def follow(
-    api: Api, procs: Processes, since: dt.datetime, mine: set[tuple[str, str]], timeout: float, settle: float
-) -> dict[tuple[str, str], dict]:
-    """Poll the runs we started and every run created since `since` (e.g. Asset-triggered ones) until
-    all are finished and nothing new appeared for `settle` seconds."""
-    runs: dict[tuple[str, str], dict] = {}
-    shown: dict[tuple[str, str], str] = {}
-    t0 = time.monotonic()
-    quiet_since: float | None = None
-    # updated_at covers runs created since (any run type); queued_at/run_after then drops older runs
-    # that merely changed state meanwhile
-    params = {"updated_at_gte": since.isoformat(), "limit": 100, "order_by": "id"}
-    while True:
-        procs.check_alive()
-        for run in api.get("/api/v2/dags/~/dagRuns", **params)["dag_runs"]:
-            created = parse_ts(run.get("queued_at") or run.get("run_after"))
-            if run_key(run) in mine or (created and created >= since):
-                runs[run_key(run)] = run
-        for key in mine - runs.keys():  # cannot happen unless the filter misses them; fetch directly
-            runs[key] = api.get(f"/api/v2/dags/{q(key[0])}/dagRuns/{q(key[1])}")
-        active = False
-        for key, run in runs.items():
-            state = run["state"]
-            tis = task_instances(api, *key)
-            done = sum(1 for t in tis if t["state"] in TI_DONE)
-            line = f"{state}: {done}/{len(tis)} tasks done" if tis else state
-            running = [
-                t["task_id"] for t in tis if t["state"] in ("running", "queued", "scheduled", "deferred")
-            ]
-            if state not in TERMINAL and running:
-                line += f" (now: {', '.join(running)})"
-            if shown.get(key) != line:
-                tag = "" if key in mine else f" <- {run['run_type']}"
-                say(f"[{key[0]} {key[1]}] {line}{tag}")
-                shown[key] = line
-            active |= state not in TERMINAL
-        if active:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-            say(f"all {len(runs)} run(s) finished; watching {settle:.0f}s for runs they trigger...")
-        elif time.monotonic() - quiet_since >= settle:
-            return runs
-        if time.monotonic() - t0 > timeout:
-            still = [
-                f"{d} {r} ({run['state']})" for (d, r), run in runs.items() if run["state"] not in TERMINAL
-            ]
-            raise DemoError(
-                f"timed out after {timeout:.0f}s; still not finished: {', '.join(still) or 'none'}. "
-                f"Airflow logs: {procs.log_dir} (task logs under dag_id=*/); UI: {al.ui_url()}"
-            )
-        time.sleep(2)
-
-
 # ------------------------------------------------------------------------------------------ summary
-
-
-def xcom_return(
-    api: Api, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"
-) -> Any:
-    try:
-        entry = api.get(
-            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}/xcomEntries/{q(key)}",
-            map_index=map_index,
-        )
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-    value = entry.get("value")
-    if isinstance(value, str):  # stored JSON text in some versions/backends
-        with contextlib.suppress(ValueError):
-            value = json.loads(value)
-    return value
-
-
-def task_log_tail(api: Api, dag_id: str, run_id: str, ti: dict, lines: int = 15) -> list[str]:
-    try:
-        resp = api.get(
-            f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(ti['task_id'])}"
-            f"/logs/{ti['try_number']}",
-            full_content="true",
-            map_index=ti.get("map_index", -1),
-        )
-    except urllib.error.HTTPError as exc:
-        return [f"(log not available: {http_detail(exc)})"]
-    out: list[str] = []
-    errors: list[str] = []
-    sources: list[str] = []
-    for item in resp.get("content", []):
-        if isinstance(item, str):
-            out.append(item)
-            continue
-        event = str(item.get("event", ""))
-        level = str(item.get("level", "")).upper()
-        sources += [str(x) for x in item.get("sources") or []]
-        if event.startswith(("::group::", "::endgroup::")) or event == "Log message source details":
-            continue
-        out.append(f"{level + ' ' if level else ''}{event}")
-        for err in item.get("error_detail") or []:
-            if isinstance(err, dict):
-                errors.append(f"{err.get('exc_type', 'Error')}: {err.get('exc_value', '')}")
-    picked = [line for line in out if line.strip()][-lines:]
-    return [f"(log file: {x})" for x in sources] + picked + ([f"=> {errors[-1]}"] if errors else [])
 
 
 def fmt_duration(run: dict) -> str:
@@ -798,14 +342,6 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
 # --------------------------------------------------------------------------------------------- main
 
 
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | None]:
     """With a local (SQLite) tracking store in the config, serve it with `mlflow server` for the demo.
 
@@ -823,37 +359,12 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     db.parent.mkdir(parents=True, exist_ok=True)
     artifacts = db.parent / "artifacts"
     url = f"http://{al.HOST}:{MLFLOW_PORT}"
-    argv = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host", al.HOST,
-        "--port", str(MLFLOW_PORT),
-        "--workers", "1",
-        "--backend-store-uri", uri,
-        "--artifacts-destination", str(artifacts),
-        "--allowed-hosts", f"{al.HOST}:{MLFLOW_PORT},localhost:{MLFLOW_PORT}",
-    ]  # fmt: skip
+    argv = mlflow_server_cmd(MLFLOW_PORT, uri, artifacts, serve_artifacts=False)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else it forks ~2 GB of job workers
     env["MLOPS_MLFLOW__TRACKING_URI"] = url
     os.environ["DEMO_MLFLOW_URL"] = url
     say(f"MLflow          {url} serving {db} (artifacts {artifacts})")
     return {"mlflow": argv}, url
-
-
-def ensure_pool(api: Api) -> None:
-    """The pool that bounds concurrently training candidates; slots from training.pool_slots."""
-    cfg, _ = lake_root()
-    sys.path.insert(0, str(al.PLUGINS_FOLDER))
-    from mlops_airflow.names import TRAINING_POOL
-
-    body = {"name": TRAINING_POOL, "slots": cfg.training.pool_slots, "description": "mlops: training"}
-    try:
-        api.call("POST", "/api/v2/pools", body)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 409:
-            raise
-        api.call("PATCH", f"/api/v2/pools/{q(TRAINING_POOL)}", body)
-    say(f"pool            {TRAINING_POOL} ({cfg.training.pool_slots} slots)")
 
 
 def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
@@ -862,29 +373,9 @@ def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
     try:
         api.call("POST", f"/api/v2/dags/{q(dag_id)}/dagRuns", body)
     except urllib.error.HTTPError as exc:
-        raise DemoError(f"triggering {dag_id} for {date} failed: {http_detail(exc)}") from None
+        raise RunnerError(f"triggering {dag_id} for {date} failed: {http_detail(exc)}") from None
     say(f"triggered       {dag_id} {run_id} (conf date={date})")
     return dag_id, run_id
-
-
-@contextlib.contextmanager
-def airflow_running(env: dict[str, str], extra: dict[str, list[str]] | None = None) -> Iterator[Processes]:
-    procs = Processes(env, extra)
-
-    def on_term(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        procs.start()
-        yield procs
-    finally:
-        # a second Ctrl-C while stopping must not leave processes behind
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -973,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("\ninterrupted")
         return 130
-    except DemoError as exc:
+    except RunnerError as exc:
         say(f"\nERROR: {exc}")
         return 1
     except urllib.error.HTTPError as exc:

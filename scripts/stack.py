@@ -23,7 +23,8 @@ execution API URL), then config/stack.env (the settings docker-compose.yaml read
 executor, queues, encryption, audit ...), then this machine's databases, ports and URLs (``stack_env``);
 the MLflow server gets config/mlflow.env. Commands and environment are built by plain functions
 (``stack_env``, ``airflow_commands``, ``infra_commands``) that tests/stack/test_topology_agreement.py
-compares with docker-compose.yaml. The processes are scripts/demo.py's ``Processes``.
+compares with docker-compose.yaml. The processes are scripts/airflow_procs.py's ``Processes``, the REST
+calls (login, DAGs parsed, pool, unpause) scripts/airflow_rest.py's, as for scripts/demo.py.
 
 Each worker's task processes report ``w<n>@<host>`` as their hostname (``[core] hostname_callable`` =
 ``stack.worker_hostname``), so the task-instance ``hostname`` field shows which Celery worker ran a task,
@@ -44,11 +45,9 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +55,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
+from airflow_procs import (  # noqa: E402
+    COMPONENTS,
+    Processes,
+    airflow_db_migrate,
+    exit_on_signal,
+    free_port,
+    mlflow_server_cmd,
+    say,
+    wait_for,
+    wait_http,
+    wait_log,
+)
+from airflow_rest import Api, ensure_pool, unpause_all, wait_for_dags  # noqa: E402
 
 PG_HOST = os.environ.get("STACK_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("STACK_PG_PORT") or 5432)
@@ -64,7 +76,6 @@ REDIS_HOST = os.environ.get("STACK_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("STACK_REDIS_PORT") or 6379)
 HOSTNAME_ENV = "MLOPS_STACK_WORKER_HOSTNAME"
 REDIS_CLAIM_KEY = "mlops-stack:claimed-by"
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 # --- settings shared with docker-compose.yaml (its `env_file`s): one source of truth for both topologies
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -128,16 +139,6 @@ def worker_hostname() -> str:
     return os.environ.get(HOSTNAME_ENV) or socket.getfqdn()
 
 
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------ infrastructure
 
 
@@ -176,30 +177,25 @@ def pg_uri(db: str, scheme: str = "postgresql") -> str:
     return f"{scheme}://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
 
 
-def _pg_admin():
+def _pg_admin(sql: str) -> None:
+    """Run one statement on the server's `postgres` database, outside a transaction (CREATE/DROP DATABASE)."""
     import psycopg2
 
     conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
     conn.autocommit = True
-    return conn
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
 
 
 def create_database(name: str) -> None:
-    conn = _pg_admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
+    _pg_admin(f'CREATE DATABASE "{name}"')
 
 
 def drop_database(name: str) -> None:
-    conn = _pg_admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def claim_redis_db(owner: str) -> int:
@@ -224,21 +220,6 @@ def release_redis_db(n: int) -> None:
         client.flushdb()
     finally:
         client.close()
-
-
-def wait_http(url: str, what: str, timeout: float, procs=None) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with opener.open(url, timeout=2):
-                return
-        except OSError:
-            if procs is not None:
-                procs.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not ready at {url} after {timeout:.0f}s") from None
-            time.sleep(0.5)
 
 
 def aws_client(service: str, endpoint: str):
@@ -270,9 +251,9 @@ class Stack:
     databases: dict[str, str]
     redis_db: int
     worker_hostnames: dict[str, str]
-    infra: object = None  # demo.Processes: moto, mlflow
-    airflow: object = None  # demo.Processes: Airflow components and Celery workers
-    api: object = None  # demo.Api logged in as admin
+    infra: Processes | None = None  # moto, mlflow
+    airflow: Processes | None = None  # Airflow components and Celery workers
+    api: Api | None = None  # logged in as admin
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -291,24 +272,6 @@ class Stack:
         self.airflow.check_alive()
 
 
-def _migrate(env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        al.airflow_cmd("db", "migrate"), env=env, capture_output=True, text=True, cwd=al.PROJECT_ROOT
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise RuntimeError(f"`airflow db migrate` failed (exit {proc.returncode}):\n{tail}")
-
-
-def _wait_log(path: Path, text: str, what: str, timeout: float, procs) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
-        procs.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not log {text!r} within {timeout:.0f}s; see {path}")
-        time.sleep(1)
-
-
 # ------------------------------------------------------------------ commands and environment (pure)
 # Plain functions, so tests/stack/test_topology_agreement.py can compare them with docker-compose.yaml
 # without starting anything.
@@ -323,20 +286,12 @@ def infra_commands(
     *, moto_port: int, mlflow_port: int, mlflow_db: str, artifacts_dir: Path
 ) -> dict[str, list[str]]:
     """argv of the moto server (S3 + KMS; MinIO's role in compose) and the MLflow server (compose: mlflow)."""
-    venv_bin = Path(sys.executable).parent
     return {
-        "moto": [str(venv_bin / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
-        "mlflow": [
-            str(venv_bin / "mlflow"), "server",
-            "--host", al.HOST,
-            "--port", str(mlflow_port),
-            "--workers", "1",
-            "--backend-store-uri", pg_uri(mlflow_db, "postgresql+psycopg2"),
-            "--serve-artifacts",
-            "--artifacts-destination", str(artifacts_dir),
-            "--allowed-hosts", f"{al.HOST}:{mlflow_port},localhost:{mlflow_port}",
-        ],
-    }  # fmt: skip
+        "moto": [str(Path(sys.executable).parent / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
+        "mlflow": mlflow_server_cmd(
+            mlflow_port, pg_uri(mlflow_db, "postgresql+psycopg2"), artifacts_dir, serve_artifacts=True
+        ),
+    }
 
 
 def stack_env(
@@ -414,7 +369,7 @@ def airflow_commands(env: dict[str, str], worker_names: dict[str, str]) -> dict[
     A worker's argv starts with env(1) (which execs, so the pid stays the worker's) for the per-worker
     settings that containers get for free: its node name and its own task-log server port.
     """
-    commands = {name: al.airflow_cmd(name) for name in AIRFLOW_COMPONENTS}
+    commands = {name: al.airflow_cmd(name) for name in COMPONENTS}
     scripts_dir = str(Path(__file__).resolve().parent)
     pythonpath = os.pathsep.join(x for x in (scripts_dir, env.get("PYTHONPATH")) if x)
     queues = env.get(QUEUES_KEY) or WORKER_QUEUES
@@ -449,8 +404,6 @@ def start_stack(
     DAGs in `need_dags` are parsed and the training pool exists. `extra_env` is added to every Airflow
     process's environment (e.g. ``MLOPS_TRAINING__CANDIDATES``); `dags_folder` replaces the bundle's dags/.
     """
-    import demo  # scripts/demo.py: Processes, Api, wait_for_dags, ensure_pool
-
     tmp = Path(tmp_dir or tempfile.mkdtemp(prefix="mlops-stack-")).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
     home = tmp / "airflow"
@@ -459,7 +412,7 @@ def start_stack(
     bucket = f"mlops-stack-{stack_id}"
     t0 = time.monotonic()
     old_home = al.AIRFLOW_HOME
-    # demo.Processes keeps its pid file and logs under al.AIRFLOW_HOME: point it at this stack's home
+    # Processes keeps its pid file and logs under al.AIRFLOW_HOME: point it at this stack's home
     al.AIRFLOW_HOME = home
     created: list[str] = []
     redis_db: int | None = None
@@ -485,7 +438,7 @@ def start_stack(
         moto_url = f"http://{al.HOST}:{moto_port}"
         mlflow_url = f"http://{al.HOST}:{mlflow_port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "AWS_"))}
-        infra = demo.Processes(infra_env(base))
+        infra = Processes(infra_env(base))
         infra.commands = infra_commands(
             moto_port=moto_port,
             mlflow_port=mlflow_port,
@@ -518,10 +471,10 @@ def start_stack(
         )
         worker_names = worker_node_names(workers)
         t_migrate = time.monotonic()
-        _migrate(env)
+        airflow_db_migrate(env)
         migrate_s = time.monotonic() - t_migrate
 
-        airflow = demo.Processes(env)
+        airflow = Processes(env)
         commands = airflow_commands(env, worker_names)
         airflow.commands = commands
         airflow.start()
@@ -539,19 +492,19 @@ def start_stack(
             infra=infra,
             airflow=airflow,
         )
-        api = demo.Api(stack.api_url, "admin", al.USERS["admin"])
-        demo.wait_for("api-server", api.ready, timeout, airflow)
+        api = Api(stack.api_url, "admin", al.USERS["admin"])
+        wait_for("api-server", api.ready, timeout, airflow)
         wait_http(mlflow_url + "/health", "mlflow server", timeout, infra)
         for w in workers:
-            _wait_log(airflow.log(f"worker-{w}"), " ready.", f"celery worker {w}", timeout, airflow)
+            wait_log(airflow.log(f"worker-{w}"), " ready.", f"celery worker {w}", timeout, airflow)
         api.login()
         stack.api = api
         if need_dags:
-            demo.wait_for_dags(api, airflow, set(need_dags), timeout)
+            wait_for_dags(api, airflow, set(need_dags), timeout)
         old_env = dict(os.environ)
         try:  # ensure_pool reads pool_slots from the bundle config in this process
             os.environ.update({k: v for k, v in env.items() if k.startswith("MLOPS_")})
-            demo.ensure_pool(api)
+            ensure_pool(api)
         finally:
             os.environ.clear()
             os.environ.update(old_env)
@@ -584,18 +537,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paused", action="store_true", help="leave the DAGs paused")
     args = parser.parse_args(argv)
 
-    def on_term(signum, _frame):
-        raise SystemExit(128 + signum)
-
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_term)
+        signal.signal(s, exit_on_signal)
     try:
         with start_stack(args.dir, keep=args.keep) as stack:
             if not args.paused:
-                import demo
-
-                demo.unpause_all(stack.api, stack.api.get("/api/v2/dags", limit=100)["dags"])
+                unpause_all(stack.api, stack.api.get("/api/v2/dags", limit=100)["dags"])
             say("")
             say(f"Airflow UI/API  {stack.api_url}  (admin / {al.USERS['admin']}; token: POST /auth/token)")
             say(f"MLflow          {stack.mlflow_url}")
