@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up stack test lint format lock bench browser clean distclean
+.PHONY: install demo up stack test test-quick lint format lock bench browser clean distclean
 
 ## install: venv + the locked dependencies + this project (skipped when the lock is unchanged)
 install: $(STAMP)
@@ -35,6 +35,14 @@ stack: install
 ## test: lint (ruff, incl. AIR3 on dags/) and the whole test suite
 test: install lint
 	$(BIN)/python -m pytest
+
+# the tests that need Python only (see the markers in pyproject.toml)
+QUICK_TIER := not (postgres or redis or moto or mlflow_server or browser or airflow_procs or stack or slow)
+
+## test-quick: the tests that need Python only (no PostgreSQL, Redis, moto, MLflow server, browser or
+##             Airflow processes; any connection to PostgreSQL/Redis fails the test); a few minutes
+test-quick: install
+	MLOPS_TEST_NO_SERVICES=1 $(BIN)/python -m pytest -m "$(QUICK_TIER)"
 
 lint: install
 	$(BIN)/ruff check .

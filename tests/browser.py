@@ -1,8 +1,8 @@
 """Shared by the browser tests: where Debian's Chromium is, the flags it needs, where screenshots go.
 
 The tests drive the system's ``chromium`` (Debian package, installed by ``make browser``), never a
-browser downloaded by Playwright. Without it a test is skipped, except in CI (env ``CI`` set), where it
-fails: the CI job installs it first.
+browser downloaded by Playwright. Tests that use it carry the ``browser`` marker. Without it a test is
+skipped, except in CI (env ``CI`` set), where it fails: the CI job installs it first.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+from tests import services
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS_ENV = "MLOPS_TEST_ARTIFACTS"
@@ -31,12 +31,11 @@ CHROMIUM_ARGS = (
 
 def chromium_path() -> str:
     """The Chromium executable; skips the test without one (fails instead when ``CI`` is set)."""
+    services.assert_services_allowed("a browser (chromium)")
     found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if found:
         return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed but CI is set: install chromium: make browser")
-    pytest.skip("chromium not installed (Debian: apt-get install chromium, or `make browser`)")
+    services.unavailable("chromium not installed (Debian: apt-get install chromium, or `make browser`)")
 
 
 def artifacts_dir(*parts: str) -> Path:

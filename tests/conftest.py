@@ -2,6 +2,13 @@
 plugins/, a private storage root and a private copy of the GX project, no default connections.
 
 Environment variables must be set before Airflow is first imported, hence module level.
+
+Tiers: a test that needs more than Python carries a marker (registered in pyproject.toml) for each
+service it needs. The fixtures that start or reach a service add their marker themselves
+(``SERVICE_FIXTURES``, applied at collection), and after every test it is checked that each service
+fixture the test used (also through ``request.getfixturevalue``) is declared by a marker. With
+``MLOPS_TEST_NO_SERVICES=1`` (``make test-quick``) a service fixture fails at once and any connection to
+PostgreSQL/Redis fails the test (tests/no_services/sitecustomize.py).
 """
 
 from __future__ import annotations
@@ -9,20 +16,33 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests import services
+from tests.polling import wait_for
+
 REPO = Path(__file__).resolve().parents[1]
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="mlops-tests-"))
+# worker processes of the tests (multiprocessing spawn/forkserver import this module again) use the
+# session's folder instead of making (and leaking) one each
+_SESSION_ENV = "MLOPS_TEST_SESSION_DIR"
+_WORKER = bool(os.environ.get(_SESSION_ENV)) and Path(os.environ[_SESSION_ENV]).is_dir()
+_SESSION_DIR = Path(os.environ[_SESSION_ENV]) if _WORKER else Path(tempfile.mkdtemp(prefix="mlops-tests-"))
+os.environ[_SESSION_ENV] = str(_SESSION_DIR)
 AIRFLOW_HOME = _SESSION_DIR / "airflow"
 LAKE = _SESSION_DIR / "lake"
 GX_ROOT = _SESSION_DIR / "great_expectations"
 
-AIRFLOW_HOME.mkdir()
-LAKE.mkdir()
-shutil.copytree(REPO / "great_expectations", GX_ROOT, ignore=shutil.ignore_patterns("uncommitted"))
+if not _WORKER:
+    AIRFLOW_HOME.mkdir()
+    LAKE.mkdir()
+    shutil.copytree(REPO / "great_expectations", GX_ROOT, ignore=shutil.ignore_patterns("uncommitted"))
 
 os.environ.update(
     {
@@ -46,10 +66,70 @@ os.environ.update(
 for key in list(os.environ):
     if key.startswith(("AIRFLOW_CONN_", "AWS_")) or key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         del os.environ[key]
+# the stack tier (scripts/stack.py reads STACK_*) uses the same PostgreSQL and Redis as the other tiers
+for key, value in services.stack_defaults().items():
+    os.environ.setdefault(key, value)
+
+# the quick tier's guard, in this process and (as their sitecustomize) in Python subprocesses
+_GUARD_DIR = Path(__file__).resolve().parent / "no_services"
+if os.environ.get(services.NO_SERVICES_ENV):
+    from tests.no_services import sitecustomize as no_services_guard
+
+    no_services_guard.install()
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_GUARD_DIR), os.environ.get("PYTHONPATH")]))
+else:
+    no_services_guard = None
+
+# fixture -> the markers of what it needs; a test using the fixture (directly or through other fixtures)
+# gets them at collection. Tests that reach a service without these fixtures carry the marker explicitly.
+SERVICE_FIXTURES = {
+    "pg_server": ("postgres",),
+    "pg_database": ("postgres",),
+    "moto_endpoint": ("moto",),
+    "mlflow_server": ("mlflow_server",),
+    "local_airflow": ("airflow_procs",),
+    "stack": ("stack",),
+}
+# a marker that implies others: the process stack needs the loopback PostgreSQL and Redis
+IMPLIED_MARKERS = {"stack": ("postgres", "redis")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in item.fixturenames:
+            for name in SERVICE_FIXTURES.get(fixture, ()):
+                item.add_marker(name)
+        for marker, implied in IMPLIED_MARKERS.items():
+            if item.get_closest_marker(marker):
+                for name in implied:
+                    item.add_marker(name)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    if not _WORKER:  # the folder belongs to the pytest process that made it
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _services_are_declared(request):
+    """After each test: every service fixture it used is declared by a marker (else the quick tier would
+    run it), and under the guard it reached no service (even if it swallowed the refusal)."""
+    seen = len(no_services_guard.violations) if no_services_guard else 0
+    yield
+    undeclared = [
+        f"{fixture} (marker {name!r})"
+        for fixture in request.fixturenames
+        for name in SERVICE_FIXTURES.get(fixture, ())
+        if not request.node.get_closest_marker(name)
+    ]
+    if undeclared:
+        pytest.fail(
+            f"{request.node.nodeid} uses {', '.join(undeclared)} without the marker: mark it (e.g. "
+            f"pytest.param(..., marks=pytest.mark.<name>) for a parametrized fixture)",
+            pytrace=False,
+        )
+    if no_services_guard and len(no_services_guard.violations) > seen:
+        pytest.fail("\n".join(no_services_guard.violations[seen:]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -62,41 +142,88 @@ def gx_root() -> Path:
     return GX_ROOT
 
 
-def _free_port() -> int:
-    import socket
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The session's SQLite metadata DB, migrated from scratch (what `dag.test()` needs)."""
+    from airflow.utils import db
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    db.resetdb()
+    return True
+
+
+# ------------------------------------------------------------------------------------------ services
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """services.PG_URL once it answers (missing: skip, or fail under CI)."""
+    services.assert_services_allowed("PostgreSQL (pg_server)")
+    problem = services.pg_reachable()
+    if problem:
+        services.unavailable(problem)
+    return services.PG_URL
+
+
+@pytest.fixture
+def pg_database(pg_server) -> str:
+    """The URL of a throwaway PostgreSQL database, dropped (WITH FORCE) after the test."""
+    with services.pg_database(url=pg_server) as url:
+        yield url
+
+
+def _responds(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except Exception:
+        return False
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _server(name: str, cmd: list[str], probe_url: str, log_path: Path, timeout: float, env=None):
+    """Run `cmd` in its own process group until `probe_url` answers; stop the whole group afterwards."""
+    services.assert_services_allowed(name)
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+
+    def running() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+
+    try:
+        wait_for(
+            lambda: _responds(probe_url),
+            bool,
+            timeout=timeout,
+            describe=lambda _: f"{name} did not answer {probe_url} (see {log_path})",
+            interval=0.3,
+            alive=running,
+        )
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc.pid)  # e.g. mlflow's uvicorn child may outlive `mlflow server`: no orphans
+        log.close()
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint(session_dir):
     """A real moto server subprocess on 127.0.0.1: the S3/KMS HTTP APIs (AWS itself cannot exist here)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = _free_port()
-    log = open(session_dir / "moto.log", "wb")
-    moto_bin = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    port = services.free_port()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start; see {session_dir / 'moto.log'}") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    cmd = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    with _server("moto server", cmd, url + "/moto-api/", session_dir / "moto.log", timeout=30):
+        yield url
 
 
 @pytest.fixture
@@ -108,17 +235,15 @@ def s3_bucket(moto_endpoint, monkeypatch):
     import json
     import uuid
 
-    import boto3
-
     bucket = f"mlops-test-{uuid.uuid4().hex[:10]}"
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=moto_endpoint, **creds)
+    client = services.aws_client("s3", moto_endpoint)
     client.create_bucket(Bucket=bucket)
+    creds = services.AWS_TEST_CREDENTIALS
     conn = {
         "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": moto_endpoint, "region_name": "us-east-1"},
+        "login": creds["aws_access_key_id"],
+        "password": creds["aws_secret_access_key"],
+        "extra": {"endpoint_url": moto_endpoint, "region_name": creds["region_name"]},
     }
     monkeypatch.setenv("AIRFLOW_CONN_MLOPS_S3", json.dumps(conn))
     monkeypatch.setenv("MLOPS_STORAGE__AWS_CONN_ID", "mlops_s3")
@@ -132,15 +257,9 @@ def mlflow_server(session_dir):
 
     Yields its http:// tracking URI. Job execution is disabled (it would fork ~2 GB of workers).
     """
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = _free_port()
+    port = services.free_port()
     root = session_dir / "mlflow-server"
     root.mkdir(exist_ok=True)
-    log = open(root / "server.log", "wb")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
@@ -152,40 +271,15 @@ def mlflow_server(session_dir):
         "--artifacts-destination", str(root / "artifacts"),
         "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _kill_group(proc.pid)  # the server's uvicorn child too, not only `mlflow server`
-                raise RuntimeError(f"mlflow server did not start; see {root / 'server.log'}") from None
-            time.sleep(0.5)
-    yield url
-    import signal
-
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill_group(proc.pid)  # uvicorn may outlive `mlflow server` (graceful shutdown): no orphans
-    log.close()
+    with _server("mlflow server", cmd, url + "/health", root / "server.log", timeout=120, env=env):
+        yield url
 
 
-def _kill_group(pgid: int) -> None:
-    import signal
-
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+# ------------------------------------------------------------------------------------- MLflow globals
 
 
 def _clear_mlflow_uris() -> None:
-    import sys
-
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(key, None)
     if "mlflow" in sys.modules:

@@ -1,16 +1,9 @@
-"""Fixtures for DAG tests: a migrated SQLite metadata DB and the parsed DagBag."""
+"""Fixtures for DAG tests: the parsed DagBag and the errors of dag.test()'s tasks (the migrated SQLite
+metadata DB, `airflow_db`, is tests/conftest.py's)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.resetdb()
-    return True
 
 
 @pytest.fixture(scope="session")

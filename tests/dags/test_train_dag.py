@@ -208,8 +208,13 @@ def test_rollback_restores_the_previous_champion(dagbag, mlflow_env):
 
 
 def test_rollback_needs_a_reason(dagbag, mlflow_env):
-    with pytest.raises(Exception, match="reason"):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    cfg = mlflow_env
+    current = _champion(cfg)
+    with pytest.raises(ParamValidationError, match="Invalid input for param reason: 'oops' is too short"):
         _run(dagbag, "rollback", {"reason": "oops"})
+    assert _champion(cfg) == current, "a refused rollback must leave the champion where it was"
 
 
 @pytest.mark.parametrize(

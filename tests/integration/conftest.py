@@ -3,12 +3,12 @@ an MLflow server, started through the same runner as `make up`, for tests that n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, _free_port
+from tests import services
+from tests.conftest import REPO
 from tests.polling import wait_for
 
 
@@ -61,11 +62,12 @@ class LocalAirflow:
 @pytest.fixture(scope="module")
 def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
     """Per test module; a module may set LOCAL_AIRFLOW_ENV = {...} to configure the bundle for it."""
+    services.assert_services_allowed("a local Airflow (real processes)")
     tmp = tmp_path_factory.mktemp("local-airflow")
     lake = tmp / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_"))} | {
         "DEMO_AIRFLOW_HOME": str(tmp / "airflow"),
-        "DEMO_PORT": str(_free_port()),
+        "DEMO_PORT": str(services.free_port()),
         "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
         "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
@@ -81,12 +83,25 @@ def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while "press Ctrl-C to stop" not in (tmp / "runner.log").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("local Airflow did not start:\n" + (tmp / "runner.log").read_text()[-4000:])
-        time.sleep(1)
+
+    def running() -> None:
+        if proc.poll() is not None:
+            tail = (tmp / "runner.log").read_text()[-4000:]
+            raise RuntimeError(f"local Airflow exited ({proc.returncode}):\n{tail}")
+
+    try:
+        wait_for(
+            lambda: (tmp / "runner.log").read_text(),
+            lambda text: "press Ctrl-C to stop" in text,
+            timeout=300,
+            describe=lambda text: "local Airflow did not start:\n" + text[-4000:],
+            interval=1,
+            alive=running,
+        )
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     af = LocalAirflow(f"http://127.0.0.1:{env['DEMO_PORT']}", mlflow_server, lake, tmp / "airflow", env)
     af.token = af.login()
     yield af

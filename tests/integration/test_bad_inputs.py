@@ -17,6 +17,7 @@ from mlops_bundle import ingest
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests.conftest import REPO
 
 DATE = "2026-05-01"
 
@@ -124,8 +125,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_corpus_has_at_least_15_kinds():
-    assert len(CORPUS) + 1 >= 15  # +1: zero files, below
+def test_corpus_is_the_18_kinds_the_readme_counts():
+    # one entry per kind of bad delivery; zero files and a malformed date are tested on their own below
+    assert len(CORPUS) == 18, sorted(CORPUS)
+    readme = (REPO / "README.md").read_text()
+    assert f"`tests/integration/test_bad_inputs.py` ({len(CORPUS)} kinds:" in readme
 
 
 @pytest.mark.parametrize("kind", sorted(CORPUS))

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, _free_port
+from tests.conftest import REPO
+from tests.services import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.airflow_procs]
 
 
 def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
@@ -28,8 +29,8 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
         k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and not k.startswith("MLOPS_")
     } | {
         "DEMO_AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "DEMO_PORT": str(_free_port()),
-        "DEMO_MLFLOW_PORT": str(_free_port()),
+        "DEMO_PORT": str(free_port()),
+        "DEMO_MLFLOW_PORT": str(free_port()),
         "MLOPS_MLFLOW__TRACKING_URI": str(tmp_path / "mlflow"),
         "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",

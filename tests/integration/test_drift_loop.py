@@ -15,6 +15,7 @@ from mlops_bundle import ingest
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,19 +86,19 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
     assert event["source_dag_id"] == "monitor" and event["source_run_id"] == monitor_run
 
     # ...and the scheduler created an asset-triggered train run from it, which the gate judged
-    deadline = time.monotonic() + 300
-    while True:
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 5))
+
+    def new_train_runs() -> list[dict]:
         runs = af.call("GET", "/api/v2/dags/train/dagRuns?run_type=asset_triggered&limit=20")["dag_runs"]
-        mine = [
-            r
-            for r in runs
-            if r["run_after"]
-            and r["run_after"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 5))
-        ]
-        if mine:
-            break
-        assert time.monotonic() < deadline, "no asset-triggered train run appeared"
-        time.sleep(3)
+        return [r for r in runs if r["run_after"] and r["run_after"] >= since]
+
+    mine = wait_for(
+        new_train_runs,
+        bool,
+        timeout=300,
+        describe=lambda _: "no asset-triggered train run appeared",
+        interval=3,
+    )
     final = af.wait_run("train", mine[0]["dag_run_id"], timeout=400)
     assert final["state"] == "success", af.task_states("train", mine[0]["dag_run_id"])
     decision = af.call(
@@ -106,5 +107,8 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
     )["value"]
     if isinstance(decision, str):
         decision = json.loads(decision)
-    assert decision["verdict"] in ("promote", "reject", "noop")
-    assert decision["reason"]
+    # the retrain's window holds the drifted day only in its holdout (the newest 20% of rows), so the
+    # challenger learned what the champion learned and cannot beat it there by min_improvement (measured:
+    # roc_auc 0.8006 vs 0.8017): the gate rejects and the champion stays
+    assert decision["verdict"] == "reject", decision
+    assert "does not beat champion" in decision["reason"], decision

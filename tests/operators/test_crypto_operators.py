@@ -17,6 +17,9 @@ import re
 import airflow  # noqa: F401  (importing Airflow puts plugins/ on sys.path, as in a worker)
 import pytest
 
+from tests.envelope import kms_key_that_wrapped
+from tests.services import aws_client
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -31,15 +34,7 @@ def keyset(monkeypatch) -> str:
 
 @pytest.fixture
 def kms_key(s3_bucket, moto_endpoint) -> str:
-    import boto3
-
-    kms = boto3.client(
-        "kms",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    kms = aws_client("kms", moto_endpoint)
     return kms.create_key(Description="operator test KEK")["KeyMetadata"]["Arn"]
 
 
@@ -106,9 +101,16 @@ def test_local_round_trip_with_connection_keyset(tmp_path, keyset, caplog, capsy
     _assert_no_key_material(keyset, dec, result, logs)
 
 
-def test_s3_round_trip_with_kms(tmp_path, s3_bucket, kms_key, keyset, caplog, capsys):
+def test_s3_round_trip_with_kms(tmp_path, s3_bucket, kms_key, moto_endpoint, keyset, caplog, capsys):
     from mlops_airflow.operators import DecryptFileOperator, EncryptFileOperator
-    from mlops_bundle.crypto import is_encrypted
+    from mlops_bundle.crypto import (
+        DecryptionError,
+        KmsKeyring,
+        LocalKeyring,
+        decrypt_bytes,
+        is_encrypted,
+        read_key_id,
+    )
 
     client, bucket = s3_bucket
     data = os.urandom((1 << 20) + 7)
@@ -124,6 +126,18 @@ def test_s3_round_trip_with_kms(tmp_path, s3_bucket, kms_key, keyset, caplog, ca
     assert result["key_id"] == f"kms:{kms_key}" and result["bytes"] == len(data)
     stored = client.get_object(Bucket=bucket, Key="models/2026-01-05/model.skops")["Body"].read()
     assert is_encrypted(stored) and data[:1000] not in stored
+    # the header names the KMS key, and KMS itself says that key wrapped the object's data key
+    kms = aws_client("kms", moto_endpoint)
+    assert read_key_id(stored) == f"kms:{kms_key}"
+    assert kms_key_that_wrapped(stored, kms) == kms_key
+    # so the object opens only with that KMS key: not with another one, not with the local keyset
+    other = kms.create_key(Description="another KEK")["KeyMetadata"]["Arn"]
+    with pytest.raises(DecryptionError, match=f"unknown key id 'kms:{re.escape(kms_key)}'"):
+        decrypt_bytes(stored, KmsKeyring(kms, other, allowed_key_ids=[other]))
+    with pytest.raises(DecryptionError, match="does not unwrap"):  # the header relabelled to the other key
+        decrypt_bytes(stored.replace(kms_key.encode(), other.encode(), 1), KmsKeyring(kms, other))
+    with pytest.raises(DecryptionError, match=f"unknown key id 'kms:{re.escape(kms_key)}'"):
+        decrypt_bytes(stored, LocalKeyring(keyset))
     # S3 -> S3, then S3 -> local
     dec = DecryptFileOperator(
         task_id="decrypt",

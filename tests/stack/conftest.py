@@ -2,21 +2,22 @@
 workers, api-server, scheduler, dag-processor, triggerer, MLflow on Postgres, moto S3 + KMS), started by
 scripts/stack.py.
 
-Skipped when PostgreSQL or Redis is not reachable on 127.0.0.1, except in CI (env CI set), where that is
-a failure: the CI machine has both.
+Marker ``stack`` (which implies ``postgres`` and ``redis``). Skipped when PostgreSQL or Redis is not
+reachable (tests.services: PG_URL, REDIS_URL), except in CI (env CI set), where that is a failure: the CI
+machine has both.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 import pytest
 
+from tests import services
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -32,20 +33,11 @@ STACK_ENV = {
 }
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "stack: needs PostgreSQL + Redis on 127.0.0.1; starts real Airflow/Celery/MLflow processes"
-    )
-
-
 def _require_services() -> None:
+    services.assert_services_allowed("the process stack")
     missing = stack_runner.missing_services()
-    if not missing:
-        return
-    reason = f"stack tests need {' and '.join(missing)} (not reachable)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; in CI they must run", pytrace=False)
-    pytest.skip(reason)
+    if missing:
+        services.unavailable(f"stack tests need {' and '.join(missing)} (not reachable)")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import urllib.error
 
 import pytest
 
+from tests.polling import wait_for
 from tests.stack.api import land_batch, q, rest, token_for, wait_new_run, wait_run
 from tests.stack.conftest import _require_services, stack_runner
 
@@ -192,11 +193,14 @@ def _restart_worker(stack, name: str, timeout: float = 180) -> None:
     log = stack.airflow.log(name)
     before = log.read_text(errors="replace").count(" ready.")
     stack.airflow.restart(name)
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count(" ready.") <= before:
-        stack.airflow.check_alive()
-        assert time.monotonic() < deadline, f"{name} not ready {timeout}s after restart; see {log}"
-        time.sleep(1)
+    wait_for(
+        lambda: log.read_text(errors="replace").count(" ready."),
+        lambda ready: ready > before,
+        timeout=timeout,
+        describe=lambda _: f"{name} not ready after restart; see {log}",
+        interval=1,
+        alive=stack.airflow.check_alive,
+    )
 
 
 # --------------------------------------------------------------------------------------------- tests
@@ -214,21 +218,37 @@ def test_worker_killed_mid_training_is_retried_on_the_other_worker(fault_stack, 
     # wait for the candidate's task to run on a worker and to have fetched its window (the holdout is read
     # last, then the fit starts: the moto server's request log shows it), then kill that worker
     deadline = time.monotonic() + 480
-    while True:
-        stack.check_alive()
+
+    def candidate_try() -> dict:
         tries = _tries(stack, token, train_id, "train_candidate", 0)
         current = tries[-1] if tries else {}
-        if current.get("state") == "running" and current.get("hostname") in node_to_worker:
-            break
         assert current.get("state") not in ("success", "failed"), f"train_candidate ended first: {current}"
-        assert time.monotonic() < deadline, f"train_candidate not running after 480s: {current}"
-        time.sleep(1)
-    while _holdout_reads(moto_log) <= fetched_before:
-        stack.check_alive()
-        current = _tries(stack, token, train_id, "train_candidate", 0)[-1]
-        assert current["state"] == "running", f"train_candidate left running before fitting: {current}"
-        assert time.monotonic() < deadline, f"train_candidate did not read its window within 480s: {current}"
-        time.sleep(0.5)
+        return current
+
+    current = wait_for(
+        candidate_try,
+        lambda c: c.get("state") == "running" and c.get("hostname") in node_to_worker,
+        timeout=480,
+        describe=lambda c: f"train_candidate not running on a worker: {c}",
+        interval=1,
+        alive=stack.check_alive,
+    )
+
+    def window_read() -> bool:
+        if _holdout_reads(moto_log) > fetched_before:
+            return True
+        now = _tries(stack, token, train_id, "train_candidate", 0)[-1]
+        assert now["state"] == "running", f"train_candidate left running before fitting: {now}"
+        return False
+
+    wait_for(
+        window_read,
+        bool,
+        timeout=max(deadline - time.monotonic(), 1),
+        describe=lambda _: "train_candidate did not read its window",
+        interval=0.5,
+        alive=stack.check_alive,
+    )
     victim_node = current["hostname"]
     victim = node_to_worker[victim_node]
     time.sleep(1)
@@ -237,8 +257,8 @@ def test_worker_killed_mid_training_is_retried_on_the_other_worker(fault_stack, 
 
     # follow the task instance: heartbeat timeout -> retry queued -> running elsewhere -> success
     seen: dict[str, float] = {}
-    deadline = time.monotonic() + 600
-    while True:
+
+    def follow() -> list[dict]:
         tries = _tries(stack, token, train_id, "train_candidate", 0)
         first, last = tries[0], tries[-1]
         now = round(time.monotonic() - t_kill, 1)
@@ -250,9 +270,16 @@ def test_worker_killed_mid_training_is_retried_on_the_other_worker(fault_stack, 
                 seen.setdefault("retry_running", now)
             if last["state"] in ("success", "failed"):
                 seen.setdefault(f"retry_{last['state']}", now)
-                break
-        assert time.monotonic() < deadline, f"no successful retry 600s after the kill: {tries}"
-        time.sleep(1)
+        return tries
+
+    tries = wait_for(
+        follow,
+        lambda t: t[-1]["try_number"] > t[0]["try_number"] and t[-1]["state"] in ("success", "failed"),
+        timeout=600,
+        describe=lambda t: f"no finished retry after the kill: {t}",
+        interval=1,
+    )
+    first, last = tries[0], tries[-1]
     run = wait_run(stack, token, "train", train_id, timeout=600)
     seen["train_run_" + run["state"]] = round(time.monotonic() - t_kill, 1)
     print(
@@ -307,20 +334,25 @@ def test_mlflow_outage_during_training_recovers_or_fails_clearly(fault_stack, to
 
     # stop MLflow while the train run talks to it: while a candidate run is being logged (an MLflow run in
     # state RUNNING) or, failing that, while register_best runs
-    deadline = time.monotonic() + 600
-    phase = None
-    while phase is None:
-        stack.check_alive()
+
+    def talking_to_mlflow() -> str | None:
         if any(r.info.status == "RUNNING" for r in _runs_of(stack, train_id)):
-            phase = "train_candidate logging to MLflow"
-        else:
-            reg = _tries(stack, token, train_id, "register_best")
-            if reg and reg[-1]["state"] == "running":
-                phase = "register_best"
-            elif reg and reg[-1]["state"] in ("success", "failed"):
-                pytest.fail(f"register_best finished ({reg[-1]['state']}) before the outage could start")
-        assert time.monotonic() < deadline, "the train run never reached MLflow within 600s"
-        time.sleep(0.3)
+            return "train_candidate logging to MLflow"
+        reg = _tries(stack, token, train_id, "register_best")
+        if reg and reg[-1]["state"] == "running":
+            return "register_best"
+        if reg and reg[-1]["state"] in ("success", "failed"):
+            pytest.fail(f"register_best finished ({reg[-1]['state']}) before the outage could start")
+        return None
+
+    phase = wait_for(
+        talking_to_mlflow,
+        bool,
+        timeout=600,
+        describe=lambda _: "the train run never reached MLflow",
+        interval=0.3,
+        alive=stack.check_alive,
+    )
     t_stop = time.monotonic()
     stack.infra.kill("mlflow", signal.SIGKILL)
     time.sleep(MLFLOW_DOWN_S)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.audit_trail import assert_dag_runs_audited
+from tests.envelope import kms_key_that_wrapped
+from tests.services import aws_client
 from tests.stack.api import task_instances
 
 pytestmark = pytest.mark.stack
@@ -59,11 +62,13 @@ def test_champion_is_served_by_the_mlflow_server(stack, chain, monkeypatch):
 
 def test_lake_objects_are_encrypted_with_kms_and_the_landing_batch_stays_raw(stack, chain):
     from mlops_bundle.config import load_config
+    from mlops_bundle.crypto import DecryptionError, KmsKeyring, decrypt_bytes, read_key_id
     from mlops_bundle.monitoring import predictions_key, reports_prefix
 
     cfg = load_config(environ=stack.env)
     s3 = stack.s3()
-    checked = {}
+    kms = aws_client("kms", stack.moto_url)
+    checked, encrypted = {}, []
     for prefix in (
         f"lake/{cfg.storage.staging_prefix}/{cfg.dataset.name}/ds={chain.batch_date}/",
         "lake/" + predictions_key(cfg, chain.batch_date),
@@ -72,9 +77,25 @@ def test_lake_objects_are_encrypted_with_kms_and_the_landing_batch_stays_raw(sta
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix).get("Contents", [])]
         assert keys, f"nothing under s3://{stack.bucket}/{prefix}"
         for key in keys:
-            head = s3.get_object(Bucket=stack.bucket, Key=key, Range="bytes=0-15")["Body"].read()
+            head = s3.get_object(Bucket=stack.bucket, Key=key, Range="bytes=0-8191")["Body"].read()
             assert head.startswith(b"MLOPSENC"), f"{key} is not encrypted: {head!r}"
+            # the header names the stack's KMS key, and KMS itself says that key wrapped the data key
+            # (the associated data is the object's key under the lake root)
+            assert read_key_id(head) == f"kms:{stack.kms_key_id}", key
+            assert kms_key_that_wrapped(head, kms, key.removeprefix("lake/").encode()) == stack.kms_key_id
         checked[prefix] = len(keys)
+        encrypted += keys
+    # so a staged partition opens with the stack's KMS key and with no other
+    key = next(k for k in encrypted if k.endswith(".parquet"))
+    blob = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    aad = key.removeprefix("lake/").encode()
+    assert decrypt_bytes(blob, KmsKeyring(kms, stack.kms_key_id), aad=aad).startswith(b"PAR1")
+    other = kms.create_key(Description="not the stack's key")["KeyMetadata"]["Arn"]
+    with pytest.raises(DecryptionError, match="unknown key id 'kms:"):
+        decrypt_bytes(blob, KmsKeyring(kms, other, allowed_key_ids=[other]), aad=aad)
+    with pytest.raises(DecryptionError, match="does not unwrap"):  # the header relabelled to the other key
+        relabelled = blob.replace(stack.kms_key_id.encode(), other.encode(), 1)
+        decrypt_bytes(relabelled, KmsKeyring(kms, other), aad=aad)
     landing = s3.get_object(Bucket=stack.bucket, Key=chain.landing_key)["Body"].read()
     assert landing == chain.landing_bytes
     print(f"\nencrypted objects per prefix: {checked}")
@@ -87,6 +108,10 @@ def test_audit_chain_in_postgres_records_the_chain_and_verifies(stack, chain):
     runs = {run["dag_run_id"] for run in chain.runs.values()}
     seen = {r["payload"].get("run_id") for r in audit.iter_records(uri) if isinstance(r["payload"], dict)}
     assert runs <= seen, f"runs without audit records: {runs - seen}"
+    # every run's state changes, written by the scheduler: dag_run.running, then dag_run.success
+    assert_dag_runs_audited(
+        uri, [(dag_id, run["dag_run_id"], "success") for dag_id, run in chain.runs.items()]
+    )
     result = audit.verify(uri, stack.env["MLOPS_AUDIT_HMAC_KEY"])
     assert result.ok, result
     # the chain is keyed (as in docker-compose.yaml): without the key it does not verify

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.services import unavailable
 
 sys.path.insert(0, str(REPO / "scripts"))
 import stack as stack_runner  # noqa: E402 (scripts/stack.py)
@@ -251,7 +252,7 @@ def _compose_worker_argv(compose, compose_env, tmp_path) -> list[str]:
     """Run the airflow-worker service's command with bash, with a stub `airflow` that prints its argv."""
     bash = shutil.which("bash")
     if not bash:
-        pytest.skip("bash is not installed")
+        unavailable("bash is not installed")
     cmd = compose["services"]["airflow-worker"]["command"]
     argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     argv = [a.replace("$$", "$") for a in argv]  # Compose's escape: the container sees one $

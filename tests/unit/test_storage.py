@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from mlops_bundle.storage import LocalStorage, S3Storage, StorageError, open_storage
+from tests.services import aws_client
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.moto)])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStorage(tmp_path / "root")
-    endpoint = request.getfixturevalue("moto_endpoint")
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = aws_client("s3", request.getfixturevalue("moto_endpoint"))
     bucket = f"storage-{abs(hash(str(tmp_path))) % 10**8}"
     client.create_bucket(Bucket=bucket)
     return S3Storage(client, bucket, "pre/fix")

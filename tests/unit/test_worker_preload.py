@@ -52,11 +52,18 @@ def test_modules_cover_the_task_bodies_and_every_model_family(preload_module):
     assert names.index("mlops_bundle.training") < names.index("skops.io")
 
 
-def test_a_module_that_cannot_be_imported_is_reported_not_raised(preload_module, caplog):
+def test_a_module_that_cannot_be_imported_is_reported_not_raised(
+    preload_module, caplog, tmp_path, monkeypatch
+):
+    # a module whose import takes 0.3 s: the seconds reported are the time the imports took
+    (tmp_path / "slow_module_for_the_preload_test.py").write_text("import time\ntime.sleep(0.3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = ["json", "slow_module_for_the_preload_test", "no_such_module_for_the_preload_test"]
     with caplog.at_level(logging.WARNING, logger="mlops_airflow.worker_preload"):
-        seconds, failed = preload_module.preload(["json", "no_such_module_for_the_preload_test"])
+        seconds, failed = preload_module.preload(names)
+    sys.modules.pop("slow_module_for_the_preload_test", None)
     assert failed == ["no_such_module_for_the_preload_test"]
-    assert seconds >= 0
+    assert 0.3 <= seconds < 5, seconds
     assert "could not import no_such_module_for_the_preload_test" in caplog.text
 
 
