@@ -56,11 +56,11 @@ def positive_class_index(classes: Sequence[Any]) -> int:
     classes = list(classes)
     if not classes:
         return -1
+    if len(classes) != 2:
+        raise ValueError(f"expected a binary classifier, the model has classes {classes}")
     for positive in POSITIVE_LABELS:
         if positive in classes:
             return classes.index(positive)
-    if len(classes) != 2:
-        raise ValueError(f"expected a binary classifier, the model has classes {classes}")
     return 1
 
 

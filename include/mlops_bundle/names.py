@@ -12,11 +12,13 @@ from typing import Any
 
 # A data-set name: lower-case letter first, then letters, digits and "_"; it appears in storage keys,
 # URLs, MLflow names and (later) DAG ids, so nothing that needs escaping anywhere.
+# (the pattern is also the config's pydantic rule; the compiled forms end in \Z because Python's "$"
+# also matches before a trailing newline)
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
-DATASET_NAME_RE = re.compile(DATASET_NAME_PATTERN)
+DATASET_NAME_RE = re.compile(DATASET_NAME_PATTERN[:-1] + r"\Z")
 # A batch date is exactly YYYY-MM-DD (date.fromisoformat alone also takes 20260105 and 2026-W01-1)
-DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-DATE_RE = re.compile(DATE_PATTERN)
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+DATE_RE = re.compile(DATE_PATTERN[:-1] + r"\Z")
 
 # What started a run when no user did: Airflow's run types, as the audit log and MLflow tags show them.
 _RUN_TYPE_ACTORS = {
@@ -50,7 +52,9 @@ def valid_dataset_name(value: Any) -> str:
 
 def actor(run_type: Any, triggering_user: str | None = None, triggered_by: Any = None) -> str:
     """Who caused a run, one spelling everywhere: the triggering user's name, else what triggered it
-    (``scheduler``, ``asset``, ``backfill``...)."""
+    (``scheduler``, ``asset-trigger``, ``asset-materialization``, ``backfill``, else the run type). The run
+    type itself is recorded next to the actor (audit payload, MLflow tags), which tells a user apart from
+    a system actor of the same name."""
     if triggering_user:
         return str(triggering_user)
     rt = getattr(run_type, "value", run_type)

@@ -50,19 +50,30 @@ def pg_dsn(uri: str) -> str | None:
 def parse_s3_uri(uri: str, *, require_key: bool = False) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ("bucket", "some/key"); ValueError naming the URI when it is not one.
 
-    With ``require_key`` the URI must name an object (a non-empty key), as a single file transfer needs.
+    The key is everything after the bucket's slash, taken literally: S3 keys may hold ``#``, ``?`` and
+    ``%``, so the URI is split, not URL-parsed. With ``require_key`` the URI must name an object (a
+    non-empty key not ending in ``/``), as a single file transfer needs.
     """
-    parsed = urlparse(uri or "")
-    if parsed.scheme != "s3" or not parsed.netloc:
+    text = uri or ""
+    if text[:5].lower() != "s3://":
         raise ValueError(f"{uri!r} is not an S3 URI: use s3://bucket/key")
-    key = parsed.path.lstrip("/")
+    bucket, _, key = text[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} has no bucket: use s3://bucket/key")
     if require_key and (not key or key.endswith("/")):
         raise ValueError(f"{uri!r} is not an S3 object URI: use s3://bucket/key")
-    return parsed.netloc, key
+    return bucket, key
 
 
 def local_path(uri_or_path: str) -> Path:
-    """A local path from ``file:///...`` (percent-decoded) or a plain path."""
-    if uri_or_path.startswith("file://"):
-        return Path(unquote(urlparse(uri_or_path).path))
+    """A local path from a ``file:`` URI (``file:///abs``, ``file://localhost/abs``, ``file:/abs``;
+    percent-decoded) or a plain path. ValueError for a ``file://`` URI naming another host: it is not on
+    this machine, and dropping the host would silently point somewhere else."""
+    if uri_or_path[:5].lower() == "file:":
+        parsed = urlparse(uri_or_path)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(
+                f"{uri_or_path!r} names host {parsed.netloc!r}: use file:///absolute/path for a local folder"
+            )
+        return Path(unquote(parsed.path))
     return Path(uri_or_path)

@@ -65,7 +65,8 @@ def report(scored: dict, dag_run: Any, ti: Any) -> dict[str, Any]:
 
 def decide_retrain(result: dict, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
     """The retrain guard's verdict on the day's drift (cooldown, max per day): a skip with the rule that
-    said no, or the history record of the retrain it starts. A retry gets the first attempt's verdict."""
+    said no, or the history record of the retrain it starts. One retrain per run at most: a retry or a
+    cleared task whose run already started one skips with that reason."""
     from mlops_bundle import monitoring
 
     cfg = runtime.bundle_config()

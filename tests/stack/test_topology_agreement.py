@@ -298,7 +298,7 @@ def test_init_steps_have_their_stack_counterparts(compose):
     """What airflow-init and minio-init do once in compose, start_stack does at every start."""
     source = inspect.getsource(stack_runner.start_stack)
     for call, what in (
-        ("_migrate(", "airflow db migrate"),
+        ("airflow_db_migrate(", "airflow db migrate"),
         ("write_auth_files(", "the SimpleAuthManager password file"),
         ("ensure_pool(", "the training pool"),
         ("create_bucket(", "the lake bucket"),

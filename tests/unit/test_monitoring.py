@@ -271,7 +271,7 @@ def test_history_roundtrip_and_concurrent_appends_are_not_lost(tmp_path, cfg):
         load_history(store, key)
 
 
-def test_decide_retrain_records_the_retrain_and_a_retry_keeps_the_first_verdict(tmp_path, cfg):
+def test_decide_retrain_records_the_retrain_and_a_run_starts_at_most_one(tmp_path, cfg):
     store = LocalStorage(tmp_path / "lake")
     day = {**DRIFT, "date": "2026-02-01", "drifted_columns": ["region"], "champion_version": "3"}
     first = decide_retrain(cfg, store, day, NOW, decision_key="monitor/run-1")
@@ -279,10 +279,11 @@ def test_decide_retrain_records_the_retrain_and_a_retry_keeps_the_first_verdict(
     assert first.record["date"] == "2026-02-01" and first.record["champion_version"] == "3"
     [stored] = load_history(store, history_key(cfg))
     assert stored == first.record
-    # a retry of the same run (its first attempt died after recording) completes that decision...
+    # a retry or a cleared task of the same run never starts a second retrain...
     later = NOW + dt.timedelta(minutes=5)
     retry = decide_retrain(cfg, store, day, later, decision_key="monitor/run-1")
-    assert retry.retrain and retry.record == first.record and "earlier attempt" in retry.reason
+    assert not retry.retrain and retry.record == {}
+    assert "this run already started a drift-triggered retrain" in retry.reason
     # ...while another run is held back by the cooldown the first one started, and records nothing
     other = decide_retrain(cfg, store, day, later, decision_key="monitor/run-2")
     assert not other.retrain and "cooldown" in other.reason and other.record == {}

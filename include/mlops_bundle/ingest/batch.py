@@ -25,6 +25,7 @@ from mlops_bundle.audit import record_event
 from mlops_bundle.config import BundleConfig
 from mlops_bundle.ingest.landing import discover, landing_prefix, read_batch
 from mlops_bundle.ingest.schema import coerce, fingerprint
+from mlops_bundle.jsonsafe import json_safe
 from mlops_bundle.names import parse_date
 from mlops_bundle.storage import ObjectInfo, Storage, join
 
@@ -128,10 +129,8 @@ def quarantine(
         name = obj.key.rsplit("/", 1)[-1]
         store.write_bytes(join(prefix, "raw", name), source.read_bytes(obj.key))
     if gx_result is not None:
-        store.write_bytes(
-            join(prefix, "gx_result.json"), json.dumps(gx_result, indent=2, default=str).encode()
-        )
-    store.write_bytes(join(prefix, "reason.json"), json.dumps(reason, indent=2, default=str).encode())
+        store.write_bytes(join(prefix, "gx_result.json"), json.dumps(json_safe(gx_result), indent=2).encode())
+    store.write_bytes(join(prefix, "reason.json"), json.dumps(json_safe(reason), indent=2).encode())
     return store.uri(prefix)
 
 

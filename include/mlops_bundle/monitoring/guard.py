@@ -5,8 +5,10 @@ time to be judged) and not more than ``monitoring.max_retrains_per_day`` times p
 validated partitions are monitored, so a batch the data gate (GX) rejected never reaches the guard.
 
 The history of drift-triggered retrains is a small JSON file in the store. ``decide_retrain`` reads it,
-decides and appends under one lock, and records the caller's decision key: a retry of the same decision
-(same key) gets the first attempt's verdict back instead of being refused by the cooldown it started.
+decides and appends under one lock, and records the caller's decision key (the run): a run starts at most
+one drift-triggered retrain, so a retried or cleared task never emits a second one or slips past the
+cooldown. The price: an attempt that recorded the retrain and then died before its event was emitted
+leaves a reason in the log and no retrain (trigger train by hand).
 """
 
 from __future__ import annotations
@@ -111,7 +113,9 @@ def decide_retrain(
 
     ``result`` is the day's report summary (``dataset_drift``, ``drift_share``... plus the
     RECORD_FIELDS). ``decision_key`` identifies one decision across retries (e.g. the orchestrator's run
-    id): when the history already holds a record with that key, that earlier "yes" is returned again.
+    id): when the history already holds a record with that key, this run has decided already and the
+    answer is no, so clearing or retrying the task never starts a second retrain (nor bypasses the
+    cooldown). The reason says so and names the earlier record.
     """
     key = history_key(cfg)
     with _history_lock(store, key):
@@ -119,8 +123,12 @@ def decide_retrain(
         if decision_key is not None:
             for rec in reversed(history):
                 if rec.get("decision_key") == decision_key:
-                    earlier = rec.get("reason", "drift")
-                    return RetrainVerdict(True, f"already decided by an earlier attempt: {earlier}", rec)
+                    return RetrainVerdict(
+                        False,
+                        f"this run already started a drift-triggered retrain at {rec.get('at')} "
+                        f"({rec.get('reason', 'drift')}); a retry or a cleared task does not start another "
+                        "(trigger train by hand if that retrain never ran)",
+                    )
         go, reason = should_trigger_retrain(result, history, now, cfg)
         if not go:
             return RetrainVerdict(False, reason)

@@ -39,8 +39,9 @@ def score_day(cfg: BundleConfig, store: Storage, client: Any, date: str) -> Scor
     reason, not an error. Raises MonitoringError when the batch cannot be scored (missing columns...).
     """
     from mlops_bundle import ingest, tracking, training
+    from mlops_bundle.promotion import CHAMPION_ALIAS
 
-    version = tracking.alias_version(client, cfg.model_name, "champion")
+    version = tracking.alias_version(client, cfg.model_name, CHAMPION_ALIAS)
     if version is None:
         return ScoredDay(
             f"no champion yet for {cfg.model_name}: nothing to monitor; the train DAG promotes one "

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig
 from mlops_bundle.locks import LockTimeout, LockUnavailable, advisory_key, file_lock, pg_advisory_lock
 from mlops_bundle.promotion.policy import GateError
-from mlops_bundle.uris import pg_dsn, redact
+from mlops_bundle.uris import is_sqlite, local_path, pg_dsn, redact, sqlite_path
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 
@@ -34,11 +34,10 @@ def lock_key(model_name: str) -> int:
 def _lock_dir(cfg: BundleConfig) -> Path:
     """Where file locks live: ``file://`` lock_uri, else the SQLite tracking DB's folder, else var/locks."""
     lock_uri = cfg.promotion.lock_uri
-    if lock_uri.startswith("file://"):
-        return Path(lock_uri[len("file://") :])
-    tracking = cfg.tracking_uri
-    if tracking.startswith("sqlite:///"):
-        return Path(tracking[len("sqlite:///") :]).resolve().parent
+    if lock_uri.startswith("file:"):
+        return local_path(lock_uri)
+    if is_sqlite(cfg.tracking_uri):
+        return Path(sqlite_path(cfg.tracking_uri)).resolve().parent
     return PROJECT_ROOT / "var" / "locks"
 
 

@@ -198,7 +198,13 @@ def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
             f"it has {list(df.columns)}"
         )
     classes = list(model.classes_)
-    pos = positive_class_index(classes)
+    try:
+        pos = positive_class_index(classes)
+    except ValueError as exc:
+        raise TrainingError(
+            f"{exc}: target {target!r} must have exactly two classes (this bundle trains binary "
+            f"classifiers); check the window's data and dataset.target in {cfg.source or 'the config'}"
+        ) from None
     proba = model.predict_proba(df[features])[:, pos]
     y = (df[target].to_numpy() == classes[pos]).astype(int)
     pred = predict_positive(proba)

@@ -29,12 +29,12 @@ import pyarrow.parquet as pq
 
 from mlops_bundle.config import BundleConfig
 from mlops_bundle.ingest import MANIFEST_FILE
-from mlops_bundle.names import parse_date
+from mlops_bundle.names import DATE_PATTERN, parse_date
 from mlops_bundle.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
-_DS_RE = re.compile(r"ds=(\d{4}-\d{2}-\d{2})/" + re.escape(MANIFEST_FILE) + "$")
+_DS_RE = re.compile(r"ds=(" + DATE_PATTERN[1:-1] + ")/" + re.escape(MANIFEST_FILE) + r"\Z")
 
 
 class TrainingError(ValueError):
