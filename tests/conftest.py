@@ -299,3 +299,16 @@ def _reset_mlflow_globals():
     _clear_mlflow_uris()
     yield
     _clear_mlflow_uris()
+
+
+@pytest.fixture
+def race_run() -> int:
+    """Which repetition of a race test this is (MLOPS_TEST_RACE_RUNS parametrizes it; see tests/racing.py)."""
+    return 0
+
+
+def pytest_generate_tests(metafunc):
+    from tests.racing import RACE_RUNS
+
+    if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
+        metafunc.parametrize("race_run", range(RACE_RUNS))

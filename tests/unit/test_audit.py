@@ -33,6 +33,7 @@ from mlops_bundle import audit
 from mlops_bundle.audit import recorder
 from mlops_bundle.config import load_config
 from tests.conftest import REPO
+from tests.racing import RACE_NO_LOCK
 
 # ---------------------------------------------------------------------------------------- fixtures
 
@@ -169,19 +170,6 @@ def test_eight_processes_thousand_events_each_keep_one_valid_chain(store, key):
 READ_WAIT_S = 3.0
 RACERS = 4
 RACE_EVENTS = 3
-RACE_RUNS = int(os.environ.get("MLOPS_TEST_RACE_RUNS", "1"))
-RACE_NO_LOCK = os.environ.get("MLOPS_TEST_RACE_NO_LOCK", "") not in ("", "0")
-
-
-@pytest.fixture
-def race_run() -> int:
-    """Which repetition of a race test this is (MLOPS_TEST_RACE_RUNS parametrizes it; default one run)."""
-    return 0
-
-
-def pytest_generate_tests(metafunc):
-    if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
-        metafunc.parametrize("race_run", range(RACE_RUNS))
 
 
 def _race_writer(uri: str, wid: int, no_lock: bool, start, read, results) -> None:

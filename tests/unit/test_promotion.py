@@ -38,6 +38,7 @@ from mlops_bundle.promotion import (
     decide,
 )
 from mlops_bundle.tracking import alias_version
+from tests.racing import RACE_NO_LOCK
 
 # ------------------------------------------------------------------------------------------- decide
 
@@ -504,8 +505,6 @@ def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
 
 READ_WAIT_S = 8.0
 WRITE_STAGGER_S = 0.5
-RACE_RUNS = int(os.environ.get("MLOPS_TEST_RACE_RUNS", "1"))
-RACE_NO_LOCK = os.environ.get("MLOPS_TEST_RACE_NO_LOCK", "") not in ("", "0")
 
 RACER_PRELOAD = [
     "mlflow",
@@ -521,17 +520,6 @@ RACER_PRELOAD = [
     "mlops_bundle.promotion",
     __name__,
 ]
-
-
-@pytest.fixture
-def race_run() -> int:
-    """Which repetition of a race test this is (MLOPS_TEST_RACE_RUNS parametrizes it; default one run)."""
-    return 0
-
-
-def pytest_generate_tests(metafunc):
-    if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
-        metafunc.parametrize("race_run", range(RACE_RUNS))
 
 
 def _hook_racer(client, score, rank: int, start, read):
