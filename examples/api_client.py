@@ -22,7 +22,7 @@ Steps (each usable on its own; results go to stdout, progress to stderr):
                                   trigger-train DATE --force WHY, approve), wait, rollback, wait
 
 Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
-token) or AIRFLOW_TOKEN; WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3).
+token) or AIRFLOW_TOKEN; WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5).
 Needs only `pip install apache-airflow-client==3.3.2` (the token request uses the standard library).
 """
 
@@ -43,6 +43,8 @@ from airflow_client.client.exceptions import ApiException, NotFoundException
 AIRFLOW_URL = os.environ.get("AIRFLOW_URL", "http://localhost:8080").rstrip("/")
 WAIT_TIMEOUT = float(os.environ.get("WAIT_TIMEOUT", "1800"))
 POLL_SECONDS = float(os.environ.get("POLL_SECONDS", "3"))
+# a repeated question is answered after this pause, so the scheduler has handled the paused attempt
+REPEAT_ANSWER_DELAY = float(os.environ.get("REPEAT_ANSWER_DELAY", "5"))
 REJECTED = 3  # exit code of `approve` when the gate rejected the model, so nothing awaits approval
 
 
@@ -156,7 +158,13 @@ def train_run(api: af.ApiClient, ingest_run: str) -> str:
     assets = af.AssetApi(api)
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
-        events = assets.get_asset_events(source_dag_id="ingest", source_run_id=ingest_run).asset_events
+        try:
+            events = assets.get_asset_events(source_dag_id="ingest", source_run_id=ingest_run).asset_events
+        except ApiException as exc:
+            # Airflow 3.3 answers 500 while a created run is queued without a start_date: "not yet"
+            if not (exc.status or 0) >= 500:
+                raise
+            events = []
         started = [r.run_id for e in events for r in e.created_dagruns if r.dag_id == "train"]
         if started:
             say(f"ingest {ingest_run} started train run {started[0]}")
@@ -195,7 +203,8 @@ def approve(api: af.ApiClient, run_id: str) -> bool:
 
     Returns once the approval task got past the question. Airflow 3.3 can fail the resumed attempt when
     the answer arrives within about a second of the question (before the scheduler has handled the
-    pausing attempt's exit); the task's retry then asks again, and this answers once more.
+    pausing attempt's exit); the task's retry then asks again, and this answers once more, after
+    REPEAT_ANSWER_DELAY seconds (answering the repeat at once can meet the same race again).
     """
     tis, runs = af.TaskInstanceApi(api), af.DagRunApi(api)
     deadline = time.monotonic() + WAIT_TIMEOUT
@@ -217,7 +226,8 @@ def approve(api: af.ApiClient, run_id: str) -> bool:
                     say(f"  (gate numbers not available: {exc})")
             else:
                 say(f"train {run_id}: Airflow asked again on try {ti.try_number} (try {answered} failed "
-                    "after the answer); approving again")  # fmt: skip
+                    f"after the answer); approving again in {REPEAT_ANSWER_DELAY:g} s")  # fmt: skip
+                time.sleep(REPEAT_ANSWER_DELAY)
             payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
             done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
             say(

@@ -22,13 +22,14 @@
 #
 # Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
 # token), or AIRFLOW_TOKEN (a JWT; then no password is needed); WAIT_TIMEOUT seconds per wait (1800),
-# POLL_SECONDS (3).
+# POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5: the pause before answering a repeated approval question).
 set -euo pipefail
 
 AIRFLOW_URL=${AIRFLOW_URL:-http://localhost:8080}
 AIRFLOW_URL=${AIRFLOW_URL%/}
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-1800}
 POLL_SECONDS=${POLL_SECONDS:-3}
+REPEAT_ANSWER_DELAY=${REPEAT_ANSWER_DELAY:-5}  # pause before answering a repeated approval question
 
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -150,11 +151,18 @@ cmd_wait() {
 cmd_train_run() {
   local ingest_run=$1 deadline=$((SECONDS + WAIT_TIMEOUT)) run=""
   while true; do
-    # the asset event the ingest run emitted lists the runs it started (created_dagruns)
-    run=$(api GET "/api/v2/assets/events?source_dag_id=ingest&source_run_id=$(urlq "$ingest_run")" |
-      python3 -c 'import json, sys
-runs = [r["run_id"] for e in json.load(sys.stdin)["asset_events"] for r in e["created_dagruns"] if r["dag_id"] == "train"]
-print(runs[0] if runs else "")')
+    # the asset event the ingest run emitted lists the runs it started (created_dagruns). Airflow 3.3
+    # answers 500 here while such a run is queued without a start_date: that is "not yet", ask again.
+    run=$(curl -sS "$AIRFLOW_URL/api/v2/assets/events?source_dag_id=ingest&source_run_id=$(urlq "$ingest_run")" \
+      -H "Authorization: Bearer $TOKEN" -w '\n%{http_code}' | python3 -c 'import json, sys
+*body, code = sys.stdin.read().rsplit("\n", 1)
+if code.startswith("5"):
+    print("")
+elif code != "200":
+    sys.exit("GET /api/v2/assets/events failed: HTTP " + code + " " + "".join(body)[:300])
+else:
+    runs = [r["run_id"] for e in json.loads("".join(body))["asset_events"] for r in e["created_dagruns"] if r["dag_id"] == "train"]
+    print(runs[0] if runs else "")') || die "cannot read the asset events of ingest $ingest_run"
     if [[ -n $run ]]; then
       say "ingest $ingest_run started train run $run"
       echo "$run"
@@ -183,7 +191,7 @@ for line in json.load(sys.stdin)["content"]:
 
 # Returns once the approval task got past the question. Airflow 3.3 can fail the resumed attempt when the
 # answer arrives within about a second of the question (before the scheduler has handled the pausing
-# attempt's exit); the task's retry then asks again, and this answers once more.
+# attempt's exit); the task's retry then asks again, and this answers once more (after REPEAT_ANSWER_DELAY).
 cmd_approve() {
   local run=$1 ti state try answered="" deadline=$((SECONDS + WAIT_TIMEOUT)) base
   base="/api/v2/dags/train/dagRuns/$(urlq "$run")/taskInstances"
@@ -197,7 +205,8 @@ cmd_approve() {
         say "train $run awaits approval:"
         gate_numbers "$run" || say "(gate numbers not available)"
       else
-        say "train $run: Airflow asked again on try $try (try $answered failed after the answer); approving again"
+        say "train $run: Airflow asked again on try $try (try $answered failed after the answer); approving again in ${REPEAT_ANSWER_DELAY} s"
+        sleep "$REPEAT_ANSWER_DELAY"  # answering the repeat at once can meet the same race again
       fi
       api PATCH "$base/approve/-1/hitlDetails" '{"chosen_options": ["Approve"], "params_input": {}}' |
         python3 -c 'import json, sys
