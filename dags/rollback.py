@@ -4,7 +4,9 @@
 Manual / API only. Moves the `champion` alias of the registered model back to the `previous` champion,
 or to the version given in `to_version`, under the same lock as promotions. A written `reason` is
 required; the rollback is recorded like a promotion (MLflow artifact on the target version's run plus
-version tags) and emits **`mlops.champion_model`**.
+version tags) and emits **`mlops.champion_model`**. The target is fixed in the decision ledger by the
+first attempt: a retry completes that rollback and never reverses it. A default rollback of a champion
+that a rollback set is refused (it would restore what that rollback removed); name `to_version` for that.
 
 **Params**: `reason` (required, at least 10 characters), `to_version` (optional version number).
 """
@@ -37,7 +39,7 @@ def rollback():
         from mlops_airflow.train_tasks import champion_event
         from mlops_airflow.train_tasks import roll_back as run
 
-        record = run(params, dag_run)
+        record = run(params, dag_run, "roll_back")
         outlet_events[CHAMPION_MODEL].extra = champion_event(record)
         return record
 

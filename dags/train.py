@@ -12,26 +12,31 @@ Runs whenever ingest publishes **`mlops.validated_data`** or monitor publishes *
    input example), the datasets and lineage tags to MLflow;
 3. **register_best** registers the best candidate by `training.metric` as a model version (a rerun with
    the same data and params reuses the version instead of registering a duplicate);
-4. **evaluate_gate** / **approve** pause for a human approval when `promotion.require_approval` is set
-   (approve in *Required Actions* or through the REST API);
+4. **evaluate_gate** / **approve** pause for a human approval when `promotion.require_approval` is set,
+   for every forced promotion, and with `promotion.four_eyes` (approve in *Required Actions* or through
+   the REST API); the evaluation is recorded as an evaluation, not a decision. Four eyes (forced, or
+   `promotion.four_eyes`): the user who triggered the run cannot approve it;
 5. **promote** compares challenger and champion on the same holdout under a lock, with the configured
    floor, minimum improvement and guard metrics, then moves the `champion` alias (old one kept as
-   `previous`) or rejects; the decision record is an MLflow artifact plus version tags;
+   `previous`) or rejects; the decision is written to the decision ledger before any alias moves, so a
+   retry completes that decision instead of deciding again; the decision record is an MLflow artifact
+   plus version tags, naming who triggered and who approved;
 6. **publish_champion** emits **`mlops.champion_model`** only when the champion changed.
 
 Load the champion anywhere with `mlflow.sklearn.load_model("models:/<dataset>-classifier@champion")`.
 
 **Params**: `end_date` (YYYY-MM-DD; default: the newest date among the triggering asset events, else
 yesterday), `window_days`, `candidates` (names from the config; default all), `force` + `justification`
-(promote even if the gate says no; the justification is required and recorded).
+(promote even if the gate says no; the justification is required and recorded, and a second person must
+approve).
 """
 
 from __future__ import annotations
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
+from mlops_airflow.approval import PromotionApprovalOperator
 from mlops_airflow.assets import CHAMPION_MODEL, DRIFT_DETECTED, TRAINING_POOL, VALIDATED_DATA
 from mlops_airflow.dag_defaults import dag_args, date_param
 
@@ -72,12 +77,13 @@ def train():
 
     @task.branch
     def evaluate_gate(registered: dict, params=None, dag_run=None):
-        from mlops_airflow.train_tasks import ASK_APPROVAL, NO_APPROVAL, pre_approval
+        from mlops_airflow.train_tasks import ASK_APPROVAL, pre_approval
 
-        route = pre_approval(registered, params, dag_run)
-        return {NO_APPROVAL: ["no_approval_needed"], ASK_APPROVAL: ["approve"]}.get(route, [])
+        route = pre_approval(registered, params, dag_run, "evaluate_gate")
+        # no approval needed, or the gate would reject: promote records the decision without asking
+        return ["approve"] if route == ASK_APPROVAL else ["no_approval_needed"]
 
-    approve = ApprovalOperator(
+    approve = PromotionApprovalOperator(
         task_id="approve",
         subject="Promote the new model version to champion?",
         body="The gate passed; see the evaluate_gate log and the MLflow version for the metrics.",
@@ -86,9 +92,12 @@ def train():
 
     @task.branch(trigger_rule="none_failed_min_one_success")
     def promote(registered: dict, params=None, dag_run=None, ti=None):
+        from mlops_airflow.approval import responder_name
         from mlops_airflow.train_tasks import gate
 
-        decision = gate(registered, params, dag_run, apply=True)
+        answer = ti.xcom_pull(task_ids="approve")  # None when nobody was asked
+        approver = responder_name(answer)
+        decision = gate(registered, params, dag_run, apply=True, task_id="promote", approved_by=approver)
         ti.xcom_push(key="decision", value=decision)
         return ["publish_champion"] if decision["applied"] else []
 

@@ -164,6 +164,12 @@ class PromotionConfig(_Strict):
     guard_metrics: dict[str, float] = Field(default_factory=dict)
     # pause for a human approval (Airflow's Required Actions) before any promotion
     require_approval: bool = False
+    # four eyes for every promotion: it waits for an approval and the approver must be a different user
+    # from the one who triggered the run (a forced promotion always works this way, whatever this says)
+    four_eyes: bool = False
+    # Airflow user ids allowed to answer the approval (its assigned users, minus the triggering user where
+    # four eyes apply); empty: anyone allowed to answer Required Actions of the train DAG
+    approvers: list[str] = Field(default_factory=list)
     # where promotions serialize: a postgresql:// URI (advisory lock) or empty for a file lock next to
     # the tracking store (only safe when every worker shares that disk)
     lock_uri: str = ""

@@ -18,9 +18,11 @@ from mlops_airflow import runtime
 log = logging.getLogger(__name__)
 
 # what evaluate_gate found before promote; dags/train.py maps each to the task ids it follows
-NO_APPROVAL = "no_approval"  # promotion.require_approval is off: straight to promote
+NO_APPROVAL = "no_approval"  # no approval needed (approval_rules): straight to promote
 ASK_APPROVAL = "ask_approval"  # the gate would promote: a human approves or rejects first
-GATE_REJECTS = "gate_rejects"  # the gate would reject (recorded): nobody is asked, nothing is promoted
+# the gate would reject (evaluation recorded): nobody is asked; promote records the decision (a reject,
+# also if the champion changed meanwhile: a promotion that needs an approval never happens without one)
+GATE_REJECTS = "gate_rejects"
 
 
 def actor(dag_run: Any) -> str:
@@ -28,6 +30,11 @@ def actor(dag_run: Any) -> str:
     from mlops_bundle.names import actor as actor_name
 
     return actor_name(dag_run.run_type, dag_run.triggering_user_name, getattr(dag_run, "triggered_by", None))
+
+
+def decision_key(dag_run: Any, task_id: str) -> str:
+    """The key of the one decision a task makes in a run: every retry of that task completes it."""
+    return f"{dag_run.dag_id}/{dag_run.run_id}/{task_id}"
 
 
 def run_tags(dag_run: Any) -> dict[str, str]:
@@ -161,8 +168,17 @@ def _scorer(cfg, window_info: dict):
     return score
 
 
-def gate(registered: dict, params: dict, dag_run: Any, *, apply: bool) -> dict[str, Any]:
-    """Challenger vs champion on the challenger's holdout; with apply, promote under the lock."""
+def gate(
+    registered: dict,
+    params: dict,
+    dag_run: Any,
+    *,
+    apply: bool,
+    task_id: str,
+    approved_by: str | None = None,
+) -> dict[str, Any]:
+    """Challenger vs champion on the challenger's holdout; with apply, decide and promote under the lock
+    (once per run and task: a retry completes the recorded decision); without, record an evaluation."""
     from mlops_bundle import promotion, tracking
 
     cfg = runtime.bundle_config()
@@ -184,23 +200,30 @@ def gate(registered: dict, params: dict, dag_run: Any, *, apply: bool) -> dict[s
                 **run_tags(dag_run),
             },
             apply=apply,
+            decision_key=decision_key(dag_run, task_id),
+            triggered_by=dag_run.triggering_user_name,
+            approved_by=approved_by,
         )
     except promotion.GateError as exc:
         raise AirflowFailException(str(exc)) from None
     record = decision.to_dict()
-    log.info("gate decision %s: %s — %s", record["decision_id"], record["verdict"], record["reason"])
+    log.info(
+        "gate %s %s: %s — %s", record["kind"], record["decision_id"], record["verdict"], record["reason"]
+    )
     return record
 
 
-def pre_approval(registered: dict, params: dict, dag_run: Any) -> str:
-    """NO_APPROVAL without an approval step; with one, evaluate first (recorded, not applied) and answer
-    ASK_APPROVAL only when the gate would promote, else GATE_REJECTS."""
+def pre_approval(registered: dict, params: dict, dag_run: Any, task_id: str) -> str:
+    """NO_APPROVAL when no approval is needed (``approval_rules``: none asked, no force, no four eyes);
+    else evaluate first (an evaluation is recorded, nothing applied) and answer ASK_APPROVAL only when
+    the gate would promote, else GATE_REJECTS."""
     from mlops_bundle import promotion
 
     cfg = runtime.bundle_config()
-    if not cfg.promotion.require_approval:
+    needed, _ = promotion.approval_rules(cfg, bool(params.get("force")))
+    if not needed:
         return NO_APPROVAL
-    decision = gate(registered, params, dag_run, apply=False)
+    decision = gate(registered, params, dag_run, apply=False, task_id=task_id)
     if decision["verdict"] != promotion.PROMOTE:
         log.info("gate rejects version %s: no approval requested", registered["version"])
         return GATE_REJECTS
@@ -218,8 +241,9 @@ def champion_event(decision: dict) -> dict[str, Any]:
     }
 
 
-def roll_back(params: dict, dag_run: Any) -> dict[str, Any]:
-    """Move the champion back to `previous` (or to_version), recorded with the reason and the actor."""
+def roll_back(params: dict, dag_run: Any, task_id: str) -> dict[str, Any]:
+    """Move the champion back to `previous` (or to_version), recorded with the reason and the actor; the
+    target is fixed in the decision ledger by the first attempt, so a retry never reverses it."""
     from mlops_bundle import promotion, tracking
 
     cfg = runtime.bundle_config()
@@ -231,6 +255,8 @@ def roll_back(params: dict, dag_run: Any) -> dict[str, Any]:
             actor=actor(dag_run),
             to_version=params.get("to_version") or None,
             context=run_tags(dag_run),
+            decision_key=decision_key(dag_run, task_id),
+            triggered_by=dag_run.triggering_user_name,
         )
     except promotion.GateError as exc:
         raise AirflowFailException(str(exc)) from None

@@ -172,26 +172,39 @@ def test_rerun_with_same_data_and_params_registers_no_duplicate(dagbag, mlflow_e
     assert _champion(cfg) == "1"
 
 
+def _logged_metrics(cfg, version: str) -> dict[str, float]:
+    """The holdout metrics training logged for a version (what the gate would score it at)."""
+    client = _client(cfg)
+    return dict(client.get_run(client.get_model_version(cfg.model_name, version).run_id).data.metrics)
+
+
 def test_forced_promotion_requires_a_justification(dagbag, mlflow_env, task_errors):
+    """force without a justification fails before anyone is asked; with one, the run waits for a second
+    person's approval (answered through the REST API in tests/integration/test_approval.py). For the
+    rollback test below, the approved forced promotion is then made through the library, as promote does."""
+    from mlops_bundle import promotion
+
     cfg = mlflow_env
     dr, states = _run(dagbag, "train", {"end_date": NOISY_DAYS[-1], "window_days": 3, "force": True})
-    assert dr.state == "failed" and states[("promote", -1)] == "failed"
+    assert dr.state == "failed" and states[("evaluate_gate", -1)] == "failed"
     assert "justification" in "".join(task_errors.values())
+    assert states[("promote", -1)] not in ("success", "running")
     assert _champion(cfg) == "1"
-    dr, states = _run(
-        dagbag,
-        "train",
-        {
-            "end_date": NOISY_DAYS[-1],
-            "window_days": 3,
-            "force": True,
-            "justification": "incident 4711: ship the retrained model for the audit",
-        },
+    noisy = str(max(_versions(cfg)))
+    decision = promotion.gate(
+        cfg,
+        _client(cfg),
+        challenger_version=noisy,
+        score=lambda uri: _logged_metrics(cfg, uri.rsplit("/", 1)[-1]),
+        actor="user:alice",
+        force=True,
+        justification="incident 4711: ship the retrained model for the audit",
+        triggered_by="alice",
+        approved_by="bob",
+        decision_key=f"test/{uuid.uuid4().hex}/promote",
     )
-    assert dr.state == "success", states
-    decision = _decision(dr)
-    assert decision["verdict"] == "promote" and decision["forced"] is True
-    assert _champion(cfg) == decision["challenger"]["version"] != "1"
+    assert (decision.verdict, decision.forced, decision.approved_by) == ("promote", True, "bob")
+    assert _champion(cfg) == noisy != "1"
 
 
 def test_rollback_restores_the_previous_champion(dagbag, mlflow_env):

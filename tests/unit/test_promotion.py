@@ -285,10 +285,10 @@ def register(cfg, names: list[str]) -> dict[str, str]:
     return versions
 
 
-def decisions_of(client, cfg, version: str, download_dir: Path) -> list[dict]:
+def decisions_of(client, cfg, version: str, download_dir: Path, folder: str = "decisions") -> list[dict]:
     run_id = client.get_model_version(cfg.model_name, version).run_id
     out = []
-    for item in client.list_artifacts(run_id, "decisions"):
+    for item in client.list_artifacts(run_id, folder):
         local = client.download_artifacts(run_id, item.path, dst_path=str(download_dir))
         out.append(json.loads(Path(local).read_text()))
     return out
@@ -318,9 +318,10 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     assert alias_version(client, cfg.model_name, "champion") == v["f3"]
     assert alias_version(client, cfg.model_name, "previous") is None
 
-    # apply=False: the verdict is recorded, aliases untouched (before a human approval step)
+    # apply=False: an evaluation is recorded (not a decision), aliases untouched (before a human approval)
     dry = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test", apply=False)
-    assert (dry.verdict, dry.applied) == (PROMOTE, False)
+    assert (dry.verdict, dry.applied, dry.kind) == (PROMOTE, False, "evaluation")
+    assert dry.reason.startswith("evaluation before approval, not a decision: vs champion version")
     assert alias_version(client, cfg.model_name, "champion") == v["f3"]
 
     better = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="approver")
@@ -353,11 +354,12 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     f3, f1, f5 = (decisions_of(client, cfg, v[k], tmp_path / "downloads") for k in ("f3", "f1", "f5"))
     assert sorted(d["verdict"] for d in f3) == [PROMOTE, ROLLBACK]
     assert [d["verdict"] for d in f1] == [REJECT]
-    assert sorted((d["verdict"], d["applied"]) for d in f5) == [
-        (NOOP, False),
-        (PROMOTE, False),
-        (PROMOTE, True),
+    assert sorted((d["verdict"], d["applied"], d["kind"]) for d in f5) == [
+        (NOOP, False, "decision"),
+        (PROMOTE, True, "decision"),
     ]
+    evaluations = decisions_of(client, cfg, v["f5"], tmp_path / "downloads", "evaluations")
+    assert [(d["verdict"], d["applied"], d["kind"]) for d in evaluations] == [(PROMOTE, False, "evaluation")]
     assert f1[0]["context"] == ctx and f1[0]["champion"]["version"] == v["f3"]
     assert f1[0]["policy"]["floor"] == cfg.promotion.floor and f1[0]["actor"] == "test"
     tags3 = client.get_model_version(cfg.model_name, v["f3"]).tags
@@ -369,31 +371,98 @@ def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     assert client.get_model_version(cfg.model_name, v["f5"]).tags["superseded_by"] == v["f3"]
 
 
-def test_gate_records_a_promotion_an_interrupted_attempt_applied(tmp_path, mlflow_store):
-    """An attempt that moved the aliases and died before recording (worker lost) must not turn into a
-    "nothing changed" on retry: the retry records the promotion, so the champion-changed event is emitted."""
+def test_a_decision_key_decides_once(tmp_path, mlflow_store):
+    """The same decision key (an Airflow task's dag_id/run_id/task_id) gives the same decision on every
+    call: no scoring, no new record, even when the world changed in between (here: a better challenger
+    was promoted by another run). Fault injection on a real server: tests/integration/test_decision_faults.py."""
+    from mlflow import MlflowClient
+
+    cfg = load_config(environ=_env(tmp_path))
+    v = register(cfg, ["f3", "f5"])
+    client = MlflowClient(cfg.tracking_uri)
+    calls: list[str] = []
+    scorer = make_scorer(tmp_path / "downloads")
+
+    def score(uri: str) -> dict[str, float]:
+        calls.append(uri)
+        return scorer(uri)
+
+    key = "train/manual__a/promote"
+    first = promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="a", decision_key=key)
+    assert (first.verdict, first.applied) == (PROMOTE, True)
+    assert first.decision_id == promotion.decision_id(cfg.model_name, key)
+    promotion.gate(
+        cfg, client, challenger_version=v["f5"], score=score, actor="b", decision_key="train/b/promote"
+    )
+    assert alias_version(client, cfg.model_name, "champion") == v["f5"]
+    calls.clear()
+    again = promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="a", decision_key=key)
+    assert calls == []  # nothing scored: the stored decision is completed, not computed again
+    assert again.to_dict() == first.to_dict()
+    assert alias_version(client, cfg.model_name, "champion") == v["f5"]  # the later decision stands
+    assert len(decisions_of(client, cfg, v["f3"], tmp_path / "downloads")) == 1
+    # rollback keys too: the stored target, never "previous" read again
+    rb = "rollback/manual__r/roll_back"
+    back = promotion.rollback(cfg, client, reason="f5 misbehaves live", actor="o", decision_key=rb)
+    assert (
+        back.challenger["version"] == v["f3"] and alias_version(client, cfg.model_name, "previous") == v["f5"]
+    )
+    again = promotion.rollback(cfg, client, reason="f5 misbehaves live", actor="o", decision_key=rb)
+    assert again.to_dict() == back.to_dict()
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
+
+
+def test_a_default_rollback_never_undoes_a_rollback(tmp_path, mlflow_store):
+    """Two rollbacks of one bad champion (a double click, two concurrent runs): the second would restore
+    the version the first removed; it is refused and the champion stays; to_version does it on purpose."""
     from mlflow import MlflowClient
 
     cfg = load_config(environ=_env(tmp_path))
     v = register(cfg, ["f3", "f5"])
     client = MlflowClient(cfg.tracking_uri)
     score = make_scorer(tmp_path / "downloads")
-    promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="test")
-    # the interrupted attempt: both alias moves of a promotion of f5, then the worker died
-    client.set_registered_model_alias(cfg.model_name, "previous", v["f3"])
-    client.set_registered_model_alias(cfg.model_name, "champion", v["f5"])
+    promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="t")
+    promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="t")
+    promotion.rollback(
+        cfg, client, reason="f5 misbehaves live", actor="a", decision_key="rollback/1/roll_back"
+    )
+    with pytest.raises(GateError, match=f"was set by rollback .* pass to_version={v['f5']}"):
+        promotion.rollback(
+            cfg, client, reason="f5 misbehaves live", actor="b", decision_key="rollback/2/roll_back"
+        )
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
+    on_purpose = promotion.rollback(
+        cfg, client, reason="f5 was fine after all", actor="b", to_version=v["f5"]
+    )
+    assert on_purpose.applied and alias_version(client, cfg.model_name, "champion") == v["f5"]
 
-    retry = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="retry")
-    assert (retry.verdict, retry.applied, retry.previous_champion) == (PROMOTE, True, v["f3"])
-    assert "interrupted earlier attempt" in retry.reason
-    tags = client.get_model_version(cfg.model_name, v["f5"]).tags
-    assert tags["gate.applied"] == "true" and "promoted_at" in tags
-    assert client.get_model_version(cfg.model_name, v["f3"]).tags["superseded_by"] == v["f5"]
-    # and from then on it is a plain noop
-    again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
-    assert (again.verdict, again.applied) == (NOOP, False)
-    again = promotion.gate(cfg, client, challenger_version=v["f5"], score=score, actor="test")
-    assert (again.verdict, again.applied) == (NOOP, False)
+
+def test_four_eyes_in_the_gate(tmp_path, mlflow_store):
+    """A forced promotion stands only with an approval by someone other than the triggering user
+    (promotion.four_eyes extends that to every promotion); otherwise the decision is a recorded reject."""
+    from mlflow import MlflowClient
+
+    cfg = load_config(environ=_env(tmp_path))
+    v = register(cfg, ["f3", "f1"])
+    client = MlflowClient(cfg.tracking_uri)
+    score = make_scorer(tmp_path / "downloads")
+    promotion.gate(cfg, client, challenger_version=v["f3"], score=score, actor="t")
+    forced = {"challenger_version": v["f1"], "score": score, "force": True, "justification": JUST}
+    alone = promotion.gate(cfg, client, actor="user:alice", triggered_by="alice", **forced)
+    assert (alone.verdict, alone.applied) == (REJECT, False) and "needs a human approval" in alone.reason
+    self_ok = promotion.gate(
+        cfg, client, actor="user:alice", triggered_by="alice", approved_by=" Alice", **forced
+    )
+    assert (self_ok.verdict, self_ok.applied) == (REJECT, False) and "needs a second person" in self_ok.reason
+    assert alias_version(client, cfg.model_name, "champion") == v["f3"]
+    ok = promotion.gate(cfg, client, actor="user:alice", triggered_by="alice", approved_by="bob", **forced)
+    assert (ok.verdict, ok.applied, ok.triggered_by, ok.approved_by) == (PROMOTE, True, "alice", "bob")
+    assert client.get_model_version(cfg.model_name, v["f1"]).tags["gate.approved_by"] == "bob"
+    # the same rule for normal promotions, by config
+    strict = load_config(environ=_env(tmp_path, four_eyes="true"))
+    assert promotion.approval_rules(strict, forced=False) == (True, True)
+    assert promotion.approval_rules(cfg, forced=False) == (False, False)
+    assert promotion.approval_rules(cfg, forced=True) == (True, True)
 
 
 def test_gate_and_rollback_errors(tmp_path, mlflow_store):
@@ -415,7 +484,15 @@ def test_gate_and_rollback_errors(tmp_path, mlflow_store):
     low = promotion.gate(cfg, client, challenger_version=v["noise"], score=score, actor="t")
     assert low.verdict == REJECT and "< floor 0.70" in low.reason
     forced = promotion.gate(
-        cfg, client, challenger_version=v["noise"], score=score, actor="t", force=True, justification=JUST
+        cfg,
+        client,
+        challenger_version=v["noise"],
+        score=score,
+        actor="t",
+        force=True,
+        justification=JUST,
+        triggered_by="t",
+        approved_by="second-person",
     )
     assert (forced.verdict, forced.applied, forced.forced) == (PROMOTE, True, True)
     assert "overriding: roc_auc 0.5" in forced.reason

@@ -180,8 +180,14 @@ class AuditLog:
         actor: str | None,
         subject: str | None,
         payload: Mapping[str, Any] | None = None,
+        once: str | None = None,
     ) -> dict[str, Any]:
-        """Append one record and return it (with its seq and hash); raises on any failure."""
+        """Append one record and return it (with its seq and hash); raises on any failure.
+
+        ``once``: an idempotency key (e.g. a decision id). When a record was already appended with it, that
+        record is returned and nothing is appended: a retry whose first append committed but lost its reply
+        (or whose process died after it) leaves one record, not two.
+        """
         if source not in SOURCES:
             raise ValueError(f"audit source must be one of {SOURCES}, got {source!r}")
         if not _EVENT_RE.match(event or ""):
@@ -193,7 +199,7 @@ class AuditLog:
             for attempt in (1, 2):
                 try:
                     return self._append_once(
-                        event, source, str(actor or ""), str(subject or ""), payload_text
+                        event, source, str(actor or ""), str(subject or ""), payload_text, once
                     )
                 except AuditKeyMismatch:
                     self._reset()
@@ -206,7 +212,9 @@ class AuditLog:
                         raise
         raise AssertionError("unreachable")
 
-    def _append_once(self, event: str, source: str, actor: str, subject: str, payload: str) -> dict[str, Any]:
+    def _append_once(
+        self, event: str, source: str, actor: str, subject: str, payload: str, once: str | None = None
+    ) -> dict[str, Any]:
         conn = self._connection()
         be = self._backend
         cur = conn.cursor()
@@ -214,6 +222,19 @@ class AuditLog:
             be.begin_write(cur)
             if not self._ready:
                 self._prepare(cur)
+            if once is not None:
+                cur.execute(
+                    be.sql(
+                        f"SELECT {', '.join('l.' + f for f in FIELDS)} FROM audit_once o "
+                        "JOIN audit_log l ON l.seq = o.seq WHERE o.once_key = ?"
+                    ),
+                    (once,),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    be.rollback(conn, cur)
+                    self._ready = True
+                    return {**dict(zip(FIELDS, row, strict=True)), "repeated": True}
             last = last_record(cur)
             record = {
                 "seq": 1 if last is None else last[0] + 1,
@@ -232,6 +253,10 @@ class AuditLog:
                 ),
                 tuple(record[f] for f in FIELDS),
             )
+            if once is not None:
+                cur.execute(
+                    be.sql("INSERT INTO audit_once (once_key, seq) VALUES (?, ?)"), (once, record["seq"])
+                )
             be.commit(conn, cur)
             self._ready = True
             return record

@@ -65,18 +65,20 @@ def record_event(
     payload: Mapping[str, Any] | None = None,
     source: str = "library",
     required: bool = True,
+    once: str | None = None,
 ) -> dict[str, Any] | None:
     """Append one record to the configured audit store; a no-op (None) when ``audit.enabled`` is false.
 
     ``required=True`` (business decisions): a failed write raises ``AuditWriteError``, because an
     unaudited promotion/rollback/quarantine is a compliance failure that must be seen. ``required=False``:
-    the failure is logged at ERROR level and None is returned.
+    the failure is logged at ERROR level and None is returned. ``once``: an idempotency key
+    (``AuditLog.append``): the record is appended at most once per key, whatever retries do.
     """
     if not cfg.audit.enabled:
         return None
     try:
         return get_log(cfg.audit_uri, current_hmac_key()).append(
-            event, source=source, actor=actor, subject=subject, payload=payload
+            event, source=source, actor=actor, subject=subject, payload=payload, once=once
         )
     except Exception as exc:
         message = (
@@ -94,7 +96,11 @@ def decision_event(decision: Any) -> tuple[str, str, str, dict[str, Any]]:
     d = decision.to_dict()
     challenger = d.get("challenger") or {}
     champion = d.get("champion") or {}
+    kind = d.get("kind") or "decision"
     payload = {
+        "kind": kind,
+        "triggered_by": d.get("triggered_by"),
+        "approved_by": d.get("approved_by"),
         "decision_id": d["decision_id"],
         "decided_at": d["decided_at"],
         "verdict": d["verdict"],
@@ -112,10 +118,11 @@ def decision_event(decision: Any) -> tuple[str, str, str, dict[str, Any]]:
         "artifact_path": d.get("artifact_path"),
         "context": d.get("context"),
     }
-    return f"decision.{d['verdict']}", d["actor"], f"{d['model_name']}/{challenger.get('version')}", payload
+    return f"{kind}.{d['verdict']}", d["actor"], f"{d['model_name']}/{challenger.get('version')}", payload
 
 
 def record_decision(cfg: BundleConfig, decision: Any) -> dict[str, Any] | None:
-    """Audit one promotion decision (promote/reject/noop/rollback); raises ``AuditWriteError`` on failure."""
+    """Audit one promotion decision (promote/reject/noop/rollback) or evaluation, once per decision id;
+    raises ``AuditWriteError`` on failure."""
     event, actor, subject, payload = decision_event(decision)
-    return record_event(cfg, event, actor=actor, subject=subject, payload=payload)
+    return record_event(cfg, event, actor=actor, subject=subject, payload=payload, once=decision.decision_id)

@@ -84,6 +84,9 @@ class _Backend:
             "CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS audit_anchor (seq {self.ddl_seq} PRIMARY KEY, "
             "hash TEXT NOT NULL, at TEXT NOT NULL)",
+            # appends that must happen once (a decision's record): key -> the record's seq, written in the
+            # same transaction as the record, so a retried append finds it instead of appending twice
+            f"CREATE TABLE IF NOT EXISTS audit_once (once_key TEXT PRIMARY KEY, seq {self.ddl_seq} NOT NULL)",
         ]
 
 

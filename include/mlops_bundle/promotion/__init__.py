@@ -6,6 +6,8 @@ gate``), which is what callers use:
 * :mod:`~mlops_bundle.promotion.policy`: ``GatePolicy`` and the pure ``decide`` (every rule, no I/O);
 * :mod:`~mlops_bundle.promotion.lock`: ``promotion_lock``, which serializes one model's promotions across
   processes and hosts (MLflow alias writes are last-writer-wins);
+* :mod:`~mlops_bundle.promotion.ledger`: the decision ledger; a decision is written there as an intent
+  before any alias moves, so a retry completes it instead of deciding again;
 * :mod:`~mlops_bundle.promotion.records`: the ``Decision`` record, written as a JSON artifact on the
   subject version's run plus ``gate.*`` version tags;
 * :mod:`~mlops_bundle.promotion.champion`: ``gate``, ``rollback`` and ``champion_info``, the MLflow glue
@@ -16,8 +18,9 @@ this package: the other modules look names up there.
 
 Verdicts recorded by ``gate``/``rollback`` (``Decision.verdict``):
 
-``promote``   the rules (or a justified ``force``) allow the challenger; ``Decision.applied`` says whether
-              the aliases were changed (``apply=False`` computes the verdict before a human approval step)
+``promote``   the rules (or a justified ``force``, approved by a second person) allow the challenger;
+              ``Decision.applied`` says whether the aliases were changed (``apply=False`` records an
+              evaluation, ``kind="evaluation"``, before a human approval step: not a decision)
 ``reject``    a rule failed; the champion is untouched
 ``noop``      the challenger already is the champion; nothing was scored or changed
 ``rollback``  ``rollback`` moved ``champion`` back to an earlier version
@@ -36,6 +39,7 @@ from mlops_bundle.promotion.champion import (
     gate,
     rollback,
 )
+from mlops_bundle.promotion.ledger import decision_id
 from mlops_bundle.promotion.lock import (
     DEFAULT_LOCK_TIMEOUT_S,
     PromotionLockTimeout,
@@ -54,12 +58,17 @@ from mlops_bundle.promotion.policy import (
     VERDICTS,
     GateError,
     GatePolicy,
+    approval_rules,
+    approval_verdict,
     decide,
+    same_person,
 )
-from mlops_bundle.promotion.records import TAG_VALUE_MAX, Decision
+from mlops_bundle.promotion.records import DECISION, EVALUATION, TAG_VALUE_MAX, Decision
 
 __all__ = [
     "CHAMPION_ALIAS",
+    "DECISION",
+    "EVALUATION",
     "DEFAULT_LOCK_TIMEOUT_S",
     "EPSILON",
     "LOWER_IS_BETTER",
@@ -76,11 +85,15 @@ __all__ = [
     "GateError",
     "GatePolicy",
     "PromotionLockTimeout",
+    "approval_rules",
+    "approval_verdict",
     "champion_info",
     "decide",
+    "decision_id",
     "gate",
     "lock_description",
     "lock_key",
     "promotion_lock",
     "rollback",
+    "same_person",
 ]

@@ -2,8 +2,10 @@
 and ``champion_info``; the MLflow glue around the pure policy.
 
 Both writers run inside ``promotion_lock`` and re-read the champion alias there, so two runs finishing
-together never both promote against a stale champion. Each call records exactly one decision
-(:mod:`mlops_bundle.promotion.records`) and audits it.
+together never both promote against a stale champion. A decision is written to the decision ledger
+(:mod:`mlops_bundle.promotion.ledger`) as an intent before any alias moves, and every attempt with the
+same decision key completes that one decision: one record (:mod:`mlops_bundle.promotion.records`), one
+audit record, one alias move, whatever retries, failed writes and killed workers do.
 
 Aliases: ``champion`` (what scoring uses) and ``previous`` (the champion it replaced; the default
 rollback target). Alias lookups go through ``tracking.alias_version`` (str versions, None when absent).
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mlops_bundle import tracking
 from mlops_bundle.audit import record_decision
 from mlops_bundle.config import BundleConfig
-from mlops_bundle.promotion import lock
+from mlops_bundle.promotion import ledger, lock
 from mlops_bundle.promotion.lock import DEFAULT_LOCK_TIMEOUT_S
 from mlops_bundle.promotion.policy import (
     MIN_JUSTIFICATION,
@@ -27,9 +29,11 @@ from mlops_bundle.promotion.policy import (
     ROLLBACK,
     GateError,
     GatePolicy,
+    approval_rules,
+    approval_verdict,
     decide,
 )
-from mlops_bundle.promotion.records import Decision, tag_metrics, write_record
+from mlops_bundle.promotion.records import DECISION, EVALUATION, Decision, tag_metrics, write_record
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -94,6 +98,91 @@ def _score_champion(
         return {}, f"champion version {version} could not be scored: {type(exc).__name__}: {exc}"
 
 
+def _finish(
+    cfg: BundleConfig,
+    client: MlflowClient,
+    entry: dict[str, Any],
+    book: ledger.Ledger | None,
+) -> Decision:
+    """Complete one decision from its intent: move the aliases (unless done), write the record, audit it.
+
+    Every step is idempotent, so any attempt may run this again: the aliases are compared with the
+    intent's target and the champion it expected to replace; the record's artifact path and tags follow
+    from the decision; the audit append is once per decision id.
+    """
+    decision = Decision.from_dict(entry["decision"])
+    move = entry.get("move")
+    name, subject_version = decision.model_name, decision.challenger["version"]
+    if move:
+        current = tracking.alias_version(client, name, CHAMPION_ALIAS)
+        if current == move["champion"]:
+            applied = True  # an earlier attempt moved it (maybe without getting to the previous alias below)
+            if (
+                move.get("previous")
+                and tracking.alias_version(client, name, PREVIOUS_ALIAS) != move["previous"]
+            ):
+                client.set_registered_model_alias(name, PREVIOUS_ALIAS, move["previous"])
+        elif current == move.get("replaces"):
+            if move.get("previous"):
+                client.set_registered_model_alias(name, PREVIOUS_ALIAS, move["previous"])
+            elif tracking.alias_version(client, name, PREVIOUS_ALIAS) == move["champion"]:
+                client.delete_registered_model_alias(name, PREVIOUS_ALIAS)
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, move["champion"])
+            applied = True
+        else:
+            # a later decision moved the champion between this decision's attempts
+            applied = bool(entry.get("applied_at"))
+            if not applied:
+                decision.reason = (
+                    f"{decision.reason} [not applied: the champion became version {current or '(none)'} by "
+                    "another decision before this one could move it; trigger a new run to decide again]"
+                )
+        if book is not None and applied:
+            book.mark(decision.decision_id, "applied_at")
+        decision.applied = applied
+    subject = _get_version(client, name, subject_version)
+    write_record(client, decision, subject, move.get("replaces") if move else None)
+    record_decision(cfg, decision)  # audit trail, once per decision id; raises if it cannot be written
+    if book is not None:
+        book.mark(decision.decision_id, "completed_at")
+    return decision
+
+
+def _decide_once(
+    cfg: BundleConfig,
+    client: MlflowClient,
+    decision_key: str | None,
+    lock_timeout_s: float,
+    make: Callable[[], tuple[Decision, dict[str, Any] | None]] | None,
+) -> Decision:
+    """Under the promotion lock: complete the stored intent of ``decision_key`` if there is one, else
+    ``make()`` the decision and its alias move, write them as the intent, then complete them.
+
+    Without a key there is no intent: each call decides anew (library use outside Airflow; a retry of
+    such a call is not protected).
+    """
+    name = cfg.model_name
+    book = ledger.ledger(cfg, name) if decision_key else None
+    with lock.promotion_lock(cfg, name, lock_timeout_s):
+        if book is not None:
+            did = ledger.decision_id(name, decision_key)
+            stored = book.get(did)
+            if stored is not None:
+                return _finish(cfg, client, stored, book)
+        if make is None:
+            raise GateError(
+                f"the intent of decision {decision_key!r} vanished from the decision ledger "
+                f"({book.where() if book else 'none'}); nothing was changed, trigger a new run"
+            )
+        decision, move = make()
+        entry = {"decision": decision.to_dict(), "move": move, "key": decision_key}
+        if book is not None:
+            decision.decision_id = did
+            entry["decision"] = decision.to_dict()
+            book.create(did, entry)
+        return _finish(cfg, client, entry, book)
+
+
 def gate(
     cfg: BundleConfig,
     client: MlflowClient,
@@ -106,15 +195,22 @@ def gate(
     justification: str | None = None,
     apply: bool = True,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    decision_key: str | None = None,
+    triggered_by: str | None = None,
+    approved_by: str | None = None,
 ) -> Decision:
-    """Race-safe gate + promotion of one registered version; records exactly one decision per call.
+    """Race-safe gate + promotion of one registered version; one decision per ``decision_key``.
 
     The challenger is scored before taking the lock (its metrics do not depend on the champion). Inside
     ``promotion_lock`` the champion alias is re-read, so a champion promoted meanwhile by another run is
-    the one compared against; then ``decide``; on ``promote`` with ``apply`` the ``previous`` alias moves
-    to the old champion and ``champion`` to the challenger. ``apply=False`` records the verdict with
-    ``applied=False`` (before a human approval); the later ``apply=True`` call decides again.
-    ``score(model_uri) -> metrics`` must evaluate on the challenger's holdout.
+    the one compared against; then ``decide`` and the approval rules (``approval_verdict``: a promotion
+    that needs an approval stands only with one, by a second person where four eyes apply); the decision
+    and the alias move it implies are written to the decision ledger as an intent, then completed (on
+    ``promote`` with ``apply`` the ``previous`` alias moves to the old champion and ``champion`` to the
+    challenger). A retry with the same ``decision_key`` completes the stored decision instead of deciding
+    again. ``apply=False`` records an *evaluation* (what the gate would do before a human approval;
+    ``kind="evaluation"``), never a decision. ``score(model_uri) -> metrics`` must evaluate on the
+    challenger's holdout.
     """
     name = cfg.model_name
     policy = GatePolicy.from_config(cfg)
@@ -122,6 +218,10 @@ def gate(
     if force:
         justification = _require_text(justification, "force=True justification", MIN_JUSTIFICATION)
     version = _normalize_version(challenger_version)
+    if decision_key:
+        stored = ledger.ledger(cfg, name).get(ledger.decision_id(name, decision_key))
+        if stored is not None:  # a retry: no scoring, complete what was decided
+            return _decide_once(cfg, client, decision_key, lock_timeout_s, None)
     subject = _get_version(client, name, version)
     challenger_uri = f"models:/{name}/{version}"
     try:
@@ -141,32 +241,13 @@ def gate(
         "context": dict(context or {}),
         "forced": force,
         "justification": justification,
+        "kind": DECISION if apply else EVALUATION,
+        "triggered_by": triggered_by,
+        "approved_by": approved_by if apply else None,
     }
 
-    with lock.promotion_lock(cfg, name, lock_timeout_s):
+    def make() -> tuple[Decision, dict[str, Any] | None]:
         current = tracking.alias_version(client, name, CHAMPION_ALIAS)
-        # promoted_at is set by every applied promotion or rollback and never cleared (a noop record resets
-        # gate.applied, so that tag cannot tell)
-        if current == version and apply and "promoted_at" not in _get_version(client, name, version).tags:
-            # an earlier attempt moved the aliases and died before recording its decision (worker lost,
-            # tracking server gone): record the promotion it made, so the decision and the champion-changed
-            # event are not lost to a "nothing changed"
-            before = tracking.alias_version(client, name, PREVIOUS_ALIAS)
-            decision = Decision(
-                verdict=PROMOTE,
-                reason=(
-                    f"version {version} became the champion in an interrupted earlier attempt (aliases moved, "
-                    "decision not recorded); recording that promotion now"
-                ),
-                challenger=challenger,
-                champion=None if before is None else {"version": before, "metrics": {}},
-                previous_champion=before,
-                **common,
-            )
-            decision.applied = True
-            write_record(client, decision, subject, before)
-            record_decision(cfg, decision)  # audit trail; raises if it cannot be written
-            return decision
         if current == version:
             decision = Decision(
                 verdict=NOOP,
@@ -176,10 +257,7 @@ def gate(
                 previous_champion=current,
                 **common,
             )
-            write_record(client, decision, subject, None)
-            record_decision(cfg, decision)  # audit trail; raises if it cannot be written
-            return decision
-
+            return decision, None
         champion: dict[str, Any] | None = None
         note = None
         if current is not None:
@@ -196,6 +274,18 @@ def gate(
             reason = f"vs champion version {current}: {reason}"
         if note:
             reason = f"{reason} [{note}]"
+        if apply:
+            needed, second_person = approval_rules(cfg, force)
+            verdict, reason = approval_verdict(
+                verdict,
+                reason,
+                approval_needed=needed,
+                second_person=second_person,
+                triggered_by=triggered_by,
+                approved_by=approved_by,
+            )
+        else:
+            reason = f"evaluation before approval, not a decision: {reason}"
         decision = Decision(
             verdict=verdict,
             reason=reason,
@@ -204,14 +294,12 @@ def gate(
             previous_champion=current,
             **common,
         )
+        move = None
         if verdict == PROMOTE and apply:
-            if current is not None:
-                client.set_registered_model_alias(name, PREVIOUS_ALIAS, current)
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-            decision.applied = True
-        write_record(client, decision, subject, current)
-        record_decision(cfg, decision)  # audit trail; raises if it cannot be written
-        return decision
+            move = {"champion": version, "previous": current, "replaces": current}
+        return decision, move
+
+    return _decide_once(cfg, client, decision_key, lock_timeout_s, make)
 
 
 def rollback(
@@ -223,34 +311,46 @@ def rollback(
     to_version: str | int | None = None,
     context: Mapping[str, Any] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    decision_key: str | None = None,
+    triggered_by: str | None = None,
 ) -> Decision:
     """Point ``champion`` back to ``to_version`` (default: the ``previous`` alias), under the same lock.
 
-    The replaced champion becomes ``previous``, so a rollback can itself be rolled back. Records a
-    ``rollback`` decision on the target version's run and tags.
+    The target is fixed once, when the intent is written (``to_version``, else the ``previous`` alias read
+    then); a retry with the same ``decision_key`` uses that stored target and never reads ``previous``
+    again (which by then names the version this rollback removed). The replaced champion becomes
+    ``previous``, so a rollback can itself be undone, but only on purpose: a default rollback of a champion
+    that a rollback set is refused (it would restore the version that rollback removed, e.g. a second
+    click or a second concurrent run); pass ``to_version`` for that. Records a ``rollback`` decision on
+    the target version's run and tags.
     """
     name = cfg.model_name
     reason = _require_text(reason, "rollback reason", MIN_ROLLBACK_REASON)
     actor = _require_text(actor, "actor (who or what runs the rollback)")
-    with lock.promotion_lock(cfg, name, lock_timeout_s):
+    wanted = None if to_version is None else _normalize_version(to_version)
+
+    def make() -> tuple[Decision, dict[str, Any] | None]:
         current = tracking.alias_version(client, name, CHAMPION_ALIAS)
-        if to_version is None:
+        old = _get_version(client, name, current) if current is not None else None
+        if wanted is None:
             target = tracking.alias_version(client, name, PREVIOUS_ALIAS)
             if target is None:
                 raise GateError(
                     f"no previous champion to roll back to for {name!r}; pass to_version=<version>"
                 )
+            tags = (old.tags or {}) if old is not None else {}
+            if tags.get("gate.verdict") == ROLLBACK and tags.get("gate.applied") == "true":
+                raise GateError(
+                    f"the champion of {name!r} (version {current}) was set by rollback "
+                    f"{tags.get('gate.decision_id')} at {tags.get('gate.decided_at')}; rolling back again "
+                    f"would restore version {target}, which that rollback removed. If that is what you "
+                    f"want, pass to_version={target}"
+                )
         else:
-            target = _normalize_version(to_version)
+            target = wanted
         subject = _get_version(client, name, target)
         if target == current:
             raise GateError(f"version {target} of {name!r} already is the champion; nothing to roll back")
-        old = _get_version(client, name, current) if current is not None else None
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
-        if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS_ALIAS, current)
-        elif tracking.alias_version(client, name, PREVIOUS_ALIAS) == target:
-            client.delete_registered_model_alias(name, PREVIOUS_ALIAS)
         decision = Decision(
             model_name=name,
             verdict=ROLLBACK,
@@ -261,12 +361,12 @@ def rollback(
             actor=actor,
             context=dict(context or {}),
             justification=reason,
-            applied=True,
             previous_champion=current,
+            triggered_by=triggered_by,
         )
-        write_record(client, decision, subject, current)
-        record_decision(cfg, decision)  # audit trail; raises if it cannot be written
-        return decision
+        return decision, {"champion": target, "previous": current, "replaces": current}
+
+    return _decide_once(cfg, client, decision_key, lock_timeout_s, make)
 
 
 def champion_info(cfg: BundleConfig, client: MlflowClient) -> dict[str, Any] | None:

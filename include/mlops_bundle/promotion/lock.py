@@ -31,8 +31,15 @@ def lock_key(model_name: str) -> int:
     return advisory_key(f"mlops-promotion:{model_name}")
 
 
-def _lock_dir(cfg: BundleConfig) -> Path:
-    """Where file locks live: ``file://`` lock_uri, else the SQLite tracking DB's folder, else var/locks."""
+def state_dsn(cfg: BundleConfig) -> str | None:
+    """The PostgreSQL DSN that holds promotion state (the lock, and the decision ledger beside it), if any:
+    a ``postgresql://`` ``promotion.lock_uri``, else a ``postgresql://`` tracking URI, else None."""
+    return pg_dsn(cfg.promotion.lock_uri) or pg_dsn(cfg.tracking_uri)
+
+
+def state_dir(cfg: BundleConfig) -> Path:
+    """Where promotion state lives without PostgreSQL: ``file://`` lock_uri, else the SQLite tracking DB's
+    folder, else var/locks (file locks and the decision ledger's files)."""
     lock_uri = cfg.promotion.lock_uri
     if lock_uri.startswith("file:"):
         return local_path(lock_uri)
@@ -41,16 +48,16 @@ def _lock_dir(cfg: BundleConfig) -> Path:
     return PROJECT_ROOT / "var" / "locks"
 
 
-def _safe_name(model_name: str) -> str:
+def safe_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", model_name)
 
 
 def lock_description(cfg: BundleConfig, model_name: str) -> str:
     """Which lock ``promotion_lock`` would take (for logs and docs)."""
-    dsn = pg_dsn(cfg.promotion.lock_uri) or pg_dsn(cfg.tracking_uri)
+    dsn = state_dsn(cfg)
     if dsn:
         return f"postgres advisory lock {lock_key(model_name)} on {redact(dsn)}"
-    return f"file lock {_lock_dir(cfg) / f'promotion-{_safe_name(model_name)}.lock'}"
+    return f"file lock {state_dir(cfg) / f'promotion-{safe_name(model_name)}.lock'}"
 
 
 @contextlib.contextmanager
@@ -72,7 +79,7 @@ def promotion_lock(
             f"promotion.lock_uri {redact(lock_uri)!r} is not supported: use a postgresql:// URI (advisory "
             f"lock), a file:// folder on a disk all workers share, or leave it empty"
         )
-    dsn = pg_dsn(lock_uri) or pg_dsn(cfg.tracking_uri)
+    dsn = state_dsn(cfg)
     busy = f"another promotion of {model_name!r} has held the lock for {timeout_s:g} s"
     try:
         if dsn:
@@ -80,7 +87,7 @@ def promotion_lock(
                 dsn, lock_key(model_name), timeout_s=timeout_s, application_name="mlops-promotion-lock"
             )
         else:
-            path = _lock_dir(cfg) / f"promotion-{_safe_name(model_name)}.lock"
+            path = state_dir(cfg) / f"promotion-{safe_name(model_name)}.lock"
             hint = (
                 "A file lock is released when its process exits; if that process hangs, stop it "
                 "(see `fuser` on the lock file)."

@@ -238,3 +238,44 @@ def decide(
     if failures:
         return REJECT, "; ".join(failures) + tail
     return PROMOTE, "; ".join(passes) + tail
+
+
+def approval_rules(cfg: BundleConfig, forced: bool) -> tuple[bool, bool]:
+    """(a human approval is needed, the approver must not be the triggering user) for one promotion.
+
+    Four eyes: a forced promotion always waits for an approval by a second person; ``promotion.four_eyes``
+    extends that to every promotion; ``promotion.require_approval`` asks for an approval by anyone.
+    """
+    p = cfg.promotion
+    second_person = bool(forced or p.four_eyes)
+    return bool(second_person or p.require_approval), second_person
+
+
+def same_person(a: str | None, b: str | None) -> bool:
+    """Whether two Airflow user names/ids name the same person (case and surrounding space ignored)."""
+    return bool(a and b and a.strip().casefold() == b.strip().casefold())
+
+
+def approval_verdict(
+    verdict: str,
+    reason: str,
+    *,
+    approval_needed: bool,
+    second_person: bool,
+    triggered_by: str | None,
+    approved_by: str | None,
+) -> tuple[str, str]:
+    """A ``promote`` verdict stands only with the approval it needs; else ``reject`` saying why."""
+    if verdict != PROMOTE or not approval_needed:
+        return verdict, reason
+    if not approved_by:
+        return REJECT, (
+            f"the gate would promote ({reason}), but a promotion needs a human approval and none was given "
+            "(the pre-approval evaluation did not ask, e.g. the champion changed since); trigger train again"
+        )
+    if second_person and same_person(approved_by, triggered_by):
+        return REJECT, (
+            f"approved by {approved_by!r}, who triggered this run: this promotion needs a second person "
+            "(four eyes); nothing was promoted"
+        )
+    return verdict, reason

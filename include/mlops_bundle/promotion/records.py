@@ -3,7 +3,12 @@
 Every decision (promoted, rejected, no-op, rollback) is written as JSON to the subject version's run
 (``decisions/<decided_at>-<decision_id>.json``) and summarised in ``gate.*`` model-version tags, so the
 registry itself answers "why is this the champion?". The audit trail gets the same record
-(``mlops_bundle.audit.record_decision``).
+(``mlops_bundle.audit.record_decision``). A pre-approval evaluation (``kind="evaluation"``) is written
+to ``evaluations/...`` and audited as ``evaluation.<verdict>``; it sets no ``gate.*`` tags: it is what the
+gate would do, not a decision.
+
+Writing a record is idempotent: the artifact path and every tag follow from the decision itself (its id
+and ``decided_at`` are fixed when the intent is written), so a retry overwrites the same record.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from mlops_bundle.promotion.policy import PROMOTE, REJECT
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+DECISION = "decision"
+EVALUATION = "evaluation"
+KINDS = (DECISION, EVALUATION)
 
 # model-version tag values may hold 100k chars in MLflow 3.17, run tags 8k; keep tags readable
 TAG_VALUE_MAX = 1000
@@ -54,6 +63,17 @@ class Decision:
     decided_at: str = field(default_factory=_utc_now)
     # run-relative artifact path of the JSON record (None: kept in the version tag gate.decision)
     artifact_path: str | None = None
+    # "decision" (changes or keeps the champion) or "evaluation" (what the gate would do, before approval)
+    kind: str = DECISION
+    # the Airflow user who triggered the run (None: a schedule or an asset event) and who approved it
+    triggered_by: str | None = None
+    approved_by: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        """The decision as ``to_dict`` wrote it (e.g. read back from the decision ledger)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (what is written to the artifact and returned over XCom)."""
@@ -80,7 +100,8 @@ def _truncate(text: str, limit: int = TAG_VALUE_MAX) -> str:
 
 def _artifact_name(decision: Decision) -> str:
     stamp = decision.decided_at.replace("+00:00", "Z").replace(":", "").replace("-", "")
-    return f"decisions/{stamp}-{decision.decision_id}.json"
+    folder = "evaluations" if decision.kind == EVALUATION else "decisions"
+    return f"{folder}/{stamp}-{decision.decision_id}.json"
 
 
 def write_record(client: MlflowClient, decision: Decision, subject: Any, demoted: str | None) -> None:
@@ -93,10 +114,15 @@ def write_record(client: MlflowClient, decision: Decision, subject: Any, demoted
     if subject.run_id:
         decision.artifact_path = _artifact_name(decision)
     payload = json.dumps(decision.to_dict(), indent=2, sort_keys=True)
+    evaluation = decision.kind == EVALUATION
     if subject.run_id:
         client.log_text(subject.run_id, payload, decision.artifact_path)
     else:  # a version registered without a run: keep the record on the version itself
-        client.set_model_version_tag(name, version, "gate.decision", payload)
+        client.set_model_version_tag(
+            name, version, "gate.evaluation" if evaluation else "gate.decision", payload
+        )
+    if evaluation:
+        return
     tags = {
         "gate.verdict": decision.verdict,
         "gate.reason": _truncate(decision.reason),
@@ -105,6 +131,8 @@ def write_record(client: MlflowClient, decision: Decision, subject: Any, demoted
         "gate.actor": _truncate(decision.actor, 250),
         "gate.forced": str(decision.forced).lower(),
         "gate.applied": str(decision.applied).lower(),
+        # always written: a tag left by an earlier decision on this version must not linger
+        "gate.approved_by": _truncate(decision.approved_by or "(none)", 250),
     }
     metrics = decision.challenger.get("metrics") or {}
     if metrics and decision.verdict in (PROMOTE, REJECT):
