@@ -19,10 +19,17 @@ Steps (each usable on its own; results go to stdout, progress to stderr):
     rollback REASON [--to-version N]
                                   trigger `rollback` (champion -> `previous`, or version N); print the run id
     walkthrough DATE              unpause, trigger-ingest, wait, train-run, approve (if the gate rejects:
-                                  trigger-train DATE --force WHY, approve), wait, rollback, wait
+                                  trigger-train DATE --force WHY, approve as the second person), wait,
+                                  rollback, wait
+
+Four eyes: a forced promotion must be approved by a different user from the one who triggered it; Airflow
+refuses the triggering user's approval (403). `approve` answers as AIRFLOW_USERNAME (run it as the second
+person); the walkthrough approves its forced run as AIRFLOW_APPROVER_USERNAME / AIRFLOW_APPROVER_PASSWORD.
 
 Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
-token) or AIRFLOW_TOKEN; WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5).
+token) or AIRFLOW_TOKEN; AIRFLOW_APPROVER_USERNAME and AIRFLOW_APPROVER_PASSWORD (the second person, for the
+walkthrough's forced promotion); WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3),
+REPEAT_ANSWER_DELAY (5).
 Needs only `pip install apache-airflow-client==3.3.2` (the token request uses the standard library).
 """
 
@@ -59,11 +66,15 @@ def say(msg: str) -> None:
 # -------------------------------------------------------------------------------------------- token
 
 
-def get_token(url: str = AIRFLOW_URL) -> str:
-    """POST /auth/token (not part of the generated client): username + password -> a JWT."""
-    user, password = os.environ.get("AIRFLOW_USERNAME"), os.environ.get("AIRFLOW_PASSWORD")
+def get_token(url: str = AIRFLOW_URL, who: str = "AIRFLOW") -> str:
+    """POST /auth/token (not part of the generated client): username + password -> a JWT.
+
+    ``who``: the env prefix of the credentials (AIRFLOW_USERNAME/..., or AIRFLOW_APPROVER_USERNAME/...).
+    """
+    user, password = os.environ.get(f"{who}_USERNAME"), os.environ.get(f"{who}_PASSWORD")
     if not user or not password:
-        raise StepError(f"set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN) to call {url}")
+        also = " (or AIRFLOW_TOKEN)" if who == "AIRFLOW" else " (the second person who approves)"
+        raise StepError(f"set {who}_USERNAME and {who}_PASSWORD{also} to call {url}")
     req = urllib.request.Request(
         f"{url}/auth/token",
         data=json.dumps({"username": user, "password": password}).encode(),
@@ -81,9 +92,14 @@ def get_token(url: str = AIRFLOW_URL) -> str:
         raise StepError(f"cannot reach {url}/auth/token: {exc.reason} (is AIRFLOW_URL right?)") from None
 
 
-def client() -> af.ApiClient:
-    token = os.environ.get("AIRFLOW_TOKEN") or get_token()
+def client(token: str | None = None) -> af.ApiClient:
+    token = token or os.environ.get("AIRFLOW_TOKEN") or get_token()
     return af.ApiClient(af.Configuration(host=AIRFLOW_URL, access_token=token))
+
+
+def approver_client() -> af.ApiClient:
+    """A client logged in as the second person (AIRFLOW_APPROVER_USERNAME / AIRFLOW_APPROVER_PASSWORD)."""
+    return client(get_token(who="AIRFLOW_APPROVER"))
 
 
 # -------------------------------------------------------------------------------------------- steps
@@ -229,7 +245,16 @@ def approve(api: af.ApiClient, run_id: str) -> bool:
                     f"after the answer); approving again in {REPEAT_ANSWER_DELAY:g} s")  # fmt: skip
                 time.sleep(REPEAT_ANSWER_DELAY)
             payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
-            done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
+            try:
+                done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                raise StepError(
+                    f"Airflow refused this user's approval of train run {run_id} (403: {exc.body}). Four "
+                    "eyes: the user who triggered a forced promotion cannot approve it; approve as a "
+                    "second person (AIRFLOW_USERNAME/AIRFLOW_PASSWORD of another user)"
+                ) from None
             say(
                 f"approved promotion in train run {run_id}: {done.chosen_options} by {done.responded_by.name}"
             )
@@ -268,8 +293,9 @@ def walkthrough(api: af.ApiClient, date: str) -> None:
         why = f"API walkthrough: promote the model trained up to {date} for a rollback drill"
         train = trigger_train(api, date, force=why)
         print(f"train run (forced): {train}", flush=True)
-        if not approve(api, train):
-            raise StepError(f"forced train run {train} did not ask for approval")
+        with approver_client() as second:  # four eyes: not the user who triggered the forced run
+            if not approve(second, train):
+                raise StepError(f"forced train run {train} did not ask for approval")
     print(f"approved: {train}", flush=True)
     wait(api, "train", train)
     print(f"promotion: {decision(api, 'train', train, 'promote', 'decision')}", flush=True)

@@ -18,11 +18,16 @@
 #                                  and a human still approves)
 #   rollback REASON [VERSION]      trigger `rollback` (champion -> `previous`, or VERSION); print the run id
 #   walkthrough DATE               unpause, trigger-ingest, wait, train-run, approve (if the gate rejects:
-#                                  trigger-train DATE WHY, approve), wait, rollback, wait
+#                                  trigger-train DATE WHY, approve as the second person), wait, rollback, wait
+#
+# Four eyes: a forced promotion must be approved by a different user from the one who triggered it; Airflow
+# refuses the triggering user's approval (403). `approve` answers as AIRFLOW_USERNAME (run it as the second
+# person); the walkthrough approves its forced run as AIRFLOW_APPROVER_USERNAME / AIRFLOW_APPROVER_PASSWORD.
 #
 # Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
-# token), or AIRFLOW_TOKEN (a JWT; then no password is needed); WAIT_TIMEOUT seconds per wait (1800),
-# POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5: the pause before answering a repeated approval question).
+# token), or AIRFLOW_TOKEN (a JWT; then no password is needed); AIRFLOW_APPROVER_USERNAME and
+# AIRFLOW_APPROVER_PASSWORD (the second person, for the walkthrough's forced promotion); WAIT_TIMEOUT seconds
+# per wait (1800), POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5: the pause before answering a repeated question).
 set -euo pipefail
 
 AIRFLOW_URL=${AIRFLOW_URL:-http://localhost:8080}
@@ -49,13 +54,17 @@ print("" if v is None else v if isinstance(v, str) else json.dumps(v))' "$@"
 # urlq TEXT: TEXT percent-encoded for a URL path (run ids contain ':' and '+')
 urlq() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
 
-# POST /auth/token with the username and password; prints the JWT
+# get_token [PREFIX]: POST /auth/token with $PREFIX_USERNAME / $PREFIX_PASSWORD (PREFIX: AIRFLOW, or
+# AIRFLOW_APPROVER for the second person); prints the JWT
 get_token() {
-  [[ -n "${AIRFLOW_USERNAME:-}" && -n "${AIRFLOW_PASSWORD:-}" ]] ||
-    die "set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN) to call $AIRFLOW_URL"
+  local who=${1:-AIRFLOW} user pass
+  user="${who}_USERNAME" pass="${who}_PASSWORD"
+  [[ -n "${!user:-}" && -n "${!pass:-}" ]] ||
+    die "set ${who}_USERNAME and ${who}_PASSWORD$([[ $who == AIRFLOW ]] && echo ' (or AIRFLOW_TOKEN)') to call $AIRFLOW_URL"
   local body
-  body=$(python3 -c 'import json, os
-print(json.dumps({"username": os.environ["AIRFLOW_USERNAME"], "password": os.environ["AIRFLOW_PASSWORD"]}))')
+  body=$(WHO=$who python3 -c 'import json, os
+w = os.environ["WHO"]
+print(json.dumps({"username": os.environ[w + "_USERNAME"], "password": os.environ[w + "_PASSWORD"]}))')
   local out
   out=$(curl -sS --fail-with-body -X POST "$AIRFLOW_URL/auth/token" -H 'Content-Type: application/json' \
     -d "$body") || die "no token from $AIRFLOW_URL/auth/token (wrong URL, username or password?)${out:+: $out}"
@@ -250,7 +259,9 @@ cmd_walkthrough() {
     cmd_wait train "$train"
     train=$(cmd_trigger_train "$date" "API walkthrough: promote the model trained up to $date for a rollback drill")
     echo "train run (forced): $train"
-    cmd_approve "$train"
+    local second
+    second=$(get_token AIRFLOW_APPROVER) || exit 1
+    TOKEN=$second cmd_approve "$train"  # four eyes: the second person approves the forced run
   elif ((rc != 0)); then
     exit "$rc"
   fi

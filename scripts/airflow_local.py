@@ -32,8 +32,10 @@ PLUGINS_FOLDER = PROJECT_ROOT / "plugins"
 
 # Known logins for the local UI/API (SimpleAuthManager: username -> role, username -> password).
 # Local development only: the api-server binds to 127.0.0.1.
-USERS = {"admin": "admin", "viewer": "viewer"}
-ROLES = {"admin": "ADMIN", "viewer": "VIEWER"}
+# "approver": a second admin, for promotions that need four eyes (forced ones: the user who triggered the
+# run cannot approve it)
+USERS = {"admin": "admin", "approver": "approver", "viewer": "viewer"}
+ROLES = {"admin": "ADMIN", "approver": "ADMIN", "viewer": "VIEWER"}
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 

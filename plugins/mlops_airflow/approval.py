@@ -4,8 +4,9 @@ Four eyes apply to a forced promotion always and to every promotion with ``promo
 (``mlops_bundle.promotion.approval_rules``). Where they apply, the user who triggered the run cannot
 approve it, on two levels:
 
-* with ``promotion.approvers`` set, those users minus the triggering one become the request's assigned
-  users, so Airflow's REST API (and the UI's Required Actions) refuse anyone else with 403;
+* the request's assigned users are ``promotion.approvers`` (or, where four eyes apply and none are
+  configured, every non-viewer user of Airflow's SimpleAuthManager) minus the triggering user, so
+  Airflow's REST API (and the UI's Required Actions) refuse the triggering user with 403;
 * whatever the auth manager lets through (no approvers configured, SimpleAuthManager's all-admins mode),
   an "Approve" by the triggering user is refused here: logged, audited (``approval.refused``) and the
   question is asked again, so the run keeps waiting for a second person. A "Reject" from anyone stands.
@@ -32,6 +33,25 @@ def _rules(context: Any) -> tuple[Any, bool, str | None]:
     return cfg, second_person, context["dag_run"].triggering_user_name
 
 
+def auth_manager_respondents() -> list[str]:
+    """The users of Airflow's SimpleAuthManager who may answer Required Actions (every role but VIEWER),
+    from ``[core] simple_auth_manager_users``; [] with another auth manager (its users are not listed in
+    the config) or in all-admins mode (everyone may answer anyway)."""
+    from airflow.configuration import conf
+
+    manager = conf.get("core", "auth_manager", fallback="") or ""
+    if not manager.endswith("SimpleAuthManager"):
+        return []
+    if conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+        return []
+    users = []
+    for item in (conf.get("core", "simple_auth_manager_users", fallback="") or "").split(","):
+        name, _, role = item.strip().partition(":")
+        if name.strip() and role.strip().upper() != "VIEWER":
+            users.append(name.strip())
+    return users
+
+
 def responder_name(answer: dict[str, Any] | None) -> str | None:
     """Who answered an approval request (the HITL output's ``responded_by_user``), by name, else id."""
     who = (answer or {}).get("responded_by_user") or {}
@@ -45,12 +65,13 @@ class PromotionApprovalOperator(ApprovalOperator):
         from mlops_bundle.promotion import same_person
 
         cfg, second_person, trigger = _rules(context)
-        configured = list(cfg.promotion.approvers)
-        allowed = [u for u in configured if not (second_person and same_person(u, trigger))]
-        if configured and not allowed:
+        pool = list(cfg.promotion.approvers) or (auth_manager_respondents() if second_person else [])
+        allowed = [u for u in pool if not (second_person and same_person(u, trigger))]
+        if pool and not allowed:
             raise AirflowFailException(
-                f"nobody may approve this promotion: promotion.approvers lists only {configured}, and "
-                f"{trigger!r} triggered the run (four eyes); add a second approver to promotion.approvers"
+                f"nobody may approve this promotion: the possible approvers are only {pool}, and {trigger!r} "
+                "triggered the run (four eyes); add a second person to promotion.approvers (or as an "
+                "Airflow user)"
             )
         if allowed:
             self.assigned_users = [{"id": u, "name": u} for u in allowed]

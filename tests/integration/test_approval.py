@@ -37,6 +37,7 @@ LOCAL_AIRFLOW_ENV = {
 }
 DAYS = ["2026-08-01", "2026-08-02", "2026-08-03"]
 AT_ONCE_DAYS = ["2026-08-04", "2026-08-05", "2026-08-06"]
+FOUR_EYES_DAYS = ["2026-08-07", "2026-08-08", "2026-08-09"]
 
 
 def _cfg(af):
@@ -138,12 +139,17 @@ def test_an_answer_given_at_once_is_completed_even_if_airflow_asks_again(local_a
     monkeypatch.setattr(example, "WAIT_TIMEOUT", 600)
     monkeypatch.setattr(example, "POLL_SECONDS", 0.2)  # answer within ~0.2 s of the question
     monkeypatch.setattr(example, "gate_numbers", lambda api, run_id: None)  # nothing before the answer
-    with client.ApiClient(client.Configuration(host=af.url, access_token=af.token)) as api:
+    second = af.login("approver", "approver")
+    with (
+        client.ApiClient(client.Configuration(host=af.url, access_token=af.token)) as api,
+        client.ApiClient(client.Configuration(host=af.url, access_token=second)) as approver_api,
+    ):
         example.unpause(api, "train")
         # force (with a justification): the gate's verdict is promote whatever champion an earlier test
-        # left, so the run asks for approval and the promotion can be checked
+        # left, so the run asks for approval and the promotion can be checked; four eyes: admin triggers,
+        # the second admin approves
         run_id = example.trigger_train(api, AT_ONCE_DAYS[-1], force="integration test: approve at once")
-        assert example.approve(api, run_id) is True
+        assert example.approve(approver_api, run_id) is True
         example.wait(api, "train", run_id)
     progress = capsys.readouterr().err
     answers = progress.count(f"approved promotion in train run {run_id}")
@@ -166,3 +172,60 @@ def test_an_answer_given_at_once_is_completed_even_if_airflow_asks_again(local_a
     best = json.loads(best) if isinstance(best, str) else best
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == str(best["version"])
     assert_dag_runs_audited(cfg.audit_uri, [("train", run_id, "success")])
+
+
+def test_four_eyes_on_a_forced_promotion_through_the_rest_api(local_airflow):
+    """admin triggers a forced promotion: admin's own approval is refused (403, nothing recorded, the run
+    keeps waiting); the second admin's approval completes it; both users are in the decision record, the
+    registry tags and the audit log."""
+    from mlops_bundle import audit, tracking
+
+    af = local_airflow
+    _stage(af, FOUR_EYES_DAYS)
+    cfg = _cfg(af)
+    af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
+    conf = {"end_date": FOUR_EYES_DAYS[-1], "window_days": 3, "force": True}
+    conf["justification"] = "integration test: four eyes on a forced promotion"
+    run_id = af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    base = f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve"
+    wait_for(
+        lambda: af.task_states("train", run_id),
+        lambda states: states.get(("approve", -1)) == "awaiting_input",
+        timeout=400,
+        describe=lambda states: f"approve not awaiting input: {states}",
+        interval=3,
+    )
+    time.sleep(5)  # a human is never faster (see test_promotion_waits_for_human_approval)
+    champion_before = tracking.alias_version(tracking.client(cfg), MODEL, "champion")
+    answer = {"chosen_options": ["Approve"], "params_input": {}}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        af.call("PATCH", f"{base}/-1/hitlDetails", answer)
+    body = refused.value.read().decode()
+    assert refused.value.code == 403 and "not a respondent" in body, body
+    detail = af.call("GET", f"{base}/-1/hitlDetails")
+    assert detail["response_received"] is False
+    assert [u["id"] for u in detail["assigned_users"]] == ["approver"], detail["assigned_users"]
+    assert "Four eyes" in detail["body"] and "admin triggered this run" in detail["body"]
+    time.sleep(3)  # still waiting: nothing moved
+    assert af.task_states("train", run_id)[("approve", -1)] == "awaiting_input"
+    assert af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}")["state"] == "running"
+    assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == champion_before
+
+    done = af.call("PATCH", f"{base}/-1/hitlDetails", answer, token=af.login("approver", "approver"))
+    assert done["responded_by"]["name"] == "approver", done
+    final = af.wait_run("train", run_id, timeout=300)
+    assert final["state"] == "success", af.task_states("train", run_id)
+    decision = af.call("GET", f"{base.rsplit('/', 1)[0]}/promote/xcomEntries/decision")["value"]
+    decision = json.loads(decision) if isinstance(decision, str) else decision
+    assert (decision["verdict"], decision["applied"], decision["forced"]) == ("promote", True, True)
+    assert (decision["triggered_by"], decision["approved_by"]) == ("admin", "approver")
+    version = decision["challenger"]["version"]
+    assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == version
+    tags = tracking.client(cfg).get_model_version(MODEL, version).tags
+    assert tags["gate.approved_by"] == "approver" and tags["gate.forced"] == "true"
+    records = [r for r in audit.iter_records(cfg.audit_uri) if r["payload"].get("decision_id")]
+    ours = [r for r in records if r["payload"]["decision_id"] == decision["decision_id"]]
+    assert [r["event"] for r in ours] == ["decision.promote"], ours
+    assert (ours[0]["payload"]["triggered_by"], ours[0]["payload"]["approved_by"]) == ("admin", "approver")
+    evaluation = [r for r in records if r["event"].startswith("evaluation.") and run_id in str(r["payload"])]
+    assert [r["payload"]["kind"] for r in evaluation] == ["evaluation"], evaluation

@@ -64,6 +64,9 @@ def _run(stack, argv: list[str]) -> tuple[dict[str, list[str]], str, float]:
         AIRFLOW_URL=stack.api_url,
         AIRFLOW_USERNAME="admin",
         AIRFLOW_PASSWORD="admin",
+        # four eyes: the walkthrough's forced promotion is approved by this second admin
+        AIRFLOW_APPROVER_USERNAME="approver",
+        AIRFLOW_APPROVER_PASSWORD="approver",
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         POLL_SECONDS="2",
@@ -137,11 +140,16 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
     assert _ti(stack, token, "train", approved_id, "approve")["state"] == "success"
     hitl = _ti(stack, token, "train", approved_id, "approve", "/-1/hitlDetails")
     assert hitl["response_received"] and hitl["chosen_options"] == ["Approve"], hitl
-    assert hitl["responded_by_user"]["name"] == "admin", hitl["responded_by_user"]
+    # four eyes: the forced run (triggered by admin) was approved by the second admin
+    approver = "approver" if "train run (forced)" in lines else "admin"
+    assert hitl["responded_by_user"]["name"] == approver, hitl["responded_by_user"]
     assert _ti(stack, token, "train", approved_id, "publish_champion")["state"] == "success"
 
     promoted = _xcom(stack, token, "train", approved_id, "promote", "decision")
     assert promoted["verdict"] == "promote" and promoted["applied"], promoted
+    assert promoted["approved_by"] == approver, promoted
+    if "train run (forced)" in lines:
+        assert promoted["triggered_by"] == "admin" and promoted["forced"] is True, promoted
     assert promoted["previous_champion"] == before["champion"], (promoted["previous_champion"], before)
     new_version = str(promoted["challenger"]["version"])
     assert new_version != before["champion"]
