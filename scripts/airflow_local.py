@@ -147,7 +147,12 @@ def airflow_env(
             # --- auth: SimpleAuthManager with known local logins --------------------------------
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{ROLES[u]}" for u in USERS),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            # off unless the environment turns it on (tests/integration/test_approval_refused.py does, to
+            # show four eyes holding where the API lets everyone answer)
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": env.get(
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"
+            )
+            or "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_path(home)),
             # --- secrets every component must share (generated once into .airflow/secrets.json) --
             "AIRFLOW__API_AUTH__JWT_SECRET": sec["jwt_secret"],
