@@ -37,6 +37,9 @@ PLUGINS_FOLDER = PROJECT_ROOT / "plugins"
 USERS = {"admin": "admin", "approver": "approver", "viewer": "viewer"}
 ROLES = {"admin": "ADMIN", "approver": "ADMIN", "viewer": "VIEWER"}
 
+PROVENANCE_CONN_ID = "mlops_provenance"
+PROVENANCE_CONN_ENV = f"AIRFLOW_CONN_{PROVENANCE_CONN_ID.upper()}"
+
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -68,6 +71,10 @@ def load_secrets(home: Path | None = None) -> dict[str, str]:
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         missing = {"jwt_secret", "api_secret_key", "fernet_key"} - data.keys()
+        if not missing and "provenance_key" not in data:  # a file from before provenance checks
+            data["provenance_key"] = secrets.token_urlsafe(32)
+            path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            os.chmod(path, 0o600)
         if not missing:
             return data
         raise SystemExit(
@@ -80,6 +87,8 @@ def load_secrets(home: Path | None = None) -> dict[str, str]:
         "api_secret_key": secrets.token_urlsafe(32),
         # Fernet: url-safe base64 of 32 random bytes
         "fernet_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii"),
+        # signs the model versions the bundle registers; checked before every load (mlops_bundle.provenance)
+        "provenance_key": secrets.token_urlsafe(32),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -158,6 +167,10 @@ def airflow_env(
             "AIRFLOW__API_AUTH__JWT_SECRET": sec["jwt_secret"],
             "AIRFLOW__API__SECRET_KEY": sec["api_secret_key"],
             "AIRFLOW__CORE__FERNET_KEY": sec["fernet_key"],
+            # the model provenance key (mlops_bundle.provenance) as the connection the config names
+            PROVENANCE_CONN_ENV: json.dumps({"conn_type": "generic", "password": sec["provenance_key"]}),
+            "MLOPS_MLFLOW__PROVENANCE_CONN_ID": env.get("MLOPS_MLFLOW__PROVENANCE_CONN_ID")
+            or PROVENANCE_CONN_ID,
             # --- api-server: loopback only; task processes reach the execution API here -----------
             "AIRFLOW__API__HOST": HOST,
             "AIRFLOW__API__PORT": str(port),
@@ -196,7 +209,12 @@ if __name__ == "__main__":
         write_auth_files()
         os.execve(airflow_cmd()[0], airflow_cmd(*sys.argv[2:]), airflow_env())
     for key, value in sorted(airflow_env({}).items()):
-        if key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"):
+        if key in (
+            "AIRFLOW__API_AUTH__JWT_SECRET",
+            "AIRFLOW__API__SECRET_KEY",
+            "AIRFLOW__CORE__FERNET_KEY",
+            PROVENANCE_CONN_ENV,
+        ):
             value = "***"
         if key.startswith("AIRFLOW") or key == "MLFLOW_DISABLE_TELEMETRY":
             print(f"export {key}={value!r}")

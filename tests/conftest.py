@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,8 @@ os.environ.update(
         "MLOPS_VALIDATION__GX_ROOT": str(GX_ROOT),
         "MLOPS_AUDIT__STORE_URI": f"sqlite:///{_SESSION_DIR / 'audit.db'}",
         "MLOPS_MLFLOW__TRACKING_URI": str(_SESSION_DIR / "mlflow-local"),
+        # the model provenance key of this test session (every registration signs, every load checks)
+        "MLOPS_PROVENANCE_KEY": os.environ.get("MLOPS_PROVENANCE_KEY") or secrets.token_urlsafe(32),
     }
 )
 for key in list(os.environ):

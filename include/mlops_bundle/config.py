@@ -133,6 +133,13 @@ class MlflowConfig(_Strict):
     experiment: str = "{dataset}-training"
     monitoring_experiment: str = "{dataset}-monitoring"
     registered_model: str = "{dataset}-classifier"
+    # Airflow connection (login/password) of the MLflow account the bundle writes with, set for MLflow's
+    # client in every task process (plugins/mlops_airflow/mlflow_auth.py); empty: no credentials (a
+    # tracking server without authentication, e.g. the local demo)
+    conn_id: str = ""
+    # Airflow connection whose password is the model provenance key (signs registered versions, checked
+    # before every load); empty: $MLOPS_PROVENANCE_KEY
+    provenance_conn_id: str = ""
 
 
 class CandidateSpec(_Strict):

@@ -71,25 +71,9 @@ def hmac_key(cfg: BundleConfig) -> bytes | None:
     cached = _keys.get(conn_id, _MISSING)
     if cached is not _MISSING:
         return cached
-    password = None
-    errors = []
-    try:
-        from airflow.sdk import Connection
+    from mlops_airflow.connections import connection_password
 
-        password = Connection.get(conn_id).password
-    except Exception as exc:  # outside a task the SDK may not reach a secrets backend
-        errors.append(f"{type(exc).__name__}: {exc}")
-        try:
-            from airflow.models.connection import Connection as ORMConnection
-
-            password = ORMConnection.get_connection_from_secrets(conn_id).password
-        except Exception as exc2:
-            errors.append(f"{type(exc2).__name__}: {exc2}")
-    if not password:
-        raise LookupError(
-            f"audit.hmac_conn_id={conn_id!r}: the connection's password (the audit HMAC key) could not be "
-            f"read ({'; '.join(errors) or 'empty password'}); create the connection or clear hmac_conn_id"
-        )
+    password = connection_password(conn_id, "the audit HMAC key, audit.hmac_conn_id")
     _keys[conn_id] = key = password.encode("utf-8")
     return key
 
@@ -188,7 +172,8 @@ def _task_event(name: str, previous_state: Any, ti: Any, error: Any = None) -> N
 
 
 def _share_key_with_library() -> None:
-    """In the task process: give the library the chain's key, so its decision records match the chain."""
+    """In the task process: give the library the chain's key, so its decision records match the chain,
+    and the model provenance key (plugins/mlops_airflow/connections.py)."""
     try:
         from mlops_airflow import runtime
         from mlops_bundle import audit
@@ -198,6 +183,13 @@ def _share_key_with_library() -> None:
             audit.set_hmac_key(hmac_key(cfg))
     except Exception as exc:
         log.warning("audit listener could not load the audit HMAC key for library records: %s", exc)
+        return
+    try:
+        from mlops_airflow.connections import share_provenance_key
+
+        share_provenance_key(cfg)
+    except Exception as exc:  # loads then fail closed with the library's "no provenance key" message
+        log.warning("could not load the model provenance key: %s", exc)
 
 
 # ---------------------------------------------------------------------------------------------- hooks

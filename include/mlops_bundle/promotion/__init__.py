@@ -10,6 +10,8 @@ gate``), which is what callers use:
   before any alias moves, so a retry completes it instead of deciding again;
 * :mod:`~mlops_bundle.promotion.records`: the ``Decision`` record, written as a JSON artifact on the
   subject version's run plus ``gate.*`` version tags;
+* :mod:`~mlops_bundle.promotion.watch`: the alias watch, which restores ``champion``/``previous`` when
+  something other than a decision moved them;
 * :mod:`~mlops_bundle.promotion.champion`: ``gate``, ``rollback`` and ``champion_info``, the MLflow glue
   that re-reads the champion inside the lock, decides, moves the aliases and records the decision.
 
@@ -64,6 +66,7 @@ from mlops_bundle.promotion.policy import (
     same_person,
 )
 from mlops_bundle.promotion.records import DECISION, EVALUATION, TAG_VALUE_MAX, Decision
+from mlops_bundle.promotion.watch import WatchResult, watch
 
 __all__ = [
     "CHAMPION_ALIAS",
@@ -81,6 +84,7 @@ __all__ = [
     "ROLLBACK",
     "TAG_VALUE_MAX",
     "VERDICTS",
+    "WatchResult",
     "Decision",
     "GateError",
     "GatePolicy",
@@ -96,4 +100,5 @@ __all__ = [
     "promotion_lock",
     "rollback",
     "same_person",
+    "watch",
 ]

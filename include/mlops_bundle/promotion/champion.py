@@ -57,6 +57,22 @@ def _get_version(client: MlflowClient, model_name: str, version: str) -> Any:
         raise
 
 
+def _check_provenance(cfg: BundleConfig, client: MlflowClient, name: str, version: str) -> None:
+    """Refuse to make a version the champion unless the bundle registered it (its provenance signature
+    checks out against its model file); nothing is deserialized."""
+    import shutil
+    from pathlib import Path
+
+    from mlops_bundle.provenance import ProvenanceError
+    from mlops_bundle.training.loading import check_version
+
+    try:
+        _, _, path = check_version(cfg, f"models:/{name}/{version}", client)
+    except ProvenanceError as exc:
+        raise GateError(f"cannot make version {version} the champion: {exc}") from None
+    shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
 def _normalize_version(version: str | int) -> str:
     text = str(version).strip()
     if not text.isdigit():
@@ -102,7 +118,7 @@ def _finish(
     cfg: BundleConfig,
     client: MlflowClient,
     entry: dict[str, Any],
-    book: ledger.Ledger | None,
+    book: ledger.Ledger,
 ) -> Decision:
     """Complete one decision from its intent: move the aliases (unless done), write the record, audit it.
 
@@ -137,14 +153,13 @@ def _finish(
                     f"{decision.reason} [not applied: the champion became version {current or '(none)'} by "
                     "another decision before this one could move it; trigger a new run to decide again]"
                 )
-        if book is not None and applied:
+        if applied:
             book.mark(decision.decision_id, "applied_at")
         decision.applied = applied
     subject = _get_version(client, name, subject_version)
     write_record(client, decision, subject, move.get("replaces") if move else None)
     record_decision(cfg, decision)  # audit trail, once per decision id; raises if it cannot be written
-    if book is not None:
-        book.mark(decision.decision_id, "completed_at")
+    book.mark(decision.decision_id, "completed_at")
     return decision
 
 
@@ -158,28 +173,28 @@ def _decide_once(
     """Under the promotion lock: complete the stored intent of ``decision_key`` if there is one, else
     ``make()`` the decision and its alias move, write them as the intent, then complete them.
 
-    Without a key there is no intent: each call decides anew (library use outside Airflow; a retry of
-    such a call is not protected).
+    Every decision is written to the ledger (it is also the log the alias watch checks the registry
+    against). Without a key the decision gets a fresh id: each call decides anew (library use outside
+    Airflow; a retry of such a call is not protected).
     """
     name = cfg.model_name
-    book = ledger.ledger(cfg, name) if decision_key else None
+    book = ledger.ledger(cfg, name)
     with lock.promotion_lock(cfg, name, lock_timeout_s):
-        if book is not None:
+        if decision_key:
             did = ledger.decision_id(name, decision_key)
             stored = book.get(did)
             if stored is not None:
                 return _finish(cfg, client, stored, book)
         if make is None:
             raise GateError(
-                f"the intent of decision {decision_key!r} vanished from the decision ledger "
-                f"({book.where() if book else 'none'}); nothing was changed, trigger a new run"
+                f"the intent of decision {decision_key!r} vanished from the decision ledger ({book.where()}); "
+                "nothing was changed, trigger a new run"
             )
         decision, move = make()
-        entry = {"decision": decision.to_dict(), "move": move, "key": decision_key}
-        if book is not None:
+        if decision_key:
             decision.decision_id = did
-            entry["decision"] = decision.to_dict()
-            book.create(did, entry)
+        entry = {"decision": decision.to_dict(), "move": move, "key": decision_key}
+        book.create(decision.decision_id, entry)
         return _finish(cfg, client, entry, book)
 
 
@@ -296,6 +311,7 @@ def gate(
         )
         move = None
         if verdict == PROMOTE and apply:
+            _check_provenance(cfg, client, name, version)  # never make an unsigned version the champion
             move = {"champion": version, "previous": current, "replaces": current}
         return decision, move
 
@@ -351,6 +367,7 @@ def rollback(
         subject = _get_version(client, name, target)
         if target == current:
             raise GateError(f"version {target} of {name!r} already is the champion; nothing to roll back")
+        _check_provenance(cfg, client, name, target)
         decision = Decision(
             model_name=name,
             verdict=ROLLBACK,

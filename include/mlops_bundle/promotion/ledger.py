@@ -75,6 +75,17 @@ class _FileLedger:
         if not entry.get(mark):
             self._write(decision_id, {**entry, mark: _now()})
 
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.folder.is_dir():
+            return []
+        out = []
+        for path in self.folder.glob("*.json"):
+            try:
+                out.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue  # a half-written temp file is never *.json; anything else is not ours
+        return out
+
 
 class _PgLedger:
     def __init__(self, dsn: str, model: str):
@@ -84,7 +95,8 @@ class _PgLedger:
     def where(self) -> str:
         return f"table {TABLE} on {redact(self.dsn)}"
 
-    def _run(self, sql: str, params: tuple = (), fetch: bool = False) -> Any:
+    def _run(self, sql: str, params: tuple = (), fetch: str = "") -> Any:
+        """One statement in its own transaction; ``fetch``: "one", "all" or "" (nothing)."""
         import psycopg2
 
         try:
@@ -102,21 +114,29 @@ class _PgLedger:
                         "entry TEXT NOT NULL, created_at TEXT NOT NULL, applied_at TEXT, completed_at TEXT)"
                     )
                 cur.execute(sql, params)
-                row = cur.fetchone() if fetch else None
+                rows = cur.fetchone() if fetch == "one" else cur.fetchall() if fetch == "all" else None
             self._ready = True
-            return row
+            return rows
         finally:
             conn.close()
+
+    @staticmethod
+    def _entry(row: tuple) -> dict[str, Any]:
+        return {**json.loads(row[0]), "applied_at": row[1], "completed_at": row[2]}
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
         row = self._run(
             f"SELECT entry, applied_at, completed_at FROM {TABLE} WHERE decision_id = %s",
             (decision_id,),
-            True,
+            "one",
         )
-        if row is None:
-            return None
-        return {**json.loads(row[0]), "applied_at": row[1], "completed_at": row[2]}
+        return None if row is None else self._entry(row)
+
+    def entries(self) -> list[dict[str, Any]]:
+        rows = self._run(
+            f"SELECT entry, applied_at, completed_at FROM {TABLE} WHERE model = %s", (self.model,), "all"
+        )
+        return [self._entry(r) for r in rows]
 
     def create(self, decision_id: str, entry: Mapping[str, Any]) -> None:
         body = {k: v for k, v in entry.items() if k not in MARKS}
@@ -134,6 +154,17 @@ class _PgLedger:
 
 
 Ledger = _FileLedger | _PgLedger
+
+
+def latest_applied(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The decision that set the aliases last (the newest ``applied_at``), or None."""
+    applied = [e for e in entries if e.get("applied_at") and e.get("move")]
+    return max(applied, key=lambda e: e["applied_at"]) if applied else None
+
+
+def pending(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decisions written as intents whose alias move is not confirmed yet (an attempt died mid-way)."""
+    return [e for e in entries if e.get("move") and not e.get("applied_at") and not e.get("completed_at")]
 
 
 def ledger(cfg: BundleConfig, model_name: str) -> Ledger:

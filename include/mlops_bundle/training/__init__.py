@@ -22,6 +22,7 @@ MLflow and scikit-learn are imported inside the functions that need them.
 
 from __future__ import annotations
 
+from mlops_bundle.training.loading import load_model, trusted_types
 from mlops_bundle.training.models import (
     FAMILIES,
     PIPELINE_VERSION,
@@ -33,7 +34,7 @@ from mlops_bundle.training.models import (
     resolve_candidates,
     train_candidate,
 )
-from mlops_bundle.training.registry import load_model, register_best, train_key
+from mlops_bundle.training.registry import register_best, train_key
 from mlops_bundle.training.runs import (
     MODEL_ARTIFACT,
     SERIALIZATION_FORMAT,
@@ -68,6 +69,7 @@ __all__ = [
     "evaluate",
     "git_commit",
     "load_model",
+    "trusted_types",
     "load_window",
     "lock_sha256",
     "log_candidate",

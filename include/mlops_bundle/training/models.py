@@ -38,6 +38,9 @@ class Family:
     scale_numeric: bool  # linear models need standardised inputs; trees do not care
     dense: bool = False  # the estimator refuses sparse input (HistGradientBoosting)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # types a fitted estimator of this family holds beyond skops' defaults: what loading must trust
+    # (tests/unit/test_loading.py checks this list against a fitted model of every family)
+    fitted_types: tuple[str, ...] = ()
 
     def make(self, params: dict[str, Any], seed: int):
         """A fresh, unfitted estimator with defaults < params, seeded when it takes a random_state."""
@@ -55,9 +58,16 @@ FAMILIES: dict[str, Family] = {
     "logistic_regression": Family(
         "sklearn.linear_model.LogisticRegression", scale_numeric=True, defaults={"max_iter": 2000}
     ),
-    "random_forest": Family("sklearn.ensemble.RandomForestClassifier", scale_numeric=False),
+    "random_forest": Family(
+        "sklearn.ensemble.RandomForestClassifier",
+        scale_numeric=False,
+        fitted_types=("sklearn.tree._tree.Tree",),
+    ),
     "hist_gradient_boosting": Family(
-        "sklearn.ensemble.HistGradientBoostingClassifier", scale_numeric=False, dense=True
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        scale_numeric=False,
+        dense=True,
+        fitted_types=("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
     ),
 }
 

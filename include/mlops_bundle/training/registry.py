@@ -2,8 +2,8 @@
 
 :func:`train_key` hashes everything that determines the trained models; :func:`register_best` registers
 the best run under that key, so a rerun with the same key returns the existing version instead of adding
-a duplicate. :func:`load_model` loads a registered (or logged) model back. MLflow is imported inside the
-functions that need it.
+a duplicate, signed for provenance (:mod:`mlops_bundle.provenance`) in the call that creates it. Loading is
+:mod:`mlops_bundle.training.loading`. MLflow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import importlib.metadata
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from typing import Any
 
-from mlops_bundle import tracking
+from mlops_bundle import provenance, tracking
 from mlops_bundle.config import BundleConfig, CandidateSpec
 from mlops_bundle.training.models import PIPELINE_VERSION
 from mlops_bundle.training.runs import MODEL_ARTIFACT
@@ -110,6 +112,19 @@ def _wait_ready(c, name: str, version: str, timeout: float = 300) -> Any:
         time.sleep(0.5)
 
 
+def _model_digest(cfg: BundleConfig, source: str) -> str:
+    """SHA-256 of the skops file of a logged model (what the provenance signature covers)."""
+    tracking.use(cfg)
+    import mlflow.artifacts
+
+    folder = tempfile.mkdtemp(prefix="mlops-register-")
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=folder)
+        return provenance.file_sha256(provenance.model_file(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def register_best(
     cfg: BundleConfig, results: list[dict[str, Any]], key: str, tags: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -167,6 +182,8 @@ def register_best(
     )
     model_id = _logged_model_id(c, run_id)
     source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    # signed in the same call that creates the version: no window in which it exists unsigned
+    version_tags.update(provenance.signed_tags(run_id, key, _model_digest(cfg, source)))
     mv = c.create_model_version(
         name, source, run_id=run_id, tags=version_tags, model_id=model_id, await_creation_for=0
     )
@@ -191,11 +208,3 @@ def register_best(
         top,
     )
     return _version_result(c, cfg, mv, False, best)
-
-
-def load_model(cfg: BundleConfig, model_uri: str):
-    """The scikit-learn pipeline behind a ``models:/name/version``, ``models:/name@alias`` or ``runs:/`` URI."""
-    tracking.use(cfg)
-    import mlflow.sklearn
-
-    return mlflow.sklearn.load_model(model_uri)

@@ -1,0 +1,96 @@
+"""Loading a registered model safely: provenance first, then skops with a trust list the bundle owns.
+
+Every load of a model (scoring, the gate, rollback's records, the console) goes through
+:func:`load_model`:
+
+1. only registered versions load (``models:/<name>/<version>`` or ``models:/<name>@<alias>``);
+2. the version's files are downloaded and its skops file's digest and signature are checked
+   (:mod:`mlops_bundle.provenance`) before anything is deserialized;
+3. the file is loaded with ``skops.io.load`` and the trust list of :func:`trusted_types`: a base list in
+   code plus the fitted types of the model families the config names. Never MLflow's loader (it takes
+   the serialization format, and skops' trust list, from the MLmodel file being loaded, so a planted
+   version chooses pickle or trusts anything) and never a pickle.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import warnings
+from typing import Any
+
+from mlops_bundle import provenance, tracking
+from mlops_bundle.config import BundleConfig
+from mlops_bundle.provenance import ProvenanceError
+from mlops_bundle.training.models import FAMILIES
+
+# skops trusts scikit-learn's estimators and numpy arrays by default; a fitted pipeline also holds dtypes
+BASE_TRUSTED_TYPES = ("numpy.dtype",)
+_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_-]+))/?")
+
+
+def trusted_types(cfg: BundleConfig) -> list[str]:
+    """What skops may instantiate beyond its defaults: the base list + the configured families' types."""
+    types = set(BASE_TRUSTED_TYPES)
+    for spec in cfg.training.candidates:
+        family = FAMILIES.get(spec.family)
+        if family is not None:
+            types.update(family.fitted_types)
+    return sorted(types)
+
+
+def resolve_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> tuple[str, Any]:
+    """(registered model name, ModelVersion) of a ``models:/`` URI; refuses any other kind of URI."""
+    m = _URI.fullmatch(model_uri or "")
+    if not m:
+        raise ProvenanceError(
+            f"{model_uri!r}: the bundle loads registered versions only (models:/<name>/<version> or "
+            "models:/<name>@<alias>), never runs:/ or file paths, whose provenance it cannot check"
+        )
+    client = client or tracking.client(cfg)
+    name = m["name"]
+    if m["version"]:
+        return name, client.get_model_version(name, m["version"])
+    return name, client.get_model_version_by_alias(name, m["alias"])
+
+
+def check_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> tuple[str, Any, str]:
+    """Download a version and check its provenance without loading it: (name, version, skops file).
+
+    The caller owns the returned file's temporary folder (``Path(file).parent``) and must remove it.
+    """
+    tracking.use(cfg)
+    import mlflow.artifacts
+
+    name, mv = resolve_version(cfg, model_uri, client)
+    folder = tempfile.mkdtemp(prefix="mlops-model-")
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=folder)
+        path = provenance.verify(name, mv, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return name, mv, str(path)
+
+
+def load_model(cfg: BundleConfig, model_uri: str, client: Any = None):
+    """The scikit-learn pipeline of a registered version, after its provenance check (see module doc)."""
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    name, mv, path = check_version(cfg, model_uri, client)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skops' notes about modules Airflow answers getattr() for
+            return skops.io.load(path, trusted=trusted_types(cfg))
+    except UntrustedTypesFoundException as exc:
+        raise ProvenanceError(
+            f"{name} version {mv.version} holds types the bundle does not trust ({exc}); trusted: "
+            f"{trusted_types(cfg)} (the families of training.candidates). Not loaded: if it is an older "
+            "model of a family removed from the config, add the family back"
+        ) from None
+    finally:
+        from pathlib import Path
+
+        shutil.rmtree(Path(path).parent, ignore_errors=True)

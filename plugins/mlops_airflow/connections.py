@@ -1,0 +1,50 @@
+"""Secrets the bundle keeps in Airflow connections, read once per process and handed to the library.
+
+``connection_password`` is the one way the plugins read a secret from a connection: through the Task SDK
+inside a task, else the ORM (scheduler, api-server, CLI). ``share_provenance_key`` runs at the start of
+every task (the audit listener's ``on_task_instance_running``) so that library code signs and checks model
+versions with the deployment's key (``mlflow.provenance_conn_id``; empty: ``$MLOPS_PROVENANCE_KEY``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlops_bundle.config import BundleConfig
+
+log = logging.getLogger(__name__)
+
+
+def connection_password(conn_id: str, what: str) -> str:
+    """The password of connection ``conn_id``; ``LookupError`` naming ``what`` it holds when unreadable."""
+    password = None
+    errors = []
+    try:
+        from airflow.sdk import Connection
+
+        password = Connection.get(conn_id).password
+    except Exception as exc:  # outside a task the SDK may not reach a secrets backend
+        errors.append(f"{type(exc).__name__}: {exc}")
+        try:
+            from airflow.models.connection import Connection as ORMConnection
+
+            password = ORMConnection.get_connection_from_secrets(conn_id).password
+        except Exception as exc2:
+            errors.append(f"{type(exc2).__name__}: {exc2}")
+    if not password:
+        raise LookupError(
+            f"connection {conn_id!r}: its password ({what}) could not be read "
+            f"({'; '.join(errors) or 'empty password'}); create the connection or clear the setting naming it"
+        )
+    return password
+
+
+def share_provenance_key(cfg: BundleConfig) -> None:
+    """Give the library the provenance key of ``mlflow.provenance_conn_id`` (if one is configured)."""
+    from mlops_bundle import provenance
+
+    conn_id = cfg.mlflow.provenance_conn_id
+    if conn_id:
+        provenance.set_key(connection_password(conn_id, "the model provenance key"))
