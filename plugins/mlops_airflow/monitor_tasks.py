@@ -33,9 +33,11 @@ def score(params: dict, logical_date, run_after, ti: Any = None) -> dict[str, An
     except ValueError as exc:
         raise AirflowFailException(str(exc)) from None
     tracking.check_reachable(cfg)  # ConnectionError -> retried
+    from mlops_bundle.provenance import ProvenanceError
+
     try:
         scored = monitoring.score_day(cfg, runtime.storage(cfg), tracking.client(cfg), date)
-    except monitoring.MonitoringError as exc:
+    except (monitoring.MonitoringError, ProvenanceError) as exc:  # a refused champion: no retry helps
         raise AirflowFailException(f"{cfg.dataset.name}/{date}: {exc}") from None
     if scored.skip_reason:
         raise _skip(ti, scored.skip_reason)

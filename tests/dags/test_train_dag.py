@@ -83,6 +83,7 @@ DEFAULTS = {
         "justification": None,
     },
     "rollback": {"to_version": None},
+    "registry_watch": {},
 }
 
 
@@ -218,6 +219,25 @@ def test_rollback_restores_the_previous_champion(dagbag, mlflow_env):
     assert tracking.alias_version(_client(cfg), cfg.model_name, "previous") == current
     record = dr.get_task_instance("roll_back").xcom_pull(task_ids="roll_back")
     assert record["verdict"] == "rollback" and "shadow traffic" in record["reason"]
+
+
+def test_registry_watch_restores_an_alias_no_decision_set(dagbag, mlflow_env, task_errors):
+    """Someone moves `champion` straight in MLflow: the registry_watch DAG puts the decided champion back,
+    audits it and fails naming what it found; the next run is green."""
+    from mlops_bundle import audit
+
+    cfg = mlflow_env
+    decided = _champion(cfg)
+    other = next(str(v) for v in _versions(cfg) if str(v) != decided)
+    _client(cfg).set_registered_model_alias(cfg.model_name, "champion", other)
+    dr, states = _run(dagbag, "registry_watch", {})
+    assert dr.state == "failed" and states[("check_aliases", -1)] == "failed", states
+    assert f"ALIAS TAMPERED on {cfg.model_name}: found champion={other}" in task_errors["check_aliases"]
+    assert _champion(cfg) == decided
+    restored = [r for r in audit.iter_records(cfg.audit_uri) if r["event"] == "registry.alias_restored"]
+    assert restored and restored[-1]["payload"]["found"]["champion"] == other
+    dr, states = _run(dagbag, "registry_watch", {})
+    assert dr.state == "success", states
 
 
 def test_rollback_needs_a_reason(dagbag, mlflow_env):
