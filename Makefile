@@ -73,6 +73,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_train_dag.py
 	$(BIN)/python benchmarks/bench_monitoring.py
+	$(BIN)/python benchmarks/bench_provenance.py
 	$(BIN)/python benchmarks/bench_stack.py
 
 clean:
