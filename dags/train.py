@@ -23,7 +23,8 @@ Runs whenever ingest publishes **`mlops.validated_data`** or monitor publishes *
    plus version tags, naming who triggered and who approved;
 6. **publish_champion** emits **`mlops.champion_model`** only when the champion changed.
 
-Load the champion anywhere with `mlflow.sklearn.load_model("models:/<dataset>-classifier@champion")`.
+Load the champion with `mlops_bundle.training.load_model(cfg, "models:/<dataset>-classifier@champion")`
+(it checks the version's provenance signature first and loads skops only).
 
 **Params**: `end_date` (YYYY-MM-DD; default: the newest date among the triggering asset events, else
 yesterday), `window_days`, `candidates` (names from the config; default all), `force` + `justification`

@@ -215,8 +215,8 @@ def summarize_train(api: Api, dag_id: str, run_id: str) -> None:
                 f"{decision.get('previous_champion') or 'none'})"
             )
     say(
-        f"  load it       : mlflow.sklearn.load_model('models:/{cfg.model_name}@champion')"
-        f"  (MLFLOW_TRACKING_URI={mlflow_url})"
+        f"  load it       : mlops_bundle.training.load_model(cfg, 'models:/{cfg.model_name}@champion')"
+        f"  (MLFLOW_TRACKING_URI={mlflow_url}; checks the provenance signature, skops only)"
     )
 
 
@@ -274,7 +274,7 @@ def champion_line() -> None:
         say(f"champion: none yet for {cfg.model_name}")
         return
     say(
-        f"champion: {cfg.model_name} version {version}  ->  mlflow.sklearn.load_model("
+        f"champion: {cfg.model_name} version {version}  ->  mlops_bundle.training.load_model(cfg, "
         f"'models:/{cfg.model_name}@champion')  (MLFLOW_TRACKING_URI={url}; MLflow UI {url})"
     )
 
