@@ -145,13 +145,14 @@ def test_drop_request_never_reaches_the_server(http_server, proxy_for):
 def test_drop_response_loses_the_reply_of_done_work(http_server, proxy_for):
     proxy = proxy_for(http_server.server_port)
     fault = proxy.add_fault(b"POST /work", "drop_response", settle_s=10)
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
     started = time.monotonic()
     conn.request("POST", "/work", body=b"x")
     with pytest.raises((ConnectionError, http.client.HTTPException)):
         conn.getresponse().read()
     conn.close()
-    assert time.monotonic() - started < 5  # closed when the reply started, not after settle_s
+    # closed when the reply started, not after settle_s (generous: the machine may be busy)
+    assert time.monotonic() - started < 9
     assert http_server.calls["/work"] == 1  # the server did the work
     assert fault.fired == 1 and proxy.hits == [("drop_response", b"POST /work")]
     assert _get(proxy, "/after") == b"got /after"
