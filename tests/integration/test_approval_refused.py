@@ -70,7 +70,9 @@ def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_ai
     def refused() -> list[dict]:
         return [r for r in audit.iter_records(cfg.audit_uri) if r["event"] == "approval.refused"]
 
-    records = wait_for(refused, bool, timeout=120, describe=lambda r: "no approval.refused record", interval=2)
+    records = wait_for(
+        refused, bool, timeout=120, describe=lambda r: "no approval.refused record", interval=2
+    )
     assert records[0]["subject"] == f"train/{run_id}/approve" and records[0]["actor"] == f"user:{trigger}"
     again = awaiting()
     assert again["try_number"] == first["try_number"]

@@ -159,7 +159,9 @@ def test_planted_versions_are_refused_and_the_watch_restores_the_champion(world)
     records = [r for r in audit.iter_records(cfg.audit_uri) if r["event"] == "registry.alias_restored"]
     assert [r["payload"]["expected"]["champion"] for r in records] == [v1]
     assert promotion.watch(cfg, client).status == "ok"
-    with pytest.raises(promotion.GateError, match=f"cannot make version {planted} the champion: .* not a skops"):
+    with pytest.raises(
+        promotion.GateError, match=f"cannot make version {planted} the champion: .* not a skops"
+    ):
         promotion.rollback(cfg, client, reason="insider test rollback", actor="t", to_version=planted)
     assert tracking.alias_version(client, name, "champion") == v1 and not marker.exists()
 
