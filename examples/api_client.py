@@ -210,7 +210,7 @@ def gate_numbers(api: af.ApiClient, run_id: str) -> None:
     )
     for line in json.loads(raw.data)["content"]:
         text = line.get("event", "") if isinstance(line, dict) else str(line)
-        if "gate decision" in text:
+        if "gate evaluation" in text or "gate decision" in text:
             say(f"  {text}")
 
 

@@ -194,7 +194,7 @@ print("  candidate {} -> version {}: {}".format(best["candidate"], best["version
   api GET "$base/evaluate_gate/logs/$try" | python3 -c 'import json, sys
 for line in json.load(sys.stdin)["content"]:
     text = line.get("event", "") if isinstance(line, dict) else str(line)
-    if "gate decision" in text:
+    if "gate evaluation" in text or "gate decision" in text:
         print("  " + text)' >&2
 }
 

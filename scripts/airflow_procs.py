@@ -141,15 +141,20 @@ def airflow_db_migrate(env: dict[str, str]) -> None:
 
 
 def mlflow_server_cmd(
-    port: int, backend_store_uri: str, artifacts_dir: Path, *, serve_artifacts: bool
+    port: int, backend_store_uri: str, artifacts_dir: Path, *, serve_artifacts: bool, auth: bool = False
 ) -> list[str]:
-    """argv of an `mlflow server` on loopback: one worker, proxied artifacts in `artifacts_dir`."""
+    """argv of an `mlflow server` on loopback: one worker, proxied artifacts in `artifacts_dir`.
+
+    `auth`: behind MLflow's basic-auth app (its settings come from the environment: see
+    config/mlflow.env); the demo's single-user server on loopback runs without it.
+    """
     return [
         str(Path(sys.executable).parent / "mlflow"), "server",
         "--host", al.HOST,
         "--port", str(port),
         "--workers", "1",
         "--backend-store-uri", backend_store_uri,
+        *(["--app-name", "basic-auth"] if auth else []),
         *(["--serve-artifacts"] if serve_artifacts else []),
         "--artifacts-destination", str(artifacts_dir),
         "--allowed-hosts", f"{al.HOST}:{port},localhost:{port}",
@@ -218,6 +223,8 @@ class Processes:
 
     def __init__(self, env: dict[str, str], extra: dict[str, list[str]] | None = None) -> None:
         self.env = env
+        # name -> settings only that process gets on top of `env` (e.g. the MLflow server's secrets)
+        self.env_of: dict[str, dict[str, str]] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.killed: set[str] = set()  # stopped on purpose by kill(): check_alive does not complain
         self.log_dir = al.AIRFLOW_HOME / "logs"
@@ -233,7 +240,7 @@ class Processes:
         fh.flush()
         self.procs[name] = subprocess.Popen(
             self.commands[name],
-            env=self.env,
+            env={**self.env, **self.env_of.get(name, {})},
             cwd=al.PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=fh,

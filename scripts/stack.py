@@ -8,7 +8,12 @@ What runs (each a subprocess in its own process group, logging to <tmp>/airflow/
 * a moto server (S3 + KMS on 127.0.0.1): bucket ``mlops-stack-<id>`` holds the lake under
   ``s3://<bucket>/lake`` (Airflow AWS connection ``mlops_s3`` with ``endpoint_url`` in its extra), and a
   KMS key encrypts staging/quarantine/reports/predictions at rest (``encryption.key_source: kms``);
-* ``mlflow server`` on its own fresh PostgreSQL database (proxied artifacts in a temp folder);
+* ``mlflow server`` behind its basic-auth app (``--app-name basic-auth``, settings from config/mlflow.env
+  and config/mlflow-auth.ini) on its own fresh PostgreSQL databases (tracking store and auth store), proxied
+  artifacts in a temp folder; once it is healthy, scripts/mlflow_accounts.py creates its accounts (as
+  compose's ``mlflow-init`` does): the bundle's service account, which Airflow's connection
+  ``mlops_mlflow`` holds (the only writer), and a read-only account for people, with passwords generated
+  into ``<tmp>/airflow/mlflow-secrets.json`` (mode 0600);
 * Airflow 3.3: ``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and two
   ``airflow celery worker`` processes (``--celery-hostname w1@%h`` / ``w2@%h``, queues from
   ``MLOPS_WORKER_QUEUES`` in config/stack.env: ``default,training``);
@@ -55,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
+import mlflow_accounts  # noqa: E402
 from airflow_procs import (  # noqa: E402
     COMPONENTS,
     Processes,
@@ -118,7 +124,12 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
 def shared_settings() -> dict[str, str]:
     """config/stack.env: the topology-independent settings of every Airflow process (see that file)."""
     settings = read_env_file(STACK_ENV_FILE)
-    needed = (QUEUES_KEY, "AIRFLOW__OPERATORS__DEFAULT_QUEUE", "MLOPS_STORAGE__AWS_CONN_ID")
+    needed = (
+        QUEUES_KEY,
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE",
+        "MLOPS_STORAGE__AWS_CONN_ID",
+        "MLOPS_MLFLOW__CONN_ID",
+    )
     missing = [k for k in needed if not settings.get(k)]
     if missing:
         raise RuntimeError(f"{STACK_ENV_FILE} lacks {missing}: every Airflow process of the stack needs them")
@@ -128,6 +139,9 @@ def shared_settings() -> dict[str, str]:
 _SHARED = shared_settings()
 WORKER_QUEUES = _SHARED[QUEUES_KEY]
 AWS_CONN_ID = _SHARED["MLOPS_STORAGE__AWS_CONN_ID"]
+MLFLOW_CONN_ID = _SHARED["MLOPS_MLFLOW__CONN_ID"]  # the bundle's MLflow service account
+# the MLflow server's accounts (scripts/mlflow_accounts.py; compose: MLFLOW_*_USERNAME in .env)
+MLFLOW_USERS = {"admin": "admin", "service": "mlops-service", "reader": "reader"}
 
 
 def worker_hostname() -> str:
@@ -251,6 +265,8 @@ class Stack:
     databases: dict[str, str]
     redis_db: int
     worker_hostnames: dict[str, str]
+    # "admin", "service" (the bundle's, in Airflow's connection), "reader" (people)
+    mlflow_accounts: dict[str, mlflow_accounts.Account] = field(default_factory=dict)
     infra: Processes | None = None  # moto, mlflow
     airflow: Processes | None = None  # Airflow components and Celery workers
     api: Api | None = None  # logged in as admin
@@ -289,8 +305,52 @@ def infra_commands(
     return {
         "moto": [str(Path(sys.executable).parent / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
         "mlflow": mlflow_server_cmd(
-            mlflow_port, pg_uri(mlflow_db, "postgresql+psycopg2"), artifacts_dir, serve_artifacts=True
+            mlflow_port,
+            pg_uri(mlflow_db, "postgresql+psycopg2"),
+            artifacts_dir,
+            serve_artifacts=True,
+            auth=True,
         ),
+    }
+
+
+def mlflow_secrets(home: Path) -> dict[str, str]:
+    """Read (creating once, mode 0600) this stack's MLflow secrets: the basic-auth app's Flask secret key and
+    the passwords of its accounts (compose: .env). Generated, never fixed: the stack is a real deployment."""
+    path = home / "mlflow-secrets.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"flask_secret_key": secrets.token_urlsafe(48)}
+    data |= {f"{role}_password": secrets.token_urlsafe(24) for role in MLFLOW_USERS}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    return data
+
+
+def mlflow_account_set(mlflow_secret: dict[str, str]) -> dict[str, mlflow_accounts.Account]:
+    return {
+        role: mlflow_accounts.Account(
+            user, mlflow_secret[f"{role}_password"], f"{role}_password of the stack's mlflow-secrets.json"
+        )
+        for role, user in MLFLOW_USERS.items()
+    }
+
+
+def mlflow_server_env(*, auth_db: str, mlflow_secret: dict[str, str]) -> dict[str, str]:
+    """What only the MLflow server process gets on top of infra_env (compose: the mlflow service's
+    `environment:`): its secrets, its admin, and its auth database through libpq's PG* variables
+    (config/mlflow-auth.ini's ``database_uri`` names no host, user or database)."""
+    return {
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": mlflow_secret["flask_secret_key"],
+        "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_USERS["admin"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_secret["admin_password"],
+        "PGHOST": PG_HOST,
+        "PGPORT": str(PG_PORT),
+        "PGUSER": PG_USER,
+        "PGDATABASE": auth_db,
     }
 
 
@@ -306,6 +366,7 @@ def stack_env(
     bucket: str,
     kms_key_id: str,
     gx_root: Path,
+    mlflow_service: mlflow_accounts.Account,
     worker_concurrency: int = 2,
     dags_folder: str | os.PathLike[str] | None = None,
     extra_env: dict[str, str] | None = None,
@@ -314,7 +375,8 @@ def stack_env(
 
     1. scripts/airflow_local.py: home, folders, SimpleAuthManager logins, the shared secrets, api-server;
     2. config/stack.env: the settings shared with docker-compose.yaml (executor, queues, encryption ...);
-    3. this machine: PostgreSQL databases, the Redis broker db, free ports, moto S3 + KMS, MLflow URL.
+    3. this machine: PostgreSQL databases, the Redis broker db, free ports, moto S3 + KMS, MLflow URL and
+       the MLflow service account (the connection named by config/stack.env's MLOPS_MLFLOW__CONN_ID).
     Then `extra_env`. Layer 3 never overrides a key of layer 2 (the agreement test checks it).
     """
     env = al.airflow_env(
@@ -341,6 +403,15 @@ def stack_env(
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
             # the bundle: lake on moto S3, KMS encryption, audit + promotion lock on Postgres
             f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}": json.dumps(conn),
+            # the only MLflow account that writes; set for MLflow's client in each task process
+            # (plugins/mlops_airflow/mlflow_auth.py), never in the processes' environment itself
+            f"AIRFLOW_CONN_{MLFLOW_CONN_ID.upper()}": json.dumps(
+                {
+                    "conn_type": "generic",
+                    "login": mlflow_service.username,
+                    "password": mlflow_service.password,
+                }
+            ),
             "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "churn.yaml"),
             "MLOPS_STORAGE__ROOT_URI": f"s3://{bucket}/lake",
             "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
@@ -355,6 +426,13 @@ def stack_env(
         }
     )
     return env
+
+
+def load_bundle_config(env: dict[str, str]):
+    """The bundle's config as the stack's Airflow processes see it (MLOPS_* of `env`)."""
+    from mlops_bundle.config import load_config
+
+    return load_config(environ=env)
 
 
 def worker_node_names(workers: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -408,7 +486,11 @@ def start_stack(
     tmp.mkdir(parents=True, exist_ok=True)
     home = tmp / "airflow"
     stack_id = uuid.uuid4().hex[:10]
-    dbs = {"airflow": f"mlops_stack_{stack_id}_airflow", "mlflow": f"mlops_stack_{stack_id}_mlflow"}
+    dbs = {
+        "airflow": f"mlops_stack_{stack_id}_airflow",
+        "mlflow": f"mlops_stack_{stack_id}_mlflow",
+        "mlflow_auth": f"mlops_stack_{stack_id}_mlflow_auth",  # MLflow's accounts and grants
+    }
     bucket = f"mlops-stack-{stack_id}"
     t0 = time.monotonic()
     old_home = al.AIRFLOW_HOME
@@ -437,7 +519,14 @@ def start_stack(
         moto_port, mlflow_port, api_port = free_port(), free_port(), free_port()
         moto_url = f"http://{al.HOST}:{moto_port}"
         mlflow_url = f"http://{al.HOST}:{mlflow_port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "AWS_"))}
+        # nothing of the caller's Airflow, bundle, AWS or MLflow client settings (credentials!) leaks in
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW", "MLOPS_", "AWS_", "MLFLOW_TRACKING_"))
+        }
+        mlflow_secret = mlflow_secrets(home)
+        accounts = mlflow_account_set(mlflow_secret)
         infra = Processes(infra_env(base))
         infra.commands = infra_commands(
             moto_port=moto_port,
@@ -445,6 +534,7 @@ def start_stack(
             mlflow_db=dbs["mlflow"],
             artifacts_dir=tmp / "mlflow-artifacts",
         )
+        infra.env_of["mlflow"] = mlflow_server_env(auth_db=dbs["mlflow_auth"], mlflow_secret=mlflow_secret)
         infra.start()
         wait_http(moto_url + "/moto-api/", "moto server", 60, infra)
         aws_client("s3", moto_url).create_bucket(Bucket=bucket)
@@ -465,6 +555,7 @@ def start_stack(
             bucket=bucket,
             kms_key_id=kms_key_id,
             gx_root=gx_root,
+            mlflow_service=accounts["service"],
             worker_concurrency=worker_concurrency,
             dags_folder=dags_folder,
             extra_env=extra_env,
@@ -489,12 +580,21 @@ def start_stack(
             databases=dict(dbs),
             redis_db=redis_db,
             worker_hostnames=worker_names,
+            mlflow_accounts=accounts,
             infra=infra,
             airflow=airflow,
         )
         api = Api(stack.api_url, "admin", al.USERS["admin"])
         wait_for("api-server", api.ready, timeout, airflow)
         wait_http(mlflow_url + "/health", "mlflow server", timeout, infra)
+        # compose's mlflow-init: the accounts, the reader's grants, the bundle's experiments and model
+        cfg = load_bundle_config(env)
+        mlflow_accounts.provision(
+            mlflow_url,
+            **accounts,
+            experiments=[cfg.experiment_name, cfg.monitoring_experiment_name],
+            models=[cfg.model_name],
+        )
         for w in workers:
             wait_log(airflow.log(f"worker-{w}"), " ready.", f"celery worker {w}", timeout, airflow)
         api.login()
@@ -546,7 +646,9 @@ def main(argv: list[str] | None = None) -> int:
                 unpause_all(stack.api, stack.api.get("/api/v2/dags", limit=100)["dags"])
             say("")
             say(f"Airflow UI/API  {stack.api_url}  (admin / {al.USERS['admin']}; token: POST /auth/token)")
-            say(f"MLflow          {stack.mlflow_url}")
+            reader = stack.mlflow_accounts["reader"]
+            say(f"MLflow          {stack.mlflow_url}  (read-only {reader.username} / {reader.password}; the "
+                f"bundle's and the admin's passwords: {stack.tmp_dir / 'airflow' / 'mlflow-secrets.json'})")  # fmt: skip
             say(f"moto (S3, KMS)  {stack.moto_url}  lake {stack.lake_uri}  KMS key {stack.kms_key_id}")
             say(f"databases       {', '.join(stack.databases.values())} on {PG_HOST}:{PG_PORT}")
             say(f"Celery          broker redis://{REDIS_HOST}:{REDIS_PORT}/{stack.redis_db}, workers "

@@ -172,24 +172,35 @@ def _task_event(name: str, previous_state: Any, ti: Any, error: Any = None) -> N
 
 
 def _share_key_with_library() -> None:
-    """In the task process: give the library the chain's key, so its decision records match the chain,
-    and the model provenance key (plugins/mlops_airflow/connections.py)."""
+    """In the task process: give the library the chain's key (so its decision records match the chain),
+    the model provenance key (plugins/mlops_airflow/connections.py) and the MLflow account's credentials
+    (plugins/mlops_airflow/mlflow_auth.py); each independently of the others."""
     try:
         from mlops_airflow import runtime
-        from mlops_bundle import audit
 
         cfg = runtime.bundle_config()
+    except Exception as exc:
+        log.warning("audit listener could not load the bundle config: %s", exc)
+        return
+    try:
+        from mlops_bundle import audit
+
         if cfg.audit.enabled and cfg.audit.hmac_conn_id:
             audit.set_hmac_key(hmac_key(cfg))
     except Exception as exc:
         log.warning("audit listener could not load the audit HMAC key for library records: %s", exc)
-        return
     try:
         from mlops_airflow.connections import share_provenance_key
 
         share_provenance_key(cfg)
     except Exception as exc:  # loads then fail closed with the library's "no provenance key" message
         log.warning("could not load the model provenance key: %s", exc)
+    try:
+        from mlops_airflow.mlflow_auth import share_mlflow_credentials
+
+        share_mlflow_credentials(cfg)
+    except Exception as exc:  # MLflow then answers the task's first call with 401
+        log.warning("could not set the MLflow credentials of connection mlflow.conn_id: %s", exc)
 
 
 # ---------------------------------------------------------------------------------------------- hooks

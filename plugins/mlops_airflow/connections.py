@@ -9,7 +9,7 @@ versions with the deployment's key (``mlflow.provenance_conn_id``; empty: ``$MLO
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
@@ -17,27 +17,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def connection_password(conn_id: str, what: str) -> str:
-    """The password of connection ``conn_id``; ``LookupError`` naming ``what`` it holds when unreadable."""
-    password = None
+def get_connection(conn_id: str, what: str) -> Any:
+    """Connection ``conn_id`` through the Task SDK inside a task, else the ORM (scheduler, api-server,
+    CLI); ``LookupError`` naming ``what`` it holds when it cannot be read."""
     errors = []
     try:
         from airflow.sdk import Connection
 
-        password = Connection.get(conn_id).password
+        return Connection.get(conn_id)
     except Exception as exc:  # outside a task the SDK may not reach a secrets backend
         errors.append(f"{type(exc).__name__}: {exc}")
-        try:
-            from airflow.models.connection import Connection as ORMConnection
+    try:
+        from airflow.models.connection import Connection as ORMConnection
 
-            password = ORMConnection.get_connection_from_secrets(conn_id).password
-        except Exception as exc2:
-            errors.append(f"{type(exc2).__name__}: {exc2}")
+        return ORMConnection.get_connection_from_secrets(conn_id)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    raise LookupError(
+        f"connection {conn_id!r} ({what}) could not be read ({'; '.join(errors)}); create it, or clear the "
+        "setting that names it"
+    )
+
+
+def connection_password(conn_id: str, what: str) -> str:
+    """The password of connection ``conn_id``; ``LookupError`` naming ``what`` it holds when unreadable."""
+    password = get_connection(conn_id, what).password
     if not password:
-        raise LookupError(
-            f"connection {conn_id!r}: its password ({what}) could not be read "
-            f"({'; '.join(errors) or 'empty password'}); create the connection or clear the setting naming it"
-        )
+        raise LookupError(f"connection {conn_id!r} ({what}) has an empty password; set it")
     return password
 
 

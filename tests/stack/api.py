@@ -1,11 +1,17 @@
-"""REST helpers of the stack tests: JWT calls on loopback (proxies bypassed), waiting for runs."""
+"""REST helpers of the stack tests: JWT calls on loopback (proxies bypassed), waiting for runs, MLflow calls
+as one of the stack's MLflow accounts."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+
+import pytest
 
 from tests.polling import wait_for
 
@@ -42,6 +48,60 @@ def status_of(base_url: str, method: str, path: str, headers: dict[str, str] | N
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def mlflow_call(stack, who, method: str, path: str, body=None, **params) -> tuple[int, dict]:
+    """(status, JSON body) of one call to the stack's MLflow server, never raising. `who`: one of the stack's
+    MLflow accounts ("admin", "service", "reader"), a (username, password) pair, or None (no credentials);
+    sent with HTTP basic auth as MLflow's client sends it."""
+    headers = {}
+    if who is not None:
+        if not isinstance(who, tuple):
+            who = (stack.mlflow_accounts[who].username, stack.mlflow_accounts[who].password)
+        username, password = who
+        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {pair}"
+    url = stack.mlflow_url + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    req = urllib.request.Request(
+        url, None if body is None else json.dumps(body).encode(), headers, method=method
+    )
+    req.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(req, timeout=90) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {"text": raw.decode(errors="replace")}
+    return status, data
+
+
+@contextlib.contextmanager
+def mlflow_client_as(stack, role: str = "reader") -> Iterator[None]:
+    """MLflow's client in this process signs in to the stack's server as `role` (it reads the credentials
+    from the environment at every request). The tests read the registry with the read-only account; only
+    the bundle's tasks write, with the service account."""
+    account = stack.mlflow_accounts[role]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", account.username)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", account.password)
+        yield
+
+
+@contextlib.contextmanager
+def provenance_key_of(stack) -> Iterator[None]:
+    """Library loads in this process check model versions with the stack's provenance key (the password of
+    its connection ``mlflow.provenance_conn_id``), the key its tasks sign the versions they register with."""
+    conn_id = stack.env.get("MLOPS_MLFLOW__PROVENANCE_CONN_ID")
+    if not conn_id:
+        yield
+        return
+    key = json.loads(stack.env[f"AIRFLOW_CONN_{conn_id.upper()}"])["password"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLOPS_PROVENANCE_KEY", key)
+        yield
 
 
 def token_for(base_url: str, username: str, password: str) -> str:

@@ -1,6 +1,7 @@
 """Stack tier: the docker-compose topology as real processes (PostgreSQL, Redis, CeleryExecutor with two
 workers, api-server, scheduler, dag-processor, triggerer, MLflow on Postgres, moto S3 + KMS), started by
-scripts/stack.py.
+scripts/stack.py. Its MLflow server runs behind MLflow's basic-auth app: the tests read it with the stack's
+read-only account (``mlflow_client_as``); only the bundle's tasks write, with the service account.
 
 Marker ``stack`` (which implies ``postgres`` and ``redis``). Skipped when PostgreSQL or Redis is not
 reachable (tests.services: PG_URL, REDIS_URL), except in CI (env CI set), where that is a failure: the CI
@@ -44,9 +45,14 @@ def _require_services() -> None:
 def stack(tmp_path_factory):
     """One running stack shared by the tier's tests (the fault tests start their own); stopped and its
     databases dropped at the end of the session."""
+    from tests.stack.api import mlflow_client_as, provenance_key_of
+
     _require_services()
     with stack_runner.start_stack(tmp_path_factory.mktemp("stack"), extra_env=STACK_ENV) as running:
-        yield running
+        # MLflow refuses anonymous calls: the tests' own reads go through the read-only account; models
+        # they load are checked with the stack's provenance key
+        with mlflow_client_as(running, "reader"), provenance_key_of(running):
+            yield running
 
 
 CHAIN_DATE = "2026-01-05"

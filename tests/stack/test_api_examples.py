@@ -112,7 +112,7 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
     # the user saw the run's state changes and, before approving, the gate's numbers and verdict
     assert re.search(r"ingest \S+: \S+ -> success", progress), progress
     assert re.search(r"candidate \w+ -> version \d+: .*roc_auc=0\.\d+", progress), progress
-    assert re.search(r"gate decision \w+: promote", progress), progress
+    assert re.search(r"gate (?:evaluation|decision) \w+: promote", progress), progress
     for key in ("ingest run", "train run", "approved", "promotion", "rollback run", "rollback"):
         assert len(lines.get(key, [])) == 1, f"expected one {key!r} line, got {lines.get(key)}"
 

@@ -26,7 +26,16 @@ import urllib.error
 import pytest
 
 from tests.polling import wait_for
-from tests.stack.api import land_batch, q, rest, token_for, wait_new_run, wait_run
+from tests.stack.api import (
+    land_batch,
+    mlflow_client_as,
+    provenance_key_of,
+    q,
+    rest,
+    token_for,
+    wait_new_run,
+    wait_run,
+)
 from tests.stack.conftest import _require_services, stack_runner
 
 pytestmark = pytest.mark.stack
@@ -58,7 +67,9 @@ def fault_stack(tmp_path_factory):
     _require_services()
     with stack_runner.start_stack(tmp_path_factory.mktemp("fault-stack"), extra_env=FAULT_ENV) as running:
         print(f"\nfault stack up in {running.timings}")
-        yield running
+        # this module's registry checks only read, and load models with the stack's provenance key
+        with mlflow_client_as(running, "reader"), provenance_key_of(running):
+            yield running
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,15 @@ Static and fast: it parses docker-compose.yaml with yaml and calls scripts/stack
 (`stack_env`, `airflow_commands`, `infra_commands`, `infra_env`) with placeholder databases and ports;
 no service is needed and nothing is started. Shared settings have one source, config/stack.env (the
 `env_file` of every Airflow service in compose, applied by `stack_env`) and config/mlflow.env (the MLflow
-server); everything else that differs between the two is listed below with its reason, so a new key,
-service or flag on one side only fails here until it is added to the other side or explained.
+server, with config/mlflow-auth.ini for its basic-auth app); everything else that differs between the two
+is listed below with its reason, so a new key, service or flag on one side only fails here until it is
+added to the other side or explained.
 """
 
 from __future__ import annotations
 
 import ast
+import configparser
 import inspect
 import json
 import os
@@ -54,6 +56,8 @@ NOT_A_PROCESS = {
     "airflow-init": "start_stack runs `airflow db migrate`, seeds the SimpleAuthManager password file and "
     "creates the training pool (REST)",
     "env-check": "the stack has no .env: scripts/airflow_local.py generates its secrets, none is a placeholder",
+    "mlflow-init": "start_stack runs scripts/mlflow_accounts.py's provision() once MLflow is healthy (the "
+    "passwords generated into the stack's mlflow-secrets.json)",
 }
 
 # env keys of every Airflow service (compose: x-airflow-common environment + config/stack.env) that the
@@ -110,6 +114,17 @@ STACK_ONLY_WORKER_ARGS = {
 # MLflow server flags
 STACK_ONLY_MLFLOW_FLAGS = {"--workers": "one server worker on the 2-core test machines"}
 COMPOSE_ONLY_MLFLOW_FLAGS: dict[str, str] = {}
+# the MLflow server's own environment beyond config/mlflow.env (compose: the mlflow service's
+# `environment:`; stack: mlflow_server_env), keys on one side only and why
+COMPOSE_ONLY_MLFLOW_ENV = {
+    "MLFLOW_S3_ENDPOINT_URL": "artifacts on MinIO; the stack proxies them to a local folder",
+    "AWS_ACCESS_KEY_ID": "MinIO's key for the artifacts (stack: local folder)",
+    "AWS_SECRET_ACCESS_KEY": "MinIO's key for the artifacts (stack: local folder)",
+    "AWS_DEFAULT_REGION": "MinIO's region for the artifacts (stack: local folder)",
+    "PGPASSWORD": "the stack's loopback PostgreSQL trusts local connections",
+}
+STACK_ONLY_MLFLOW_ENV: dict[str, str] = {}
+AUTH_INI = REPO / "config" / "mlflow-auth.ini"
 # these URIs differ in host, port, names and secrets but must use the same scheme (driver)
 SAME_SCHEME = (
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
@@ -124,6 +139,7 @@ SAME_SCHEME = (
 )
 _VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 WORKERS = ("w1", "w2")
+SERVICE = stack_runner.mlflow_accounts.Account("mlops-service", "service-password-x")
 
 
 def _explain(keys, side: str, other: str, table: str) -> str:
@@ -182,9 +198,14 @@ def stack_side(tmp_path_factory) -> dict:
         bucket="mlops-stack-x",
         kms_key_id="arn:aws:kms:us-east-1:123456789012:key/x",
         gx_root=tmp / "great_expectations",
+        mlflow_service=SERVICE,
     )
+    secret = {"flask_secret_key": "k" * 40} | {f"{r}_password": "p" * 24 for r in stack_runner.MLFLOW_USERS}
     return {
         "env": env,
+        "mlflow_env": stack_runner.mlflow_server_env(
+            auth_db="mlops_stack_x_mlflow_auth", mlflow_secret=secret
+        ),
         "commands": stack_runner.airflow_commands(env, stack_runner.worker_node_names(WORKERS)),
         "infra": stack_runner.infra_commands(
             moto_port=ports["moto"], mlflow_port=ports["mlflow"], mlflow_db="m", artifacts_dir=tmp / "a"
@@ -295,18 +316,31 @@ def test_every_service_has_its_counterpart(compose, stack_side):
 
 
 def test_init_steps_have_their_stack_counterparts(compose):
-    """What airflow-init and minio-init do once in compose, start_stack does at every start."""
+    """What airflow-init, minio-init and mlflow-init do in compose, start_stack does at every start."""
     source = inspect.getsource(stack_runner.start_stack)
     for call, what in (
         ("airflow_db_migrate(", "airflow db migrate"),
         ("write_auth_files(", "the SimpleAuthManager password file"),
         ("ensure_pool(", "the training pool"),
         ("create_bucket(", "the lake bucket"),
+        ("mlflow_accounts.provision(", "MLflow's accounts (mlflow-init)"),
+        ('"mlflow_auth"', "MLflow's auth database (compose: postgres-init-mlflow)"),
     ):
         assert call in source, f"start_stack no longer does {what} ({call}), which compose's init services do"
     init = "\n".join(compose["services"]["airflow-init"]["command"])
     for step in ("airflow db migrate", "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "airflow pools set"):
         assert step in init, f"airflow-init no longer runs {step!r}, which start_stack does"
+    # mlflow-init runs the same module as start_stack, with the bundle's experiments and model
+    svc = compose["services"]["mlflow-init"]
+    argv = [*svc["entrypoint"], *svc["command"]]
+    assert argv == ["python", "/opt/mlops/mlflow_accounts.py", "--bundle-config"], argv
+    assert "./scripts/mlflow_accounts.py:/opt/mlops/mlflow_accounts.py:ro" in svc["volumes"], svc["volumes"]
+    assert "experiments=[cfg.experiment_name, cfg.monitoring_experiment_name]" in source
+    assert svc["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    assert compose["services"]["airflow-worker"]["depends_on"]["mlflow-init"] == {
+        "condition": "service_completed_successfully"
+    }, "the workers' tasks need the service account mlflow-init creates"
+    assert "CREATE DATABASE mlflow_auth;" in compose["configs"]["postgres-init-mlflow"]["content"]
 
 
 def test_backends_use_the_same_drivers(compose_env, stack_side, env_example):
@@ -427,6 +461,67 @@ def test_mlflow_server_commands_agree(compose, stack_side):
     stack_client = urlsplit(stack_side["env"]["MLFLOW_TRACKING_URI"]).netloc
     assert compose_client in ours_f["--allowed-hosts"].split(","), (compose_client, ours_f["--allowed-hosts"])
     assert stack_client in theirs_f["--allowed-hosts"].split(","), (stack_client, theirs_f["--allowed-hosts"])
+
+
+def test_the_mlflow_connection_holds_the_service_account(compose_env, stack_side, env_example, shared):
+    """Both name MLflow's connection from config/stack.env; it holds the service account (login and
+    password), and no Airflow process gets MLflow client credentials in its environment: only the task
+    process sets them, from the connection (plugins/mlops_airflow/mlflow_auth.py)."""
+    key = f"AIRFLOW_CONN_{shared['MLOPS_MLFLOW__CONN_ID'].upper()}"
+    assert key in compose_env, f"compose lacks {key} for MLOPS_MLFLOW__CONN_ID of config/stack.env"
+    assert key in stack_side["env"], f"the stack lacks {key}"
+    ours = json.loads(_resolve(compose_env[key], env_example))
+    theirs = json.loads(stack_side["env"][key])
+    assert ours == {
+        "conn_type": "generic",
+        "login": env_example["MLFLOW_SERVICE_USERNAME"],
+        "password": env_example["MLFLOW_SERVICE_PASSWORD"],
+    }, ours
+    assert theirs == {"conn_type": "generic", "login": SERVICE.username, "password": SERVICE.password}
+    for side, env in (("compose", compose_env), ("the stack", stack_side["env"])):
+        leaked = sorted(k for k in env if k.startswith("MLFLOW_TRACKING_") and k != "MLFLOW_TRACKING_URI")
+        assert not leaked, f"{side} gives every Airflow process MLflow credentials {leaked}"
+
+
+def test_mlflow_server_auth_agrees(compose, stack_side):
+    """Both servers run the basic-auth app with config/mlflow-auth.ini (least privilege), each on its own
+    auth database, and set the same server-only keys (or explain them)."""
+    svc = compose["services"]["mlflow"]
+    assert _flags(svc["command"]).get("--app-name") == "basic-auth", svc["command"]
+    stack_argv = stack_side["infra"]["mlflow"]
+    assert _flags(stack_argv[2:]).get("--app-name") == "basic-auth", stack_argv
+
+    # MLFLOW_AUTH_CONFIG_PATH (config/mlflow.env) is relative: compose's working folder with ./config mounted
+    # there, the stack's processes run in the checkout (scripts/airflow_procs.py: cwd=PROJECT_ROOT)
+    relative = stack_runner.read_env_file(stack_runner.MLFLOW_ENV_FILE)["MLFLOW_AUTH_CONFIG_PATH"]
+    assert not Path(relative).is_absolute() and (REPO / relative).resolve() == AUTH_INI.resolve(), relative
+    assert stack_runner.al.PROJECT_ROOT.resolve() == REPO.resolve()
+    assert "./config:/opt/airflow/config:ro" in svc["volumes"] and svc["working_dir"] == "/opt/airflow"
+    ini = configparser.ConfigParser()
+    assert ini.read(AUTH_INI) == [str(AUTH_INI)]
+    auth = ini["mlflow"]
+    assert auth["default_permission"] == "NO_PERMISSIONS", "people get READ by grant, not by default"
+    assert auth["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert auth["database_uri"] == "postgresql+psycopg2://", "host, user, password and database: PG*"
+    assert not {"admin_username", "admin_password"} & set(auth), "the admin comes from the environment"
+
+    compose_env = {k: str(v) for k, v in svc["environment"].items()}
+    stack_env = stack_side["mlflow_env"]
+    assert compose_env["PGDATABASE"] == "mlflow_auth" and stack_env["PGDATABASE"].endswith("_mlflow_auth")
+    assert compose_env["PGHOST"] == "postgres" and stack_env["PGHOST"] == stack_runner.PG_HOST
+    problems = []
+    unexplained = set(compose_env) - set(stack_env) - set(COMPOSE_ONLY_MLFLOW_ENV)
+    if unexplained:
+        problems.append(f"only compose's mlflow sets {sorted(unexplained)}: add to COMPOSE_ONLY_MLFLOW_ENV")
+    unexplained = set(stack_env) - set(compose_env) - set(STACK_ONLY_MLFLOW_ENV)
+    if unexplained:
+        problems.append(f"only the stack's mlflow sets {sorted(unexplained)}: add to STACK_ONLY_MLFLOW_ENV")
+    stale = (set(COMPOSE_ONLY_MLFLOW_ENV) - set(compose_env)) | (set(STACK_ONLY_MLFLOW_ENV) - set(stack_env))
+    if stale:
+        problems.append(f"stale entries in COMPOSE_ONLY_/STACK_ONLY_MLFLOW_ENV: {sorted(stale)}")
+    assert not problems, "; ".join(problems)
+    shared = stack_runner.read_env_file(stack_runner.MLFLOW_ENV_FILE)
+    assert not set(stack_env) & set(shared), "mlflow_server_env hides config/mlflow.env keys"
 
 
 def test_mlflow_server_settings_agree(compose, stack_side):

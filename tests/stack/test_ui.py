@@ -4,7 +4,7 @@ What a person would do after the `chain` fixture's runs (ingest -> train with an
 monitor, batch date 2026-01-05): sign in through the login form, find the bundle's DAGs, read a DAG's
 docs, open the finished train and monitor runs, and click the bundle's extra links on their task
 instances: "MLflow model" must open the stack's MLflow UI on the model version that run registered
-(and from there its source run), "Drift report" must show the Evidently report served by the plugin
+(signed in with the read-only MLflow account, and from there its source run), "Drift report" must show the Evidently report served by the plugin
 under ``/mlops/reports/...``, rendered.
 
 Every step saves a screenshot into ``test-artifacts/ui/`` (or ``$MLOPS_TEST_ARTIFACTS/ui``); a failing
@@ -31,7 +31,7 @@ from tests.stack.api import q, rest
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 
-BUNDLE_DAGS = ("audit_verify", "ingest", "monitor", "rollback", "train")
+BUNDLE_DAGS = ("audit_verify", "ingest", "monitor", "registry_watch", "rollback", "train")
 # The machine running the tier is slow and busy (a whole Airflow + Celery stack on two cores): generous
 # budgets for Playwright's auto-waiting; every wait still ends as soon as its condition holds.
 ACTION_MS = 90_000
@@ -104,7 +104,13 @@ def ui(browser, stack):
         old.unlink()
     print(f"\nUI screenshots go to {shots}")
     base_url = stack.env["AIRFLOW__API__BASE_URL"].rstrip("/")
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
+    # the "MLflow model" link opens MLflow's UI, which asks for HTTP basic auth: the person signs in with the
+    # stack's read-only MLflow account (the browser sends it to MLflow's origin only)
+    reader = stack.mlflow_accounts["reader"]
+    mlflow_login = {"username": reader.username, "password": reader.password, "origin": stack.mlflow_url}
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 900}, locale="en-US", http_credentials=mlflow_login
+    )
     context.set_default_timeout(ACTION_MS)
     context.set_default_navigation_timeout(NAVIGATION_MS)
     expect.set_options(timeout=ACTION_MS)
