@@ -27,6 +27,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = Path(os.environ.get("DEMO_AIRFLOW_HOME") or PROJECT_ROOT / ".airflow").resolve()
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("DEMO_PORT") or 8080)
+# the ports the task and triggerer log servers listen on (Airflow's defaults 8793/8794; two checkouts or test
+# runs side by side need their own)
+WORKER_LOG_PORT = int(os.environ.get("DEMO_WORKER_LOG_PORT") or 8793)
+TRIGGER_LOG_PORT = int(os.environ.get("DEMO_TRIGGER_LOG_PORT") or 8794)
 DAGS_FOLDER = Path(os.environ.get("DEMO_DAGS_FOLDER") or PROJECT_ROOT / "dags").resolve()
 PLUGINS_FOLDER = PROJECT_ROOT / "plugins"
 
@@ -150,6 +154,8 @@ def airflow_env(
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             # plain text in .airflow/logs/*.log (no ANSI colour codes)
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
             # --- executor: real task processes, small footprint -------------------------------------
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",

@@ -57,9 +57,9 @@ class Account:
 
 
 class Server:
-    """JSON calls to one MLflow server as one account (HTTP basic auth)."""
+    """JSON calls to one MLflow server as one account (HTTP basic auth), or none (``account=None``)."""
 
-    def __init__(self, url: str, account: Account, timeout: float = 30) -> None:
+    def __init__(self, url: str, account: Account | None, timeout: float = 30) -> None:
         self.url = url.rstrip("/")
         self.account = account
         self.timeout = timeout
@@ -69,8 +69,9 @@ class Server:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
         req = urllib.request.Request(url, None if body is None else json.dumps(body).encode(), method=method)
         req.add_header("Content-Type", "application/json")
-        creds = f"{self.account.username}:{self.account.password}".encode()
-        req.add_header("Authorization", "Basic " + base64.b64encode(creds).decode())
+        if self.account is not None:  # None: no credentials (what an anonymous client gets)
+            creds = f"{self.account.username}:{self.account.password}".encode()
+            req.add_header("Authorization", "Basic " + base64.b64encode(creds).decode())
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
                 status, raw = resp.status, resp.read()
@@ -228,6 +229,21 @@ def provision(
     ensure_bundle_resources(as_admin, Server(url, service), experiments, models)
 
 
+def add_reader(url: str, admin: Account, account: Account) -> None:
+    """Create (or reset the password of) one more read-only account for a person: READ on every experiment
+    and registered model, nothing else. Refuses an account that holds more than READ (e.g. the service's)."""
+    as_admin = Server(url, admin)
+    status, data = as_admin.call("GET", "/api/3.0/mlflow/users/permissions/list", username=account.username)
+    held = {p["permission"] for p in data.get("permissions", [])} if status == 200 else set()
+    if held - {"READ"}:
+        raise ProvisionError(
+            f"{account.username!r} holds {sorted(held)}, not only READ: it is not a reader (the service "
+            "account?); pick a new user name"
+        )
+    ensure_user(as_admin, account)
+    set_grants(as_admin, account.username, READER_GRANTS)
+
+
 def wait_healthy(url: str, timeout: float) -> None:
     """Wait until GET <url>/health answers 200 (it needs no account)."""
     deadline = time.monotonic() + timeout
@@ -259,12 +275,28 @@ def main(argv: list[str] | None = None) -> int:
         help="pre-create the config's experiments and registered model",
     )
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for the server's /health")
+    parser.add_argument(
+        "--add-reader",
+        metavar="USER",
+        help="only add a read-only account USER for a person, password from $MLFLOW_NEW_READER_PASSWORD "
+        "(needs MLFLOW_ADMIN_USERNAME/PASSWORD)",
+    )
     args = parser.parse_args(argv)
     env = dict(os.environ)
     try:
         url = env.get("MLFLOW_TRACKING_URI") or ""
         if not url.startswith(("http://", "https://")):
             raise ProvisionError(f"MLFLOW_TRACKING_URI must be the server's http(s) URL, got {url!r}")
+        if args.add_reader:
+            password = env.get("MLFLOW_NEW_READER_PASSWORD") or ""
+            if len(password) < 12:
+                raise ProvisionError("set MLFLOW_NEW_READER_PASSWORD (MLflow needs at least 12 characters)")
+            wait_healthy(url, args.wait)
+            add_reader(
+                url, _account("ADMIN", env), Account(args.add_reader, password, "MLFLOW_NEW_READER_PASSWORD")
+            )
+            print(f"mlflow accounts: {args.add_reader!r} (reads) ready at {url}")
+            return 0
         accounts = {role.lower(): _account(role, env) for role in ("ADMIN", "SERVICE", "READER")}
         experiments, models = [], []
         if args.bundle_config:

@@ -58,6 +58,38 @@ class LocalAirflow:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         return {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
 
+    def bundle_config(self):
+        """The bundle config the Airflow processes run with (the test module's LOCAL_AIRFLOW_ENV)."""
+        from mlops_bundle.config import load_config
+
+        env = {k: v for k, v in self.env.items() if k.startswith("MLOPS_")}
+        return load_config(environ={**env, "MLOPS_MLFLOW__TRACKING_URI": self.mlflow_url})
+
+    def stage(self, days, rows: int = 1500) -> None:
+        """Validated staging partitions of generated churn batches for `days` (what ingest would write)."""
+        from mlops_bundle import ingest
+        from mlops_bundle.sample import generate_batch
+        from mlops_bundle.storage import LocalStorage
+
+        cfg, store = self.bundle_config(), LocalStorage(self.lake)
+        for day in days:
+            df, problems = ingest.coerce(generate_batch(day, rows=rows), cfg)
+            assert not problems
+            ingest.write_staging(
+                store, cfg, day, df, {"rows": len(df), "fingerprint": ingest.fingerprint(df)}
+            )
+
+    def await_approval(self, run_id: str, alive=None) -> dict:
+        """Wait until train run `run_id`'s `approve` task awaits input; its task-instance states."""
+        return wait_for(
+            lambda: self.task_states("train", run_id),
+            lambda states: states.get(("approve", -1)) == "awaiting_input",
+            timeout=400,
+            describe=lambda states: f"approve not awaiting input: {states}",
+            interval=3,
+            alive=alive,
+        )
+
 
 @pytest.fixture(scope="module")
 def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
@@ -68,6 +100,8 @@ def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_"))} | {
         "DEMO_AIRFLOW_HOME": str(tmp / "airflow"),
         "DEMO_PORT": str(services.free_port()),
+        "DEMO_WORKER_LOG_PORT": str(services.free_port()),
+        "DEMO_TRIGGER_LOG_PORT": str(services.free_port()),
         "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
         "MLOPS_VALIDATION__GX_ROOT": str(gx_root),

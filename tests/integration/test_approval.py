@@ -14,13 +14,8 @@ import uuid
 
 import pytest
 
-from mlops_bundle import ingest
-from mlops_bundle.config import load_config
-from mlops_bundle.sample import generate_batch
-from mlops_bundle.storage import LocalStorage
 from tests.audit_trail import assert_dag_runs_audited
 from tests.conftest import _SESSION_DIR, REPO
-from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,21 +35,6 @@ AT_ONCE_DAYS = ["2026-08-04", "2026-08-05", "2026-08-06"]
 FOUR_EYES_DAYS = ["2026-08-07", "2026-08-08", "2026-08-09"]
 
 
-def _cfg(af):
-    env = {k: v for k, v in af.env.items() if k.startswith("MLOPS_")}
-    env["MLOPS_MLFLOW__TRACKING_URI"] = af.mlflow_url
-    return load_config(environ=env)
-
-
-def _stage(af, days=DAYS):
-    cfg = _cfg(af)
-    store = LocalStorage(af.lake)
-    for day in days:
-        df, problems = ingest.coerce(generate_batch(day, rows=1500), cfg)
-        assert not problems
-        ingest.write_staging(store, cfg, day, df, {"rows": len(df), "fingerprint": ingest.fingerprint(df)})
-
-
 def test_api_refuses_missing_or_bad_tokens(local_airflow):
     af = local_airflow
     codes = {}
@@ -71,8 +51,8 @@ def test_promotion_waits_for_human_approval(local_airflow):
     from mlops_bundle import tracking
 
     af = local_airflow
-    _stage(af)
-    cfg = _cfg(af)
+    af.stage(DAYS)
+    cfg = af.bundle_config()
     af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
     run = af.call(
         "POST",
@@ -84,14 +64,7 @@ def test_promotion_waits_for_human_approval(local_airflow):
     def run_goes_on() -> None:
         assert af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}")["state"] in ("queued", "running")
 
-    wait_for(
-        lambda: af.task_states("train", run_id),
-        lambda states: states.get(("approve", -1)) == "awaiting_input",
-        timeout=400,
-        describe=lambda states: f"approve not awaiting input: {states}",
-        interval=3,
-        alive=run_goes_on,
-    )
+    af.await_approval(run_id, alive=run_goes_on)
     # Airflow 3.3 race: an answer given within ~1 s of the pause can reach the resumed task before the
     # scheduler has handled the pausing process's exit, which then fails the resumed attempt and asks
     # again on try 2 (seen on a quiet machine). A human is never that fast; give the scheduler a moment.
@@ -132,8 +105,8 @@ def test_an_answer_given_at_once_is_completed_even_if_airflow_asks_again(local_a
     from mlops_bundle import tracking
 
     af = local_airflow
-    _stage(af, AT_ONCE_DAYS)
-    cfg = _cfg(af)
+    af.stage(AT_ONCE_DAYS)
+    cfg = af.bundle_config()
     example = _api_client_example()
     monkeypatch.setattr(example, "AIRFLOW_URL", af.url)
     monkeypatch.setattr(example, "WAIT_TIMEOUT", 600)
@@ -181,20 +154,14 @@ def test_four_eyes_on_a_forced_promotion_through_the_rest_api(local_airflow):
     from mlops_bundle import audit, tracking
 
     af = local_airflow
-    _stage(af, FOUR_EYES_DAYS)
-    cfg = _cfg(af)
+    af.stage(FOUR_EYES_DAYS)
+    cfg = af.bundle_config()
     af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
     conf = {"end_date": FOUR_EYES_DAYS[-1], "window_days": 3, "force": True}
     conf["justification"] = "integration test: four eyes on a forced promotion"
     run_id = af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
     base = f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve"
-    wait_for(
-        lambda: af.task_states("train", run_id),
-        lambda states: states.get(("approve", -1)) == "awaiting_input",
-        timeout=400,
-        describe=lambda states: f"approve not awaiting input: {states}",
-        interval=3,
-    )
+    af.await_approval(run_id)
     time.sleep(5)  # a human is never faster (see test_promotion_waits_for_human_approval)
     champion_before = tracking.alias_version(tracking.client(cfg), MODEL, "champion")
     answer = {"chosen_options": ["Approve"], "params_input": {}}

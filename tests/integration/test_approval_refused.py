@@ -12,10 +12,6 @@ import uuid
 
 import pytest
 
-from mlops_bundle import ingest
-from mlops_bundle.config import load_config
-from mlops_bundle.sample import generate_batch
-from mlops_bundle.storage import LocalStorage
 from tests.conftest import _SESSION_DIR
 from tests.polling import wait_for
 
@@ -38,13 +34,8 @@ def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_ai
     from mlops_bundle import audit, tracking
 
     af = local_airflow
-    env = {k: v for k, v in af.env.items() if k.startswith("MLOPS_")}
-    cfg = load_config(environ={**env, "MLOPS_MLFLOW__TRACKING_URI": af.mlflow_url})
-    store = LocalStorage(af.lake)
-    for day in DAYS:
-        df, problems = ingest.coerce(generate_batch(day, rows=1500), cfg)
-        assert not problems
-        ingest.write_staging(store, cfg, day, df, {"rows": len(df), "fingerprint": ingest.fingerprint(df)})
+    cfg = af.bundle_config()
+    af.stage(DAYS)
     af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
     conf = {"end_date": DAYS[-1], "window_days": 3, "force": True, "justification": "four eyes: refused"}
     run = af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None, "conf": conf})

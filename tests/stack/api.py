@@ -3,7 +3,6 @@ as one of the stack's MLflow accounts."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import urllib.error
@@ -53,29 +52,14 @@ def status_of(base_url: str, method: str, path: str, headers: dict[str, str] | N
 def mlflow_call(stack, who, method: str, path: str, body=None, **params) -> tuple[int, dict]:
     """(status, JSON body) of one call to the stack's MLflow server, never raising. `who`: one of the stack's
     MLflow accounts ("admin", "service", "reader"), a (username, password) pair, or None (no credentials);
-    sent with HTTP basic auth as MLflow's client sends it."""
-    headers = {}
-    if who is not None:
-        if not isinstance(who, tuple):
-            who = (stack.mlflow_accounts[who].username, stack.mlflow_accounts[who].password)
-        username, password = who
-        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
-        headers["Authorization"] = f"Basic {pair}"
-    url = stack.mlflow_url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    req = urllib.request.Request(
-        url, None if body is None else json.dumps(body).encode(), headers, method=method
-    )
-    req.add_header("Content-Type", "application/json")
-    try:
-        with _OPENER.open(req, timeout=90) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        data = {"text": raw.decode(errors="replace")}
-    return status, data
+    sent with HTTP basic auth as MLflow's client sends it (scripts/mlflow_accounts.py's ``Server``)."""
+    from mlflow_accounts import Account, Server  # scripts/ is on sys.path (tests/stack/conftest.py)
+
+    if isinstance(who, tuple):
+        who = Account(*who)
+    elif who is not None:
+        who = stack.mlflow_accounts[who]
+    return Server(stack.mlflow_url, who, timeout=90).call(method, path, body, **params)
 
 
 @contextlib.contextmanager

@@ -266,3 +266,40 @@ def test_the_task_side_takes_the_service_account_from_the_airflow_connection(sta
         )
         is False
     )
+
+
+def test_adding_a_reader_for_a_person(stack, chain):
+    """The README's way to add a person: scripts/mlflow_accounts.py --add-reader, as the admin. The new
+    account reads the bundle's model but cannot move its champion; the service account cannot be turned
+    into a reader that way (its grants would be reset)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    name = _cfg(stack).model_name
+    admin = stack.mlflow_accounts["admin"]
+    user, password = f"person-{uuid.uuid4().hex[:6]}", "a-long-enough-password"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": stack.mlflow_url,
+        "MLFLOW_ADMIN_USERNAME": admin.username,
+        "MLFLOW_ADMIN_PASSWORD": admin.password,
+        "MLFLOW_NEW_READER_PASSWORD": password,
+    }
+    script = [sys.executable, str(REPO / "scripts" / "mlflow_accounts.py"), "--add-reader"]
+    done = subprocess.run([*script, user], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status, data = mlflow_call(
+        stack, (user, password), "GET", "/api/2.0/mlflow/registered-models/get", name=name
+    )
+    assert status == 200 and data["registered_model"]["name"] == name, data
+    champion = {a["alias"]: a["version"] for a in data["registered_model"]["aliases"]}["champion"]
+    body = {"name": name, "alias": "champion", "version": champion}
+    status, _ = mlflow_call(stack, (user, password), "POST", ALIAS, body)
+    assert status == 403
+    service = stack.mlflow_accounts["service"].username
+    refused = subprocess.run([*script, service], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "not only READ" in refused.stderr, refused.stderr
+    status, _ = mlflow_call(stack, "service", "GET", "/api/2.0/mlflow/registered-models/get", name=name)
+    assert status == 200

@@ -477,8 +477,11 @@ def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
 #    for READ_WAIT_S at most. Without the lock all of them read "no champion" before anyone writes.
 #    With it only the lock holder gets there: its wait times out and breaks the barrier, and the later
 #    holders pass straight through (READ_WAIT_S once per test);
-# 3. the champion alias write of the racer ranked r (0 = best score) waits r * WRITE_STAGGER_S, so
-#    without the lock the best version writes first and a worse one last (the last writer wins).
+# 3. the champion alias writes go in rank order (0 = best score): without the lock each racer waits
+#    until every better eligible racer has written (a shared counter, not a sleep, so a loaded machine
+#    cannot reorder them), so the best version writes first and the worst eligible one last (the last
+#    writer wins); with the lock, where a wait would hold the lock, the racer ranked r sleeps
+#    r * WRITE_STAGGER_S instead.
 #
 # So without the lock every run ends with several "first" promotions and a worse champion; with it every
 # run ends with a chain of promotions up to the best version.
@@ -502,7 +505,7 @@ RACER_PRELOAD = [
 ]
 
 
-def _hook_racer(client, score, rank: int, start, read):
+def _hook_racer(client, score, rank: int, start, read, turn=None):
     """Install hooks 1-3 (above) on one racer's client; returns its scorer wrapped with hook 1."""
     import time
 
@@ -526,16 +529,26 @@ def _hook_racer(client, score, rank: int, start, read):
                     read.wait(timeout=READ_WAIT_S)
 
     def staggered_set(name, alias, version):
-        if alias == promotion.CHAMPION_ALIAS:
+        if alias != promotion.CHAMPION_ALIAS:
+            return set_alias(name, alias, version)
+        if turn is None:
             time.sleep(rank * WRITE_STAGGER_S)
-        return set_alias(name, alias, version)
+            return set_alias(name, alias, version)
+        deadline = time.monotonic() + 300
+        while turn.value != rank and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            return set_alias(name, alias, version)
+        finally:
+            with turn.get_lock():
+                turn.value += 1
 
     client.get_model_version_by_alias = read_then_wait
     client.set_registered_model_alias = staggered_set
     return score_then_start
 
 
-def _race_worker(env, version, rank, mode, start, read, results):
+def _race_worker(env, version, rank, mode, start, read, results, turn):
     """One process = one training run finishing at the same moment as the others and calling gate()."""
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     try:
@@ -552,7 +565,7 @@ def _race_worker(env, version, rank, mode, start, read, results):
             cfg,
             client,
             challenger_version=version,
-            score=_hook_racer(client, score, rank, start, read),
+            score=_hook_racer(client, score, rank, start, read, turn),
             actor=f"racer-{version}",
             context={"mode": mode},
         )
@@ -584,8 +597,9 @@ def _race(tmp_path, mode: str, **promotion_env: str):
     start = ctx.Barrier(len(versions))
     read = ctx.Barrier(len(versions))
     results = ctx.Queue()
+    turn = ctx.Value("i", 0) if mode == "nolock" else None  # eligible racers are ranks 0..k-1
     procs = [
-        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, start, read, results))
+        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, start, read, results, turn))
         for v in versions.values()
     ]
     for p in procs:

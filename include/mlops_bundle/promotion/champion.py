@@ -60,17 +60,14 @@ def _get_version(client: MlflowClient, model_name: str, version: str) -> Any:
 def _check_provenance(cfg: BundleConfig, client: MlflowClient, name: str, version: str) -> None:
     """Refuse to make a version the champion unless the bundle registered it (its provenance signature
     checks out against its model file); nothing is deserialized."""
-    import shutil
-    from pathlib import Path
-
     from mlops_bundle.provenance import ProvenanceError
-    from mlops_bundle.training.loading import check_version
+    from mlops_bundle.training.loading import checked_version
 
     try:
-        _, _, path = check_version(cfg, f"models:/{name}/{version}", client)
+        with checked_version(cfg, f"models:/{name}/{version}", client):
+            pass
     except ProvenanceError as exc:
         raise GateError(f"cannot make version {version} the champion: {exc}") from None
-    shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def _normalize_version(version: str | int) -> str:

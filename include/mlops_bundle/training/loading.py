@@ -14,10 +14,12 @@ Every load of a model (scoring, the gate, rollback's records, the console) goes 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from mlops_bundle import provenance, tracking
@@ -55,10 +57,11 @@ def resolve_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> tu
     return name, client.get_model_version_by_alias(name, m["alias"])
 
 
-def check_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> tuple[str, Any, str]:
-    """Download a version and check its provenance without loading it: (name, version, skops file).
+@contextlib.contextmanager
+def checked_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> Iterator[tuple[str, Any, str]]:
+    """Download a version and check its provenance without loading it; yields (name, version, skops file).
 
-    The caller owns the returned file's temporary folder (``Path(file).parent``) and must remove it.
+    The download is removed when the ``with`` block ends.
     """
     tracking.use(cfg)
     import mlflow.artifacts
@@ -67,11 +70,9 @@ def check_version(cfg: BundleConfig, model_uri: str, client: Any = None) -> tupl
     folder = tempfile.mkdtemp(prefix="mlops-model-")
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=folder)
-        path = provenance.verify(name, mv, folder)
-    except BaseException:
+        yield name, mv, str(provenance.verify(name, mv, folder))
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return name, mv, str(path)
 
 
 def load_model(cfg: BundleConfig, model_uri: str, client: Any = None):
@@ -79,18 +80,14 @@ def load_model(cfg: BundleConfig, model_uri: str, client: Any = None):
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
-    name, mv, path = check_version(cfg, model_uri, client)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skops' notes about modules Airflow answers getattr() for
-            return skops.io.load(path, trusted=trusted_types(cfg))
-    except UntrustedTypesFoundException as exc:
-        raise ProvenanceError(
-            f"{name} version {mv.version} holds types the bundle does not trust ({exc}); trusted: "
-            f"{trusted_types(cfg)} (the families of training.candidates). Not loaded: if it is an older "
-            "model of a family removed from the config, add the family back"
-        ) from None
-    finally:
-        from pathlib import Path
-
-        shutil.rmtree(Path(path).parent, ignore_errors=True)
+    with checked_version(cfg, model_uri, client) as (name, mv, path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # skops' notes about modules Airflow answers getattr() for
+                return skops.io.load(path, trusted=trusted_types(cfg))
+        except UntrustedTypesFoundException as exc:
+            raise ProvenanceError(
+                f"{name} version {mv.version} holds types the bundle does not trust ({exc}); trusted: "
+                f"{trusted_types(cfg)} (the families of training.candidates). Not loaded: if it is an older "
+                "model of a family removed from the config, add the family back"
+            ) from None
