@@ -61,6 +61,8 @@ os.environ.update(
         "MLOPS_STORAGE__ROOT_URI": LAKE.as_uri(),
         "MLOPS_VALIDATION__GX_ROOT": str(GX_ROOT),
         "MLOPS_AUDIT__STORE_URI": f"sqlite:///{_SESSION_DIR / 'audit.db'}",
+        # where listeners count events they could not write (never the checkout's var/)
+        "MLOPS_AUDIT__GAP_DIR": str(_SESSION_DIR / "audit-gaps"),
         "MLOPS_MLFLOW__TRACKING_URI": str(_SESSION_DIR / "mlflow-local"),
         # the model provenance key of this test session (every registration signs, every load checks)
         "MLOPS_PROVENANCE_KEY": os.environ.get("MLOPS_PROVENANCE_KEY") or secrets.token_urlsafe(32),

@@ -107,12 +107,55 @@ class StorageConfig(_Strict):
         ]
 
 
+def absolute_location(uri: str, base_dir: Path, field: str) -> str:
+    """A configured folder as an absolute URI: ``s3://`` and ``file://`` as written (minus a trailing
+    slash), a plain path relative to the config file's folder (``base_dir``). The one rule for every
+    storage-like setting (storage.root_uri, ingest.allowed_sources); ``field`` names the setting in the
+    error for any other scheme."""
+    if uri.startswith("s3://") or uri.startswith("file://"):
+        return uri.rstrip("/")
+    if "://" in uri:
+        raise ConfigError(f"{field} {uri!r}: only file:// and s3:// are supported")
+    return (base_dir / uri).resolve().as_uri()
+
+
 class IngestConfig(_Strict):
     file_patterns: list[str] = Field(default_factory=lambda: ["*.csv", "*.csv.gz", "*.parquet"])
     csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: Literal["utf-8"] = "utf-8"
     # how many offending values an error message shows per column
     error_examples: int = Field(default=5, ge=1, le=50)
+    # folders the ingest DAG's `source` Param may name instead of landing/ (whoever may trigger ingest
+    # controls that Param): file:///abs/folder/, s3://bucket/prefix/, or a folder relative to this
+    # file's folder; a request matches on whole path segments, symlinks resolved. Empty: no override.
+    allowed_sources: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _sources_are_folders(self) -> IngestConfig:
+        for i, entry in enumerate(self.allowed_sources):
+            problem = _source_entry_problem(entry)
+            if problem:
+                raise ValueError(
+                    f"ingest.allowed_sources[{i}] {entry!r} {problem}; write file:///absolute/folder/, "
+                    "s3://bucket/prefix/ or a folder relative to the config file"
+                )
+        return self
+
+
+def _source_entry_problem(entry: str) -> str:
+    """Why an ingest.allowed_sources entry cannot be an allowlist prefix ('' if it can)."""
+    scheme = entry.partition("://")[0] if "://" in entry else ""
+    if not entry.strip() or any(c in entry for c in "\x00\\?#"):
+        return "is empty or holds a NUL, backslash, '?' or '#'"
+    if scheme not in ("", "file", "s3"):
+        return "has an unsupported scheme (only file:// and s3://)"
+    if scheme == "s3" and not entry[5:].partition("/")[0]:
+        return "names no bucket"
+    if scheme == "file" and not entry.startswith("file:///"):
+        return "is not an absolute local path (file:// must be followed by /, no host)"
+    if entry.rstrip("/") in ("file:", ""):
+        return "names the whole filesystem"
+    return ""
 
 
 class ValidationConfig(_Strict):
@@ -183,7 +226,15 @@ class PromotionConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
+    # the verdict is "drift" when this share of the feature columns drifted
     drift_share_threshold: float = Field(default=0.3, gt=0, le=1)
+    # fewer rows than this on either side: the verdict is "insufficient data" (reported, never a retrain)
+    min_rows: int = Field(default=50, ge=4)
+    # feature -> fixed drift threshold (used as given); the others are calibrated on the reference at the
+    # batch's size, never below the pinned method's threshold (mlops_bundle.monitoring.calibration)
+    column_thresholds: dict[str, float] = Field(default_factory=dict)
+    # calibration: the largest share of same-distribution batches whose verdict may be "drift"
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=0.5)
     sample_cap: int = Field(default=100_000, ge=1_000)
     cooldown_hours: float = Field(default=6.0, ge=0)
     max_retrains_per_day: int = Field(default=2, ge=0)
@@ -197,11 +248,36 @@ class EncryptionConfig(_Strict):
     key_source: Literal["connection", "kms"] = "connection"
     # Airflow connection holding the local keyset (key_source=connection)
     keyset_conn_id: str = "mlops_keyset"
-    # KMS key id/ARN/alias that wraps new data keys (key_source=kms); old ids stay decryptable
+    # KMS key id/ARN/alias that wraps new data keys (key_source=kms); always allowed to unwrap
     kms_key_id: str = ""
+    # further KMS key ARNs allowed to unwrap (e.g. the keys before a rotation); a header naming any other
+    # key is refused before KMS is asked. ARNs only: an alias can be repointed, an allowlist must not move
+    kms_key_ids: list[str] = Field(default_factory=list)
     # the prefixes to encrypt; empty (the default) = every prefix the pipeline writes
     # (storage.written_prefixes(): staging, quarantine, reports, predictions, work)
     prefixes: list[str] = Field(default_factory=list)
+    # bound into every object's associated data with its key, so an object copied from another lake is
+    # refused; empty = the storage root URI (set it explicitly if the lake may move or change URI)
+    lake_id: str = Field(default="", max_length=256)
+    # MIGRATION ONLY: read plaintext and format-1 objects under the encrypted prefixes (logged as a
+    # WARNING per object). Off = such objects are refused (a planted plaintext object is never read)
+    allow_legacy_objects: bool = False
+    # MLflow artifacts holding data rows (the drift reference sample): "encrypt" them in the lake's
+    # envelope, or "omit" them (no drift reports then). The model's input example is never logged while
+    # encryption is on (MLflow reads it as plaintext)
+    data_artifacts: Literal["encrypt", "omit"] = "encrypt"
+
+    @model_validator(mode="after")
+    def _kms_ids_are_arns(self) -> EncryptionConfig:
+        for i, arn in enumerate(self.kms_key_ids):
+            parts = arn.split(":")
+            if len(parts) != 6 or parts[0] != "arn" or parts[2] != "kms" or not parts[5].startswith("key/"):
+                raise ValueError(
+                    f"kms_key_ids[{i}]={arn!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>):"
+                    " aliases and bare key ids are not accepted in the allowlist; use `aws kms describe-key"
+                    " --key-id ...` to get the ARN"
+                )
+        return self
 
 
 class AuditConfig(_Strict):
@@ -211,6 +287,28 @@ class AuditConfig(_Strict):
     store_uri: str = "../var/audit/audit.db"
     # Airflow connection whose password is the HMAC key of the chain (optional but recommended)
     hmac_conn_id: str = ""
+    # where verified heads are anchored out of the tasks' reach: s3://bucket/prefix/ of a bucket created
+    # with Object Lock (versioning on), written through the AWS connection storage.aws_conn_id. Empty:
+    # anchors only in the store's own DB (rewritable by whoever can delete records; verify warns)
+    anchor_uri: str = ""
+    # Object Lock retention of each anchor object: COMPLIANCE (nobody, not even the bucket's root account,
+    # can delete or shorten it before it expires) or GOVERNANCE (principals with
+    # s3:BypassGovernanceRetention can); days >= the longest time an incident may go unnoticed
+    anchor_retention_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    anchor_retention_days: int = Field(default=400, ge=1, le=36500)
+    # per-host folder (relative to the config file's folder) where a listener counts the events it could
+    # not write while the store was down; the next successful write turns them into an audit.gap record
+    gap_dir: str = "../var/audit/gaps"
+
+    @model_validator(mode="after")
+    def _anchor_uri_is_s3(self) -> AuditConfig:
+        uri = self.anchor_uri
+        if uri and (not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]):
+            raise ValueError(
+                f"audit.anchor_uri {uri!r}: use s3://bucket/prefix/ (a bucket with Object Lock) or leave it "
+                f"empty"
+            )
+        return self
 
 
 class BundleConfig(_Strict):
@@ -227,6 +325,16 @@ class BundleConfig(_Strict):
     # where the file came from; relative paths in it resolve against its folder
     source: str = ""
 
+    @model_validator(mode="after")
+    def _thresholds_name_features(self) -> BundleConfig:
+        unknown = sorted(set(self.monitoring.column_thresholds) - set(self.dataset.feature_columns))
+        if unknown:
+            raise ValueError(
+                f"monitoring.column_thresholds names {unknown}, which are not feature columns of the data set "
+                f"(features: {self.dataset.feature_columns})"
+            )
+        return self
+
     @property
     def base_dir(self) -> Path:
         return Path(self.source).resolve().parent if self.source else PROJECT_ROOT / "config"
@@ -234,12 +342,7 @@ class BundleConfig(_Strict):
     @property
     def root_uri(self) -> str:
         """The storage root as an absolute URI (file:///... or s3://...)."""
-        uri = self.storage.root_uri
-        if uri.startswith("s3://") or uri.startswith("file://"):
-            return uri.rstrip("/")
-        if "://" in uri:
-            raise ConfigError(f"storage.root_uri {uri!r}: only file:// and s3:// are supported")
-        return (self.base_dir / uri).resolve().as_uri()
+        return absolute_location(self.storage.root_uri, self.base_dir, "storage.root_uri")
 
     @property
     def tracking_uri(self) -> str:
