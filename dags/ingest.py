@@ -17,6 +17,9 @@ Landing files are never modified or deleted.
 
 **Params**: `date` (YYYY-MM-DD; default: the day before the run's logical date, i.e. the day that just
 ended), `source` (optional `file://` or `s3://` folder holding the batch, instead of the landing folder).
+A `source` must lie under a prefix of the config's `ingest.allowed_sources` (empty by default: no override
+allowed); anything else fails `discover_files` at once, before any listing, with an error naming only the
+allowlist. `..` segments, percent-escapes, `?`/`#`, backslashes and symlinks leading out are refused.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from mlops_airflow.dag_defaults import dag_args, date_param
             None,
             type=["null", "string"],
             pattern=r"^(file|s3)://.+",
-            description="Optional folder URI holding the batch instead of landing/<dataset>/<date>/",
+            description=(
+                "Optional folder URI holding the batch instead of landing/<dataset>/<date>/; must be under "
+                "a prefix of the config's ingest.allowed_sources (empty by default: no override allowed)"
+            ),
         ),
     },
     doc_md=__doc__,

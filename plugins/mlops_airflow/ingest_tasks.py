@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow import runtime
 
+if TYPE_CHECKING:
+    from mlops_bundle.config import BundleConfig
+
 log = logging.getLogger(__name__)
 
 
+def _allowed_source(cfg: BundleConfig, requested: str | None) -> str | None:
+    """The canonical URI of a `source` override, checked against ingest.allowed_sources before any store
+    is built or listed; fail without retry (the message names the allowlist, never the requested path)."""
+    from mlops_bundle import ingest
+
+    if not requested:
+        return None
+    try:
+        return ingest.check_source(cfg, requested)
+    except ingest.SourceNotAllowed as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
 def discover(params: dict, logical_date, run_after) -> dict[str, Any]:
-    """List the landing files of the run's batch; fail fast (no retry) when there are none."""
+    """List the landing files of the run's batch; fail fast (no retry) when there are none.
+
+    A `source` override is checked against the allowlist first: whoever may trigger the DAG sets it.
+    """
     from mlops_bundle import ingest
 
     cfg = runtime.bundle_config()
+    source_uri = _allowed_source(cfg, params.get("source"))
     try:
         date = runtime.batch_date(params.get("date"), logical_date, run_after)
     except ValueError as exc:
         raise AirflowFailException(str(exc)) from None
-    source_uri = params.get("source") or None
     source = runtime.storage(cfg, source_uri)
     prefix = "" if source_uri else ingest.landing_prefix(cfg, date)
     try:
@@ -44,15 +63,23 @@ def validate_and_stage(batch: dict, run_id: str, try_number: int | None) -> dict
     from mlops_bundle.storage import ObjectInfo
 
     cfg = runtime.bundle_config()
+    # defence in depth: the hand-over from discover_files is re-checked, not trusted
+    source_uri = _allowed_source(cfg, batch.get("source"))
+    try:
+        date = ingest.parse_date(batch["date"])
+        prefix = "" if source_uri else ingest.landing_prefix(cfg, date)
+        ingest.check_keys(prefix, [f["key"] for f in batch["files"]])
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
     store = runtime.storage(cfg)
-    source = runtime.storage(cfg, batch["source"]) if batch.get("source") else store
+    source = runtime.storage(cfg, source_uri) if source_uri else store
     try:
         result = ingest.ingest_batch(
             cfg,
-            batch["date"],
+            date,
             store,
             source=source,
-            source_prefix=batch["prefix"],
+            source_prefix=prefix,
             files=[ObjectInfo(f["key"], f["size"]) for f in batch["files"]],
             attempt=runtime.attempt_label(run_id, try_number),
         )

@@ -65,10 +65,33 @@ def test_s3_bad_batch_quarantined_in_s3(dagbag, s3_bucket):
     assert _keys(client, bucket, f"lake/landing/churn/{date}/") == [f"lake/landing/churn/{date}/batch.csv"]
 
 
-def test_s3_source_override(dagbag, s3_bucket):
+def test_s3_source_override(dagbag, s3_bucket, monkeypatch):
     client, bucket = s3_bucket
     date = "2026-04-03"
+    monkeypatch.setenv("MLOPS_INGEST__ALLOWED_SOURCES", json.dumps([f"s3://{bucket}/drops/partner-a/"]))
     _put_csv(client, bucket, "drops/partner-a/export.csv", generate_batch(date, rows=250))
     dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": f"s3://{bucket}/drops/partner-a"})
     assert dr.state == "success"
     assert f"lake/staging/churn/ds={date}/part-0.parquet" in _keys(client, bucket, "lake/staging/")
+
+
+@pytest.mark.parametrize("where", ["look-alike prefix", "other bucket"])
+def test_s3_source_outside_the_allowlist_is_never_listed(dagbag, s3_bucket, monkeypatch, task_errors, where):
+    """The platform's AWS connection can read the look-alike prefix and the other bucket; the allowlist
+    keeps a trigger from pointing ingest at them (no listing, no quarantine copy, no file name shown)."""
+    client, bucket = s3_bucket
+    date = "2026-04-04"
+    monkeypatch.setenv("MLOPS_INGEST__ALLOWED_SOURCES", json.dumps([f"s3://{bucket}/drops/partner-a/"]))
+    other = f"{bucket}-other"
+    client.create_bucket(Bucket=other)
+    _put_csv(client, bucket, "drops/partner-a-evil/payroll-export.csv", generate_batch(date, rows=50))
+    _put_csv(client, other, "drops/partner-a/payroll-export.csv", generate_batch(date, rows=50))
+    source = {"look-alike prefix": f"s3://{bucket}/drops/partner-a-evil", "other bucket": f"s3://{other}/"}
+    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": source[where]})
+    assert dr.state == "failed"
+    error = task_errors["discover_files"]
+    assert error.startswith("AirflowFailException: the `source` Param (s3://...) is refused"), error
+    assert f"s3://{bucket}/drops/partner-a/" in error and "ingest.allowed_sources" in error
+    assert "payroll" not in error and "evil" not in error and other not in error
+    assert "validate_and_stage" not in task_errors
+    assert _keys(client, bucket, "lake/") == []

@@ -10,8 +10,10 @@ Rules this package keeps, whatever the input:
   to do next.
 
 One module per concern: ``landing`` (find and read the raw files), ``schema`` (type and fingerprint the
-batch), ``batch`` (staging/quarantine layout and writes, and the ``ingest_batch`` step). Every public name
-is importable from here; patch a name where it is defined (e.g. ``mlops_bundle.ingest.batch``).
+batch), ``batch`` (staging/quarantine layout and writes, and the ``ingest_batch`` step), ``sources``
+(the ``ingest.allowed_sources`` allowlist a ``source`` override must pass before anything is listed).
+Every public name is importable from here; patch a name where it is defined (e.g.
+``mlops_bundle.ingest.batch``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mlops_bundle.ingest.batch import (
 )
 from mlops_bundle.ingest.landing import NoLandingFiles, discover, landing_prefix, read_batch
 from mlops_bundle.ingest.schema import coerce, fingerprint
+from mlops_bundle.ingest.sources import SourceNotAllowed, allowed_prefixes, check_keys, check_source
 from mlops_bundle.names import parse_date  # re-exported: callers have imported it from here
 
 __all__ = [
@@ -40,7 +43,11 @@ __all__ = [
     "BatchRejected",
     "IngestResult",
     "NoLandingFiles",
+    "SourceNotAllowed",
     "Validator",
+    "allowed_prefixes",
+    "check_keys",
+    "check_source",
     "coerce",
     "discover",
     "fingerprint",
