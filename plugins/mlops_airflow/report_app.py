@@ -9,6 +9,16 @@ Airflow 3 mounts plugin apps as-is, without any authentication of its own, so th
 - ``GET /mlops/reports/{dataset}``: the report dates of a data set, newest first (HTML with links;
   ``?format=json`` for scripts). ``GET /mlops/reports``: the data sets that have reports.
 
+Pages that show data run sandboxed. A report is built from ingested data, and a data value can end up
+as markup or script in it (Evidently writes its data into an inline ``<script>`` without escaping
+``</script>``). So the report files are served with :data:`DATA_PAGE_HEADERS`: ``Content-Security-Policy:
+sandbox allow-scripts`` (the page gets an opaque origin: its scripts run, as Evidently's app needs, but not
+as the api-server's origin, so they cannot send the viewer's session cookie to ``/api/v2``, read the Airflow
+UI that frames them, or use the origin's storage) plus a policy that lets the page load nothing from
+anywhere (inline script/style, ``data:``/``blob:`` images and fonts only). Every other response of this app
+(the list pages, JSON listings and every error) gets :data:`APP_PAGE_HEADERS`: no script at all. Both sets
+are added by :class:`SecurityHeaders`, around the whole app, so error answers carry them too.
+
 Every route requires an Airflow user allowed to read task instances of the ``monitor`` DAG (the DAG
 that writes the reports), checked by Airflow's own ``requires_access_dag`` dependency. The identity comes
 from ``Authorization: Bearer <JWT from POST /auth/token>`` (REST clients) or from the UI's ``_token``
@@ -59,9 +69,17 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _relative_href(href: str) -> str:
+    """``href`` escaped for a quoted attribute; ValueError unless it is a relative path (why: a list page
+    links only to its own app's pages; a scheme (``javascript:``) or a host (``//evil``) is a bug)."""
+    if not href or href.startswith(("/", "\\")) or ":" in href.split("/", 1)[0]:
+        raise ValueError(f"list pages link only to relative paths, not {href!r}")
+    return html.escape(href, quote=True)
+
+
 def _page(title: str, items: list[tuple[str, str]], empty: str) -> str:
     rows = "\n".join(
-        f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>' for href, text in items
+        f'<li><a href="{_relative_href(href)}">{html.escape(text)}</a></li>' for href, text in items
     )
     body = f"<ul>\n{rows}\n</ul>" if items else f"<p>{html.escape(empty)}</p>"
     return (
@@ -70,14 +88,95 @@ def _page(title: str, items: list[tuple[str, str]], empty: str) -> str:
     )
 
 
-# Served documents may embed values from ingested data: their scripts may run (Evidently's report is a
-# JavaScript app) but may not call the Airflow API with the user's session, post forms or be framed
-# by other sites.
-_REPORT_HEADERS = {
-    "Content-Security-Policy": "connect-src 'none'; form-action 'none'; frame-ancestors 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "private, no-store",
+# The headers of the two kinds of page this app serves (the only home of these policies).
+_COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",  # a JSON file is never sniffed into HTML or script
+    "Referrer-Policy": "no-referrer",  # report URLs name data sets and dates: not for other sites
+    "Cache-Control": "private, no-store",  # behind auth: no shared or disk cache keeps a copy
+    "Cross-Origin-Opener-Policy": "same-origin",  # a page opened from here gets no handle on its opener
+    "Cross-Origin-Resource-Policy": "same-origin",  # other sites cannot embed it as an image/script
+    "X-Frame-Options": "SAMEORIGIN",  # browsers without CSP frame-ancestors
 }
+
+# Report files: built from ingested data, so any value in them may be markup or script. Evidently's report
+# is a JavaScript app with its data inline: scripts must run, but sandboxed (no allow-same-origin: an opaque
+# origin, so no session cookie, no same-origin access to /api/v2 or a framing Airflow page, no storage),
+# and the page may load nothing (Evidently's HTML is self-contained; no fetch, image or form to anywhere).
+DATA_PAGE_HEADERS = {
+    "Content-Security-Policy": "; ".join(
+        (
+            "sandbox allow-scripts",
+            "default-src 'none'",
+            "script-src 'unsafe-inline'",
+            "style-src 'unsafe-inline'",
+            "img-src data: blob:",
+            "font-src data:",
+            "connect-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'self'",
+        )
+    ),
+    **_COMMON_HEADERS,
+}
+
+# Everything else (list pages, JSON listings, errors): plain HTML/JSON that needs no script, style or image.
+APP_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+    ),
+    **_COMMON_HEADERS,
+}
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def with_security_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """ASGI response headers plus the header set of their page kind.
+
+    A response that already has a Content-Security-Policy chose :data:`DATA_PAGE_HEADERS` (the report
+    route sets them); every other one (including errors raised anywhere in the app) gets
+    :data:`APP_PAGE_HEADERS`, replacing same-named headers.
+    """
+    names = {k.lower() for k, _ in raw}
+    if b"content-security-policy" in names:
+        return raw
+    added = _encoded(APP_PAGE_HEADERS)
+    replaced = {k for k, _ in added}
+    return [(k, v) for k, v in raw if k.lower() not in replaced] + added
+
+
+class SecurityHeaders:
+    """ASGI wrapper putting :func:`with_security_headers` on every HTTP response of the wrapped app.
+
+    It wraps the whole FastAPI app (outside Starlette's own error middleware), so 400/401/403/404/500
+    answers carry the headers as well.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = with_security_headers(list(message.get("headers", [])))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _report_headers(dataset: str, date: str, name: str) -> dict[str, str]:
+    """:data:`DATA_PAGE_HEADERS`, plus a download disposition for the JSON files (a browser saves them
+    instead of showing them, so no JSON viewer or sniffing ever treats them as a page)."""
+    if name.endswith(".json"):
+        return {**DATA_PAGE_HEADERS, "Content-Disposition": f'attachment; filename="{dataset}-{date}-{name}"'}
+    return DATA_PAGE_HEADERS
 
 
 def create_report_app() -> FastAPI:
@@ -155,7 +254,11 @@ def create_report_app() -> FastAPI:
                     "that have a report"
                 },
             )
-        return Response(store.read_bytes(key), media_type=links.REPORT_FILES[name], headers=_REPORT_HEADERS)
+        return Response(
+            store.read_bytes(key),
+            media_type=links.REPORT_FILES[name],
+            headers=_report_headers(dataset, date, name),
+        )
 
     return app
 
@@ -177,4 +280,9 @@ class LazyASGIApp:
         await self.app(scope, receive, send)
 
 
-report_app = LazyASGIApp(create_report_app)
+def create_served_app() -> SecurityHeaders:
+    """What the api-server mounts: the report app inside :class:`SecurityHeaders`."""
+    return SecurityHeaders(create_report_app())
+
+
+report_app = LazyASGIApp(create_served_app)
