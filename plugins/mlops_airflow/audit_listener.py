@@ -26,8 +26,10 @@ Each record has ``source="listener"``, an event like ``task_instance.success`` /
 dag_id, run_id, task_id, map_index, try_number, state, previous_state, run_type, triggered_by,
 triggering_user_name and hostname.
 
-A listener must never break a task, a scheduler loop or an API call: every hook catches everything and
-logs a warning. The HMAC key comes from the Airflow connection ``audit.hmac_conn_id`` (its password) or
+A listener must never break a task, a scheduler loop or an API call: every hook catches everything. An
+event that cannot be written (store down) is logged at ERROR and counted in this host's gap spool
+(``audit.gap_dir``, ``mlops_bundle.audit.gaps``); the next successful write first appends an
+``audit.gap`` record with the count and time range, and ``verify`` reports the lost events. The HMAC key comes from the Airflow connection ``audit.hmac_conn_id`` (its password) or
 ``$MLOPS_AUDIT_HMAC_KEY``; when a connection is configured but cannot be read, nothing is written (an
 unkeyed record would break a keyed chain) and a warning says why. In the task process the running hook also
 hands the key to the library (``mlops_bundle.audit.set_hmac_key``), so decisions recorded by library code in
@@ -37,6 +39,7 @@ that task (promotion, quarantine) are keyed the same way.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -45,6 +48,7 @@ from airflow.listeners import hookimpl
 
 if TYPE_CHECKING:
     from mlops_bundle.audit import AuditLog
+    from mlops_bundle.audit.gaps import GapSpool
     from mlops_bundle.config import BundleConfig
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 _ERROR_MAX = 2000
 _MISSING = object()
 _keys: dict[str, Any] = {}
+_unspooled = 0  # events this process could neither write nor count in the gap spool
 
 
 # ----------------------------------------------------------------------------- shared with the DAG/operator
@@ -105,18 +110,59 @@ def _hostname() -> str:
 
 
 def _append(event: str, actor: str, subject: str, payload: dict[str, Any]) -> None:
-    """Write one listener record; never raises (a listener must not break Airflow)."""
+    """Write one listener record; never raises (a listener must not break Airflow).
+
+    A record that cannot be written is counted in this host's gap spool; the next write that succeeds
+    first appends an ``audit.gap`` record saying how many events were lost and when.
+    """
     try:
         from mlops_airflow import runtime
 
         cfg = runtime.bundle_config()
         if not cfg.audit.enabled:
             return
-        audit_log(cfg).append(event, source="listener", actor=actor, subject=subject, payload=payload)
     except Exception as exc:
-        log.warning(
-            "audit listener could not record %s for %s: %s: %s", event, subject, type(exc).__name__, exc
-        )
+        log.warning("audit listener could not load the bundle config to record %s: %s", event, exc)
+        return
+    try:
+        writer = audit_log(cfg)
+        gap = gap_spool(cfg).flush(writer, _hostname())
+        if gap is not None:
+            log.warning(
+                "audit store is back: wrote audit.gap record seq %s for %s event(s) this host could not "
+                "record", gap["seq"], json.loads(gap["payload"])["lost"],
+            )  # fmt: skip
+        writer.append(event, source="listener", actor=actor, subject=subject, payload=payload)
+    except Exception as exc:
+        _lost(cfg, event, subject, exc)
+
+
+def gap_spool(cfg: BundleConfig) -> GapSpool:
+    """This host's spool of events the listener could not write to the configured store."""
+    from mlops_bundle.audit.gaps import GapSpool, gap_dir
+
+    return GapSpool(gap_dir(cfg), cfg.audit_uri)
+
+
+def _lost(cfg: BundleConfig, event: str, subject: str, exc: Exception) -> None:
+    """Count an event that could not be written (spool, else this process's counter) and say so."""
+    global _unspooled
+    why = f"{type(exc).__name__}: {exc}"
+    try:
+        pending = gap_spool(cfg).note(event, subject, exc)
+    except Exception as spool_exc:
+        _unspooled += 1
+        log.error(
+            "audit listener could not record %s for %s (%s) nor count it in the gap spool (%s): %d event(s) "
+            "lost by this process are in no record",
+            event, subject, why, spool_exc, _unspooled,
+        )  # fmt: skip
+        return
+    log.error(
+        "audit listener could not record %s for %s: %s; %d event(s) from this host wait for the store (an "
+        "audit.gap record will count them when it is back)",
+        event, subject, why, pending,
+    )  # fmt: skip
 
 
 def _ti_run_info(ti: Any) -> dict[str, Any]:

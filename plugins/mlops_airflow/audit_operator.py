@@ -76,16 +76,20 @@ class AuditLogOperator(BaseOperator):
 
 
 def verify_audit_chain() -> dict[str, Any]:
-    """Verify the whole chain against the last verified head; fail naming the first broken link.
+    """Verify the whole chain against the anchor bucket and the last verified head; fail naming what broke.
 
-    On success the new head is remembered (Airflow Variable ``HEAD_VARIABLE``) and stored as an anchor in
-    the audit store, and ``{records, head_seq, head_hash}`` is returned.
+    With ``audit.anchor_uri`` the bucket's newest anchor (Object Lock, out of the tasks' reach) is what
+    the log must still reach; without it the log is checked against the ``audit_anchor`` rows and the
+    Variable only, and a warning says those are rewritable. On success the *verified* head (never a
+    re-read one) is anchored (row + bucket object) and remembered (Variable ``HEAD_VARIABLE``), and
+    ``{records, head_seq, head_hash, anchor, lost_events, warnings}`` is returned.
     """
     import logging
 
     from airflow.sdk import Variable
 
     from mlops_airflow import runtime
+    from mlops_airflow.audit_anchor_hook import AuditAnchorHook
     from mlops_airflow.audit_listener import hmac_key
     from mlops_bundle import audit
 
@@ -94,9 +98,13 @@ def verify_audit_chain() -> dict[str, Any]:
     if not cfg.audit.enabled:
         log.warning("audit.enabled is false: nothing to verify")
         return {"records": 0, "head_seq": None, "head_hash": None}
+    hook = AuditAnchorHook.from_config(cfg)
+    bucket = hook.get_conn() if hook is not None else None
     remembered = Variable.get(HEAD_VARIABLE, default=None)
     expect = audit.parse_head(remembered) if remembered else None
-    result = audit.verify(cfg.audit_uri, hmac_key(cfg), expect_head=expect)
+    result = audit.verify(cfg.audit_uri, hmac_key(cfg), expect_head=expect, bucket=bucket)
+    for warning in result.warnings:
+        log.warning("audit verify: %s", warning)
     if not result.ok:
         where = (
             f"first broken link at seq {result.first_bad_seq}" if result.first_bad_seq else "not verifiable"
@@ -107,10 +115,22 @@ def verify_audit_chain() -> dict[str, Any]:
             f"the log in place: export it (python -m mlops_bundle.audit export --out audit.jsonl) and "
             f"escalate to the audit owner."
         )
+    anchor_uri = None
     if result.head_seq is not None:
-        audit.anchor(cfg.audit_uri)
+        verified = (result.head_seq, result.head_hash)
+        audit.anchor(cfg.audit_uri, verified, records=result.records, bucket=bucket)
+        anchor_uri = f"s3://{bucket.bucket}/{bucket.key(result.head_seq)}" if bucket is not None else None
         Variable.set(HEAD_VARIABLE, f"{result.head_seq}:{result.head_hash}")
     log.info(
-        "audit chain intact: %d record(s), head %s:%s", result.records, result.head_seq, result.head_hash
-    )
-    return {"records": result.records, "head_seq": result.head_seq, "head_hash": result.head_hash}
+        "audit chain intact: %d record(s), head %s:%s, anchored %s; %d listener event(s) lost in %d gap(s)",
+        result.records, result.head_seq, result.head_hash, anchor_uri or "in the store only",
+        result.lost_events, result.gaps,
+    )  # fmt: skip
+    return {
+        "records": result.records,
+        "head_seq": result.head_seq,
+        "head_hash": result.head_hash,
+        "anchor": anchor_uri,
+        "lost_events": result.lost_events,
+        "warnings": list(result.warnings),
+    }

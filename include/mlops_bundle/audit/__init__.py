@@ -9,7 +9,9 @@ walking the chain. One module per concern:
 * :mod:`~mlops_bundle.audit.chain` -- the canonical record, its hash/HMAC, key ids, the appender
   (``AuditLog``), the head and anchors;
 * :mod:`~mlops_bundle.audit.verification` -- ``verify`` (what it detects, why truncation needs a remembered
-  head), streaming records and the JSON-lines export;
+  head or an anchor out of the tasks' reach), streaming records and the JSON-lines export;
+* :mod:`~mlops_bundle.audit.anchors` -- verified heads as locked objects in an S3 Object Lock bucket;
+* :mod:`~mlops_bundle.audit.gaps` -- events a listener could not write, counted by an ``audit.gap`` record;
 * :mod:`~mlops_bundle.audit.recorder` -- ``record_event``/``record_decision`` for library code, with the
   HMAC key the Airflow side hands over;
 * :mod:`~mlops_bundle.audit.cli` -- ``python -m mlops_bundle.audit verify|export|head|anchor``.
@@ -17,6 +19,7 @@ walking the chain. One module per concern:
 Everything importable from here before the split still is.
 """
 
+from mlops_bundle.audit.anchors import Anchor, AnchorError, S3Anchors
 from mlops_bundle.audit.chain import (
     GENESIS_HASH,
     HMAC_ENV,
@@ -30,6 +33,7 @@ from mlops_bundle.audit.chain import (
     record_hash,
 )
 from mlops_bundle.audit.cli import main
+from mlops_bundle.audit.gaps import GapSpool
 from mlops_bundle.audit.recorder import (
     AuditWriteError,
     current_hmac_key,
@@ -40,19 +44,31 @@ from mlops_bundle.audit.recorder import (
     set_hmac_key,
 )
 from mlops_bundle.audit.store import DEFAULT_TIMEOUT_S, FIELDS, LOCK_KEY, AuditError
-from mlops_bundle.audit.verification import VerifyResult, export_jsonl, iter_records, parse_head, verify
+from mlops_bundle.audit.verification import (
+    GAP_EVENT,
+    VerifyResult,
+    export_jsonl,
+    iter_records,
+    parse_head,
+    verify,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "FIELDS",
+    "GAP_EVENT",
     "GENESIS_HASH",
     "HMAC_ENV",
     "LOCK_KEY",
+    "S3Anchors",
     "SOURCES",
+    "Anchor",
+    "AnchorError",
     "AuditError",
     "AuditKeyMismatch",
     "AuditLog",
     "AuditWriteError",
+    "GapSpool",
     "VerifyResult",
     "anchor",
     "canonical_json",

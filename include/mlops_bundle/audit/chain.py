@@ -10,8 +10,9 @@ not reveal the key) in ``audit_meta`` at its first append; a writer with no key 
 (``AuditKeyMismatch``) instead of silently breaking the chain for everyone. Rotating the key therefore
 means starting a new log (new ``store_uri``). Key text is used as its UTF-8 bytes.
 
-**Anchors.** ``anchor()`` stores the current head in the ``audit_anchor`` table, and ``verify`` checks
-every stored anchor (see ``mlops_bundle.audit.verification`` for what that does and does not protect).
+**Anchors.** ``anchor(uri, verified_head)`` stores a head that ``verify`` checked in the ``audit_anchor``
+table and, with an anchor bucket, as a locked object (``mlops_bundle.audit.anchors``); ``verify`` checks
+every stored anchor and the bucket's newest one (``mlops_bundle.audit.verification``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_bundle.audit.store import (
     DEFAULT_TIMEOUT_S,
@@ -38,6 +39,9 @@ from mlops_bundle.audit.store import (
 )
 from mlops_bundle.jsonsafe import json_safe
 from mlops_bundle.uris import redact
+
+if TYPE_CHECKING:
+    from mlops_bundle.audit.anchors import S3Anchors
 
 GENESIS_HASH = "0" * 64
 HMAC_ENV = "MLOPS_AUDIT_HMAC_KEY"
@@ -272,9 +276,9 @@ class AuditLog:
         """The newest record's (seq, hash), or None for an empty log. Remember it to detect truncation."""
         return head(self.uri)
 
-    def anchor(self) -> tuple[int, str] | None:
-        """Store the current head in ``audit_anchor`` (see the module docstring for what that protects)."""
-        return anchor(self.uri)
+    def anchor(self, verified: tuple[int, str], bucket: S3Anchors | None = None) -> tuple[int, str]:
+        """Anchor a verified head (see :func:`anchor`)."""
+        return anchor(self.uri, verified, bucket=bucket)
 
 
 # ------------------------------------------------------------------------------------- head, anchors
@@ -291,25 +295,57 @@ def head(uri: str) -> tuple[int, str] | None:
         return last_record(cur)
 
 
-def anchor(uri: str) -> tuple[int, str] | None:
-    """Record the current head in ``audit_anchor`` (idempotent); returns it (None for an empty log)."""
+def anchor(
+    uri: str,
+    verified: tuple[int, str],
+    *,
+    records: int | None = None,
+    bucket: S3Anchors | None = None,
+) -> tuple[int, str]:
+    """Anchor a head that was *verified*: the ``audit_anchor`` row, then (with ``bucket``) the locked object.
+
+    ``verified`` is the (seq, hash) the caller's ``verify`` ended at; it is passed through, never re-read,
+    so records appended (or slipped in) between the check and this call are not anchored unverified. The
+    log must still hold that record with that hash (else ``AuditError``: it changed since the check). The
+    row comes first: a bucket anchor without its row would look like deleted anchor rows.
+    """
+    seq, digest = int(verified[0]), str(verified[1])
     with reader(uri) as (be, conn):
         if conn is None:
-            return None
+            raise AuditError(f"audit store {redact(uri)} does not exist: nothing to anchor")
         cur = conn.cursor()
         be.begin_write(cur)
-        if not be.table_exists(cur, "audit_log"):
-            be.rollback(conn, cur)
-            return None
-        for stmt in be.ddl():
-            cur.execute(stmt)
-        last = last_record(cur)
-        if last is not None:
-            cur.execute(be.sql("SELECT 1 FROM audit_anchor WHERE seq = ?"), (last[0],))
+        try:
+            for stmt in be.ddl():
+                cur.execute(stmt)
+            cur.execute(be.sql("SELECT hash FROM audit_log WHERE seq = ?"), (seq,))
+            row = cur.fetchone()
+            if row is None or row[0] != digest:
+                found = "no record" if row is None else f"hash {row[0][:16]}..."
+                raise AuditError(
+                    f"audit store {redact(uri)}: the verified head seq {seq} ({digest[:16]}...) is not in the "
+                    f"log any more ({found} at seq {seq}): it changed after verification; not anchoring"
+                )
+            cur.execute(be.sql("SELECT value FROM audit_meta WHERE name = ?"), ("key_id",))
+            meta = cur.fetchone()
+            chain_key_id = meta[0] if meta else UNKEYED
+            cur.execute(be.sql("SELECT 1 FROM audit_anchor WHERE seq = ?"), (seq,))
             if cur.fetchone() is None:
                 cur.execute(
                     be.sql("INSERT INTO audit_anchor (seq, hash, at) VALUES (?, ?, ?)"),
-                    (last[0], last[1], _utc_now()),
+                    (seq, digest, _utc_now()),
                 )
-        be.commit(conn, cur)
-        return last
+            be.commit(conn, cur)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                be.rollback(conn, cur)
+            raise
+    if bucket is not None:
+        bucket.write(
+            seq,
+            digest,
+            records=seq if records is None else int(records),
+            key_id=chain_key_id,
+            store=redact(uri),
+        )
+    return seq, digest
