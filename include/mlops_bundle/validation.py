@@ -140,6 +140,7 @@ def validate_frame(
     retention: int = 30,
     build_data_docs: bool = True,
     examples: int = 5,
+    example_values: bool = True,
 ) -> ValidationOutcome:
     """Validate ``df`` with the committed checkpoint of the GX file context at ``gx_root``.
 
@@ -150,9 +151,17 @@ def validate_frame(
 
     With ``build_data_docs=False`` the validation definition is run directly instead of the checkpoint:
     the result is still stored (and pruned), no Data Docs page is rendered and ``data_docs_url`` is None.
+
+    With ``example_values=False`` (encryption on: the GX store and Data Docs are plaintext files outside the
+    lake) no Data Docs are built and GX keeps no unexpected example values (``partial_unexpected_count``
+    0): stored results and failures carry counts and percentages, never values from the data.
     """
     if retention < 1:
         raise ValueError(f"retention must be >= 1, got {retention}")
+    build_data_docs = build_data_docs and example_values
+    result_format: Any = (
+        "BASIC" if example_values else {"result_format": "BASIC", "partial_unexpected_count": 0}
+    )
     gx_root = Path(gx_root).resolve()
     context = _get_context(gx_root)
     from great_expectations.core.run_identifier import RunIdentifier
@@ -172,7 +181,9 @@ def validate_frame(
                     f"validation definition {validation_definition!r} runs suite {vd.suite.name!r}, "
                     f"not {suite_name!r}"
                 )
-            suite_result = vd.run(batch_parameters={"dataframe": df}, result_format="BASIC", run_id=run_id)
+            suite_result = vd.run(
+                batch_parameters={"dataframe": df}, result_format=result_format, run_id=run_id
+            )
             key = None
         docs_url = _docs_url(context, key) if build_data_docs else None
     dtypes = {str(c): str(t) for c, t in df.dtypes.items()}
@@ -207,6 +218,7 @@ def validation_from_config(df: pd.DataFrame, cfg: BundleConfig, batch_label: str
         retention=v.result_retention,
         build_data_docs=v.build_data_docs,
         examples=cfg.ingest.error_examples,
+        example_values=not cfg.encryption.enabled,
     )
 
 

@@ -10,7 +10,7 @@ URIs themselves:
   from ``python -m mlops_bundle.crypto new-keyset``) is the password of the connection
   ``encryption.keyset_conn_id`` (or its extra ``{"keyset": ...}``). ``key_source: kms``: AWS KMS through
   ``AwsBaseHook(client_type="kms")`` (the provider has no KMS hook) on ``storage.aws_conn_id`` and
-  ``encryption.kms_key_id``.
+  ``encryption.kms_key_id``; only that key and the ARNs in ``encryption.kms_key_ids`` may unwrap.
 
 Every piece of key material is registered with Airflow's secrets masker (``mask_secret``) before anything
 can log it; the keyset never leaves this module except inside the library's ``LocalKeyring``.
@@ -113,7 +113,8 @@ class KeyringHook(BaseHook):
 
     :param key_source: ``"connection"`` (local Tink keyset) or ``"kms"``
     :param keyset_conn_id: the connection whose password (or extra ``keyset``) holds the Tink JSON keyset
-    :param kms_key_id: KMS key id/ARN/alias that wraps new data keys
+    :param kms_key_id: KMS key id/ARN/alias that wraps new data keys (always allowed to unwrap)
+    :param kms_key_ids: further KMS key ARNs allowed to unwrap (headers naming any other key are refused)
     :param aws_conn_id: the Airflow AWS connection for KMS
     """
 
@@ -127,6 +128,7 @@ class KeyringHook(BaseHook):
         key_source: str = "connection",
         keyset_conn_id: str = default_conn_name,
         kms_key_id: str = "",
+        kms_key_ids: list[str] | None = None,
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -134,6 +136,7 @@ class KeyringHook(BaseHook):
         self.key_source = key_source
         self.keyset_conn_id = keyset_conn_id
         self.kms_key_id = kms_key_id
+        self.kms_key_ids = list(kms_key_ids or [])
         self.aws_conn_id = aws_conn_id
 
     @classmethod
@@ -152,6 +155,7 @@ class KeyringHook(BaseHook):
             key_source=key_source or enc.key_source,
             keyset_conn_id=keyset_conn_id or enc.keyset_conn_id,
             kms_key_id=kms_key_id if kms_key_id is not None else enc.kms_key_id,
+            kms_key_ids=list(enc.kms_key_ids),
             aws_conn_id=aws_conn_id or cfg.storage.aws_conn_id,
         )
 
@@ -183,18 +187,29 @@ class KeyringHook(BaseHook):
         if self.key_source == "connection":
             return LocalKeyring(self.get_keyset())
         if self.key_source == "kms":
-            return KmsKeyring(self.get_kms_client(), self.kms_key_id)
+            return KmsKeyring(self.get_kms_client(), self.kms_key_id, allowed_key_ids=self.kms_key_ids)
         raise ValueError(f"unknown encryption key_source {self.key_source!r}: use 'connection' or 'kms'")
 
 
 def storage_with_encryption(cfg: BundleConfig, store: Storage) -> Storage:
-    """`store` wrapped so objects under the encrypted prefixes are encrypted at rest (when enabled)."""
-    if not cfg.encryption.enabled:
+    """`store` wrapped so objects under the encrypted prefixes are encrypted at rest (when enabled).
+
+    Strict: objects are bound to ``encryption.lake_id`` (default: the root URI) and their key, and a
+    plaintext object under an encrypted prefix is refused unless ``encryption.allow_legacy_objects``.
+    """
+    enc = cfg.encryption
+    if not enc.enabled:
         return store
     from mlops_bundle.crypto import EncryptingStorage, set_key_use_callback
 
     set_key_use_callback(_audit_key_use(cfg))
-    return EncryptingStorage(store, KeyringHook.from_config(cfg).get_conn(), cfg.encrypted_prefixes)
+    return EncryptingStorage(
+        store,
+        KeyringHook.from_config(cfg).get_conn(),
+        cfg.encrypted_prefixes,
+        lake_id=enc.lake_id or None,
+        allow_legacy=enc.allow_legacy_objects,
+    )
 
 
 def _audit_key_use(cfg: BundleConfig):

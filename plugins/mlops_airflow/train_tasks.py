@@ -132,9 +132,12 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
     from mlops_bundle import monitoring, tracking
 
     if monitoring.reference_needed(tracking.client(cfg), best["run_id"], reused=best["reused"]):
-        window = training.load_window(runtime.storage(cfg), cfg, best["window"])
+        store = runtime.storage(cfg)  # with encryption on, it seals the reference (rows) for MLflow
+        window = training.load_window(store, cfg, best["window"])
         model = training.load_model(cfg, best["model_uri"])
-        path = monitoring.log_reference(cfg, tracking.client(cfg), best["run_id"], model, window.train)
+        path = monitoring.log_reference(
+            cfg, tracking.client(cfg), best["run_id"], model, window.train, store=store
+        )
         log.info("drift reference recorded as %s of run %s", path, best["run_id"])
     from mlops_airflow import links
 

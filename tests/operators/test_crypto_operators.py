@@ -223,3 +223,56 @@ def test_storage_with_encryption_follows_config(tmp_path, keyset, monkeypatch):
     wrapped.write_bytes("staging/churn/x.parquet", b"rows")
     assert is_encrypted((tmp_path / "staging/churn/x.parquet").read_bytes())
     assert wrapped.read_bytes("staging/churn/x.parquet") == b"rows"
+
+
+def test_task_storage_is_strict_and_allowlists_kms_keys_from_config(
+    s3_bucket, moto_endpoint, monkeypatch, caplog
+):
+    """The store the ingest/train/monitor tasks get (``runtime.storage``) with encryption on, KMS on moto:
+    a planted plaintext partition and an object wrapped under a foreign KMS key are refused; the config's
+    ``kms_key_ids`` and ``allow_legacy_objects`` are what open them."""
+    from mlops_airflow import runtime
+    from mlops_bundle import ingest
+    from mlops_bundle.config import load_config
+    from mlops_bundle.crypto import DecryptionError, EncryptingStorage, KmsKeyring
+    from mlops_bundle.sample import generate_batch
+    from mlops_bundle.storage import S3Storage
+
+    client, bucket = s3_bucket
+    kms = aws_client("kms", moto_endpoint)
+    ours = kms.create_key(Description="the lake's KEK")["KeyMetadata"]["Arn"]
+    foreign = kms.create_key(Description="another key the role can use")["KeyMetadata"]["Arn"]
+    for k, v in {"ENABLED": "true", "KEY_SOURCE": "kms", "KMS_KEY_ID": ours}.items():
+        monkeypatch.setenv(f"MLOPS_ENCRYPTION__{k}", v)
+    cfg = load_config()
+    date = "2026-01-05"
+    df, problems = ingest.coerce(generate_batch(date, 50), cfg)
+    assert not problems
+    manifest = {
+        "dataset": cfg.dataset.name,
+        "date": date,
+        "rows": len(df),
+        "fingerprint": ingest.fingerprint(df),
+    }
+    # planted: a plaintext partition written straight to the bucket
+    ingest.write_staging(S3Storage(client, bucket, "lake"), cfg, date, df, manifest)
+    with pytest.raises(DecryptionError) as err:
+        ingest.read_staging(runtime.storage(cfg), cfg, date)
+    assert f"s3://{bucket}/lake/staging/churn/ds={date}/_manifest.json: refused" in str(err.value)
+    assert "encrypted prefix 'staging/'" in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        monkeypatch.setenv("MLOPS_ENCRYPTION__ALLOW_LEGACY_OBJECTS", "true")
+        assert len(ingest.read_staging(runtime.storage(load_config()), load_config(), date)) == 50
+    assert "allow_legacy_objects is ON" in caplog.text and "MIGRATION: reading not encrypted" in caplog.text
+    monkeypatch.delenv("MLOPS_ENCRYPTION__ALLOW_LEGACY_OBJECTS")
+    # foreign KMS key: right lake, right key, valid envelope, but a key the config does not name
+    lake = S3Storage(client, bucket, "lake")
+    ingest.write_staging(
+        EncryptingStorage(lake, KmsKeyring(kms, foreign), cfg.encrypted_prefixes), cfg, date, df, manifest
+    )
+    with pytest.raises(
+        DecryptionError, match=f"unknown key id 'kms:{re.escape(foreign)}'.*encryption.kms_key_ids"
+    ):
+        ingest.read_staging(runtime.storage(cfg), cfg, date)
+    monkeypatch.setenv("MLOPS_ENCRYPTION__KMS_KEY_IDS", f"[{foreign}]")
+    assert len(ingest.read_staging(runtime.storage(load_config()), load_config(), date)) == 50

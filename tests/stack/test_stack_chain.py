@@ -62,7 +62,7 @@ def test_champion_is_served_by_the_mlflow_server(stack, chain, monkeypatch):
 
 def test_lake_objects_are_encrypted_with_kms_and_the_landing_batch_stays_raw(stack, chain):
     from mlops_bundle.config import load_config
-    from mlops_bundle.crypto import DecryptionError, KmsKeyring, decrypt_bytes, read_key_id
+    from mlops_bundle.crypto import DecryptionError, KmsKeyring, decrypt_bytes, object_context, read_key_id
     from mlops_bundle.monitoring import predictions_key, reports_prefix
 
     cfg = load_config(environ=stack.env)
@@ -88,7 +88,8 @@ def test_lake_objects_are_encrypted_with_kms_and_the_landing_batch_stays_raw(sta
     # so a staged partition opens with the stack's KMS key and with no other
     key = next(k for k in encrypted if k.endswith(".parquet"))
     blob = s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
-    aad = key.removeprefix("lake/").encode()
+    # the associated data binds the object to its lake (by default the storage root) and its key
+    aad = object_context(cfg.encryption.lake_id or cfg.root_uri, key.removeprefix("lake/"))
     assert decrypt_bytes(blob, KmsKeyring(kms, stack.kms_key_id), aad=aad).startswith(b"PAR1")
     other = kms.create_key(Description="not the stack's key")["KeyMetadata"]["Arn"]
     with pytest.raises(DecryptionError, match="unknown key id 'kms:"):

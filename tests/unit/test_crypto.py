@@ -96,10 +96,16 @@ def _write_pattern(path: Path, size: int, seed: bytes = b"") -> None:
             i += 1
 
 
-def _header_len(blob: bytes) -> int:
+def _wrapped_start(blob: bytes) -> int:
+    """Where the wrapped data key starts in a format-2 header (after key id and context)."""
     kid_len = struct.unpack(">H", blob[9:11])[0]
-    wlen = struct.unpack(">I", blob[11 + kid_len : 15 + kid_len])[0]
-    return 15 + kid_len + wlen
+    ctx_len = struct.unpack(">H", blob[11 + kid_len : 13 + kid_len])[0]
+    return 17 + kid_len + ctx_len
+
+
+def _header_len(blob: bytes) -> int:
+    start = _wrapped_start(blob)
+    return start + struct.unpack(">I", blob[start - 4 : start])[0]
 
 
 def _only(folder: Path) -> list[str]:
@@ -245,12 +251,15 @@ def test_kms_alias_resolves_to_key_arn(kms, kms_key):
     ring = KmsKeyring(kms, "alias/mlops-test-alias")
     blob = encrypt_bytes(b"payload", ring)
     assert read_key_id(blob) == f"kms:{kms_key}"
-    assert decrypt_bytes(blob, KmsKeyring(kms, "")) == b"payload"  # a decrypt-only keyring
+    # a decrypt-only keyring unwraps only with the key ARNs it is told to allow
+    assert decrypt_bytes(blob, KmsKeyring(kms, "", allowed_key_ids=[kms_key])) == b"payload"
+    with pytest.raises(DecryptionError, match="unknown key id .*neither encryption.kms_key_id"):
+        decrypt_bytes(blob, KmsKeyring(kms, ""))
 
 
 def test_wrong_associated_data_fails(keyring):
     blob = encrypt_bytes(b"payload", keyring, aad=b"staging/a.parquet")
-    with pytest.raises(DecryptionError, match="does not unwrap"):
+    with pytest.raises(DecryptionError, match="encrypted for 'staging/a.parquet', but is read as 'staging/b"):
         decrypt_bytes(blob, keyring, aad=b"staging/b.parquet")
 
 
@@ -307,10 +316,6 @@ TAMPERS = {
     "append-1-byte": (lambda b, h: b + b"\0", "extended"),
     "append-segment": (lambda b, h: b + b[h + SEGMENT_SIZE : h + 2 * SEGMENT_SIZE], "extended"),
 }
-
-
-def _wrapped_start(blob: bytes) -> int:
-    return 15 + struct.unpack(">H", blob[9:11])[0]
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERS))
@@ -381,8 +386,11 @@ def test_kms_wrong_key_and_wrong_key_id(tmp_path, kms, kms_key, kms_keyring):
     other = kms.create_key(Description="another KEK")["KeyMetadata"]["Arn"]
     blob = encrypt_bytes(os.urandom(3000), kms_keyring)
     (tmp_path / "swapped.enc").write_bytes(_with_key_id(blob, f"kms:{other}"))
-    with pytest.raises(DecryptionError, match="does not unwrap"):
+    with pytest.raises(DecryptionError, match="unknown key id"):  # not allowlisted: KMS is never asked
         decrypt_file(tmp_path / "swapped.enc", tmp_path / "x.out", kms_keyring)
+    both = KmsKeyring(kms, kms_key, allowed_key_ids=[other])  # allowed, but KMS says it is the wrong key
+    with pytest.raises(DecryptionError, match="does not unwrap"):
+        decrypt_file(tmp_path / "swapped.enc", tmp_path / "x.out", both)
     (tmp_path / "v.enc").write_bytes(blob)
     restricted = KmsKeyring(kms, other, allowed_key_ids=[other])
     with pytest.raises(DecryptionError, match=f"unknown key id 'kms:{kms_key}'"):
@@ -430,10 +438,12 @@ def test_rotation_old_keys_decrypt_new_key_encrypts(tmp_path, keyset):
 def test_kms_rotation_to_a_new_key(kms, kms_key, kms_keyring):
     old = encrypt_bytes(b"under key A", kms_keyring)
     key_b = kms.create_key(Description="rotated KEK")["KeyMetadata"]["Arn"]
-    ring_b = KmsKeyring(kms, key_b)
+    ring_b = KmsKeyring(kms, key_b, allowed_key_ids=[kms_key])  # key A stays allowed to unwrap
     new = encrypt_bytes(b"under key B", ring_b)
     assert read_key_id(new) == f"kms:{key_b}"
     assert decrypt_bytes(old, ring_b) == b"under key A" and decrypt_bytes(new, ring_b) == b"under key B"
+    with pytest.raises(DecryptionError, match="unknown key id"):  # retired from the allowlist: refused
+        decrypt_bytes(old, KmsKeyring(kms, key_b))
 
 
 def test_cli_new_and_rotate_keyset():
@@ -511,16 +521,21 @@ def test_encrypting_storage(tmp_path, store, keyring):
     out = enc.get_file("reports/churn/report.html", tmp_path / "got" / "report.html")
     assert out.read_bytes() == src.read_bytes() and _only(out.parent) == ["report.html"]
     assert [o.key for o in enc.list("reports")] == ["reports/churn/report.html"]
-    # migration: a plaintext object under a prefix still reads (and refuses in strict mode)
+    # strict: a plaintext object under a prefix is refused; only the migration setting reads it
     store.write_bytes("staging/old/part-0.parquet", b"legacy plaintext")
-    assert enc.read_bytes("staging/old/part-0.parquet") == b"legacy plaintext"
-    assert enc.get_file("staging/old/part-0.parquet", tmp_path / "legacy").read_bytes() == b"legacy plaintext"
-    strict = EncryptingStorage(store, keyring, ["staging"], allow_plaintext=False)
-    with pytest.raises(DecryptionError, match="not encrypted"):
-        strict.read_bytes("staging/old/part-0.parquet")
+    with pytest.raises(
+        DecryptionError, match="'staging/old/part-0.parquet' is not encrypted.*prefix 'staging/'"
+    ):
+        enc.read_bytes("staging/old/part-0.parquet")
+    migrating = EncryptingStorage(store, keyring, ["staging"], allow_legacy=True)
+    assert migrating.read_bytes("staging/old/part-0.parquet") == b"legacy plaintext"
+    legacy = migrating.get_file("staging/old/part-0.parquet", tmp_path / "legacy")
+    assert legacy.read_bytes() == b"legacy plaintext"
     # a ciphertext moved to another key does not decrypt (its key is associated data)
     store.write_bytes("staging/churn/moved.parquet", raw)
-    with pytest.raises(DecryptionError, match="moved.parquet.*does not unwrap"):
+    with pytest.raises(
+        DecryptionError, match="moved.parquet: this object was encrypted for key 'staging/churn/ds"
+    ):
         enc.read_bytes("staging/churn/moved.parquet")
     with pytest.raises(DecryptionError):
         enc.get_file("staging/churn/moved.parquet", tmp_path / "moved.parquet")

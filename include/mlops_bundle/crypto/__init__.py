@@ -11,7 +11,9 @@ encrypts, every key it still holds decrypts. One module per concern:
   the associated data that binds an object to its name;
 * :mod:`~mlops_bundle.crypto.stream` -- streaming encrypt/decrypt of streams, bytes and files, and the
   key-use callback the audit trail hooks into;
-* :mod:`~mlops_bundle.crypto.encrypting_storage` -- ``EncryptingStorage``, the lake's transparent wrapper;
+* :mod:`~mlops_bundle.crypto.encrypting_storage` -- ``EncryptingStorage``, the lake's transparent and strict
+  wrapper (objects bound to the lake id and their key; plaintext under an encrypted prefix refused);
+* :mod:`~mlops_bundle.crypto.artifacts` -- sealing MLflow artifacts that hold data rows;
 * :mod:`~mlops_bundle.crypto.cli` -- ``python -m mlops_bundle.crypto new-keyset|rotate-keyset|key-id``.
 
 Operators bootstrap a local KEK keyset with ``python -m mlops_bundle.crypto new-keyset`` and rotate it with
@@ -19,16 +21,20 @@ Operators bootstrap a local KEK keyset with ``python -m mlops_bundle.crypto new-
 Everything importable from here before the split still is.
 """
 
+from mlops_bundle.crypto.artifacts import artifact_key, open_artifact, seal_artifact
 from mlops_bundle.crypto.cli import main
-from mlops_bundle.crypto.encrypting_storage import EncryptingStorage
+from mlops_bundle.crypto.encrypting_storage import MIGRATION_SETTING, EncryptingStorage
 from mlops_bundle.crypto.header import (
+    LEGACY_VERSION,
     MAGIC,
     MAX_KEY_ID_LEN,
     MAX_WRAPPED_LEN,
     VERSION,
     DecryptionError,
     Header,
+    format_version,
     is_encrypted,
+    object_context,
     read_key_id,
 )
 from mlops_bundle.crypto.keyrings import (
@@ -56,9 +62,11 @@ from mlops_bundle.crypto.stream import (
 )
 
 __all__ = [
+    "LEGACY_VERSION",
     "MAGIC",
     "MAX_KEY_ID_LEN",
     "MAX_WRAPPED_LEN",
+    "MIGRATION_SETTING",
     "SEGMENT_SIZE",
     "STREAM_HEADER_SIZE",
     "TAG_SIZE",
@@ -73,16 +81,21 @@ __all__ = [
     "KeyringError",
     "KmsKeyring",
     "LocalKeyring",
+    "artifact_key",
     "decrypt_bytes",
     "decrypt_file",
     "decrypt_stream",
     "encrypt_bytes",
     "encrypt_file",
     "encrypt_stream",
+    "format_version",
     "generate_local_keyset",
     "is_encrypted",
     "main",
+    "object_context",
+    "open_artifact",
     "read_key_id",
     "rotate_local_keyset",
+    "seal_artifact",
     "set_key_use_callback",
 ]

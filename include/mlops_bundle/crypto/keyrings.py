@@ -109,8 +109,12 @@ class KmsKeyring:
 
     ``current_key_id`` may be a key id, key ARN, alias name (``alias/x``) or alias ARN; it is resolved once
     with ``DescribeKey`` to the key ARN written in headers, so repointing an alias later never strands
-    objects. Decryption uses the ARN from the header (KMS policy decides who may use it); pass
-    ``allowed_key_ids`` (ARNs) to restrict which keys this keyring will ask KMS to decrypt with.
+    objects. Unwrapping is allowlisted: only the current key's ARN and the key ARNs in
+    ``allowed_key_ids`` (e.g. the keys before a rotation) are ever sent to KMS. A header naming any other
+    key is refused before any KMS call -- otherwise whoever can write an object could make the bundle
+    decrypt data wrapped under a key of their choosing (any key the task's role may use). Tink passes the
+    ARN as ``KeyId`` to KMS ``Decrypt``, so KMS itself refuses a wrapped key made under another key.
+    Entries must be key ARNs (not aliases: an alias can be repointed, an allowlist must not move).
     """
 
     def __init__(
@@ -123,7 +127,7 @@ class KmsKeyring:
         self._tink_client = awskms.new_client(boto3_client=kms_client)
         self._requested = current_key_id
         self._current_arn: str | None = None
-        self._allowed = set(allowed_key_ids) if allowed_key_ids is not None else None
+        self._allowed = set(allowed_key_ids or ())
 
     def _resolve(self) -> str:
         if self._current_arn is None:
@@ -145,6 +149,12 @@ class KmsKeyring:
     def current_key_id(self) -> str:
         return f"kms:{self._resolve()}"
 
+    @property
+    def allowed_arns(self) -> list[str]:
+        """The key ARNs this keyring will unwrap with (resolves the current key if it is configured)."""
+        current = {self._resolve()} if self._requested else set()
+        return sorted(self._allowed | current)
+
     def _aead_for(self, arn: str) -> aead.Aead:
         try:
             return self._tink_client.get_aead("aws-kms://" + arn)
@@ -159,8 +169,14 @@ class KmsKeyring:
         if not key_id.startswith("kms:"):
             raise KeyringError(f"unknown key id {key_id!r}: this keyring only holds AWS KMS keys (kms:<arn>)")
         arn = key_id[4:]
-        if self._allowed is not None and arn not in self._allowed:
-            raise KeyringError(f"unknown key id {key_id!r}: not in this keyring's allowed KMS keys")
+        if arn not in self._allowed and arn not in self.allowed_arns:
+            raise KeyringError(
+                f"unknown key id {key_id!r}: the header names KMS key {arn!r}, which is neither "
+                f"encryption.kms_key_id ({self._requested or 'unset'}) nor in encryption.kms_key_ids "
+                f"(allowed: {self.allowed_arns}); nothing was sent to KMS. If it is one of your keys (e.g. "
+                "the key before a rotation), add its ARN to encryption.kms_key_ids; otherwise the object "
+                "was planted or re-wrapped under a foreign key"
+            )
         return self._aead_for(arn)
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from typing import IO, Any
 import tink
 from tink import streaming_aead
 
-from mlops_bundle.crypto.header import DecryptionError, Header, build_header, read_header
+from mlops_bundle.crypto.header import DecryptionError, Header, build_header, check_context, read_header
 from mlops_bundle.crypto.keyrings import Keyring, KeyringError, register_tink
 from mlops_bundle.storage import atomic_file
 
@@ -142,16 +142,16 @@ def encrypt_stream(
 
     def wrap(prefix: bytes) -> bytes:
         try:
-            return tink.proto_keyset_format.serialize_encrypted(handle, kek, prefix + aad)
+            return tink.proto_keyset_format.serialize_encrypted(handle, kek, prefix)
         except tink.TinkError as exc:
             raise KeyringError(f"{name}: wrapping the data key with {key_id!r} failed: {exc}") from None
 
-    header = build_header(key_id, wrap)
+    header = build_header(key_id, wrap, aad)
     dst.write(header.raw)
     primitive = handle.primitive(streaming_aead.StreamingAead)
     shield = _Shield(dst, "w")
     try:
-        total = _encrypt_body(primitive, src, shield, header.raw + aad)
+        total = _encrypt_body(primitive, src, shield, header.raw)
     except tink.TinkError:
         if shield.error is not None:  # the destination failed (disk full...), not the cipher
             raise shield.error from None
@@ -189,9 +189,7 @@ def _unwrap(header: Header, keyring: Keyring, aad: bytes, name: str) -> tink.Key
     except KeyringError as exc:
         raise DecryptionError(f"{name}: {exc}") from None
     try:
-        return tink.proto_keyset_format.parse_encrypted(
-            header.wrapped_keyset, kek, header.wrap_ad_prefix + aad
-        )
+        return tink.proto_keyset_format.parse_encrypted(header.wrapped_keyset, kek, header.wrap_ad(aad))
     except tink.TinkError:
         raise DecryptionError(
             f"{name}: the data key does not unwrap with key id {header.key_id!r}: wrong key (another "
@@ -215,11 +213,12 @@ def decrypt_stream(
     try:
         header = read_header(src, name)
         key_id = header.key_id
+        check_context(header, aad, name)  # before any key is used: a moved object fails naming both
         handle = _unwrap(header, keyring, aad, name)
         primitive = handle.primitive(streaming_aead.StreamingAead)
         counter = _Shield(src, "r")
         try:
-            with primitive.new_decrypting_stream(counter, header.raw + aad) as dec:
+            with primitive.new_decrypting_stream(counter, header.stream_ad(aad)) as dec:
                 while True:
                     chunk = dec.read(_DEC_CHUNK)
                     if not chunk:

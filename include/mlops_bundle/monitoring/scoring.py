@@ -8,6 +8,7 @@ champion (a rollback brings its own reference back).
 from __future__ import annotations
 
 import io
+import logging
 from typing import TYPE_CHECKING, Any
 
 from mlops_bundle.features import positive_class_index, predict_positive
@@ -23,6 +24,8 @@ REFERENCE_FILE = "reference.parquet"
 # Rows per predict_proba call: bounds the model's intermediate matrices (one-hot encodings...) on huge
 # batches, large enough that the fixed per-call overhead stays negligible (benchmarks/README.md).
 SCORE_CHUNK_ROWS = 1_000_000
+
+log = logging.getLogger(__name__)
 
 
 class MonitoringError(ValueError):
@@ -130,21 +133,59 @@ def read_predictions(store: Storage, cfg: BundleConfig, date: str) -> pd.DataFra
 # ------------------------------------------------------------------------------------------- reference
 
 
-def log_reference(cfg: BundleConfig, client: Any, run_id: str, model: Any, train: pd.DataFrame) -> str:
+def _sealing_store(cfg: BundleConfig, store: Storage | None, run_id: str) -> Any:
+    """The lake's encrypting store that seals data artifacts, or None when encryption is off.
+
+    Why: MLflow's artifact store is outside the lake's encryption, so with encryption on the reference
+    (rows of training data) goes there only sealed with the lake's keyring (``mlops_bundle.crypto``).
+    """
+    if not cfg.encryption.enabled:
+        return None
+    if getattr(store, "keyring", None) is None:
+        raise MonitoringError(
+            f"encryption is enabled, so the drift reference of run {run_id} (rows of training data) is "
+            "sealed with the lake's keyring: pass the lake's encrypting store (store=...) to this function"
+        )
+    return store
+
+
+def log_reference(
+    cfg: BundleConfig,
+    client: Any,
+    run_id: str,
+    model: Any,
+    train: pd.DataFrame,
+    *,
+    store: Storage | None = None,
+) -> str:
     """Record the drift reference of a model at training time: a sample of its training data (capped at
     monitoring.sample_cap rows) scored by the model itself, as an artifact of its MLflow run.
 
+    With encryption on the artifact is sealed (same name, ciphertext content; ``store`` is the lake's
+    encrypting store), or not logged at all when ``encryption.data_artifacts`` is "omit" (returns "").
     Returns the artifact path.
     """
     import tempfile
     from pathlib import Path
 
+    artifact = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+    if cfg.encryption.enabled and cfg.encryption.data_artifacts == "omit":
+        log.warning("drift reference of run %s not logged: encryption.data_artifacts is 'omit'", run_id)
+        return ""
+    sealer = _sealing_store(cfg, store, run_id)
     ref = score_batch(model, sample(train, cfg.monitoring.sample_cap, seed=cfg.training.seed), cfg)
     with tempfile.TemporaryDirectory(prefix="mlops-reference-") as tmp:
         path = Path(tmp) / REFERENCE_FILE
-        ref.to_parquet(path, index=False)
+        if sealer is None:
+            ref.to_parquet(path, index=False)
+        else:
+            from mlops_bundle.crypto import seal_artifact
+
+            buf = io.BytesIO()
+            ref.to_parquet(buf, index=False)
+            path.write_bytes(seal_artifact(sealer, run_id, artifact, buf.getvalue()))
         client.log_artifact(run_id, str(path), REFERENCE_ARTIFACT_DIR)
-    return f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+    return artifact
 
 
 def has_reference(client: Any, run_id: str) -> bool:
@@ -163,18 +204,40 @@ def reference_needed(client: Any, run_id: str, *, reused: bool) -> bool:
     return not reused or not has_reference(client, run_id)
 
 
-def load_reference(client: Any, run_id: str) -> pd.DataFrame:
-    """The reference recorded by log_reference for the run that produced a model version."""
+def load_reference(
+    client: Any, run_id: str, *, cfg: BundleConfig | None = None, store: Storage | None = None
+) -> pd.DataFrame:
+    """The reference recorded by log_reference for the run that produced a model version.
+
+    With encryption on (``cfg``), the artifact must be sealed for this lake and this run; a plaintext one
+    is refused (``mlops_bundle.crypto.open_artifact``) unless the migration setting allows it.
+    """
     import tempfile
+    from pathlib import Path
 
     import pandas as pd
 
+    artifact = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}"
+    encrypted = cfg is not None and cfg.encryption.enabled
     with tempfile.TemporaryDirectory(prefix="mlops-reference-") as tmp:
         try:
-            local = client.download_artifacts(run_id, f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}", tmp)
+            local = client.download_artifacts(run_id, artifact, tmp)
         except Exception as exc:
+            omitted = encrypted and cfg.encryption.data_artifacts == "omit"
             raise MonitoringError(
-                f"MLflow run {run_id} has no drift reference ({REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}): the "
-                "champion was trained before references were recorded; retrain it with the train DAG"
+                f"MLflow run {run_id} has no drift reference ({artifact}): "
+                + (
+                    "encryption.data_artifacts is 'omit', so no reference is recorded; set it to 'encrypt' "
+                    "and retrain to get drift reports"
+                    if omitted
+                    else "the champion was trained before references were recorded; retrain it with the train DAG"
+                )
             ) from exc
-        return pd.read_parquet(local)
+        if not encrypted:
+            return pd.read_parquet(local)
+        from mlops_bundle.crypto import open_artifact
+
+        blob = Path(local).read_bytes()
+        return pd.read_parquet(
+            io.BytesIO(open_artifact(_sealing_store(cfg, store, run_id), run_id, artifact, blob))
+        )

@@ -265,7 +265,9 @@ def log_candidate(
             contexts=["training", "holdout"],
             tags_list=[None, None],
         )  # fmt: skip
-        example = model_input(window.train.head(5), cfg)[features]
+        # the input example is rows of training data, stored by MLflow as plaintext JSON next to the model:
+        # with encryption on it is not logged (the signature still declares the input schema)
+        example = None if cfg.encryption.enabled else model_input(window.train.head(5), cfg)[features]
         signature = ModelSignature(
             inputs=_schema(cfg, features, True), outputs=_schema(cfg, [cfg.dataset.target], True)
         )
