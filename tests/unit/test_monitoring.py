@@ -319,3 +319,78 @@ def test_reference_is_recorded_for_new_versions_and_repaired_for_reused_ones():
     assert not reference_needed(recorded, "r1", reused=True)
     # reused, but the attempt that registered it died before recording the reference
     assert reference_needed(_Artifacts([]), "r1", reused=True)
+
+
+# ------------------------------------------------------------------------- thresholds at small sizes
+
+
+def test_a_small_same_distribution_batch_gets_calibrated_thresholds(model_and_train, reference, cfg):
+    """At 120 rows the pinned thresholds sit inside the noise: build_report raises them (calibrated on the
+    reference at the batch's size), passes them to Evidently and decides with them."""
+    model, _ = model_and_train
+    r = build_report(reference, _current(model, cfg, 120), cfg)
+    assert r.verdict == "no_drift" and not r.dataset_drift, r.describe()
+    assert "calibrated" in r.thresholds["origin"].values()
+    for score in r.column_scores.values():
+        floor = (NUMERIC_DRIFT if score["method"] == NUMERIC_DRIFT.name else CATEGORICAL_DRIFT).threshold
+        assert score["threshold"] >= floor
+        assert score["drifted"] == (score["score"] >= score["threshold"])  # Evidently's flag, our threshold
+    assert any("thresholds raised" in n for n in r.notes)
+
+
+def test_a_real_shift_is_still_drift_at_small_sizes(model_and_train, reference, cfg):
+    model, _ = model_and_train
+    r = build_report(reference, _current(model, cfg, 300, drift=1.0), cfg)
+    assert r.verdict == "drift" and r.dataset_drift, r.describe()
+
+
+def test_too_few_rows_is_insufficient_data_and_never_a_retrain(model_and_train, reference, cfg, tmp_path):
+    model, _ = model_and_train
+    small = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(update={"min_rows": 500})})
+    r = build_report(reference, _current(model, small, 300, drift=1.0), small)
+    assert r.verdict == "insufficient_data" and not r.dataset_drift
+    assert r.drift_share >= small.monitoring.drift_share_threshold  # the scores did move ...
+    assert "INSUFFICIENT DATA" in r.describe()
+    verdict = decide_retrain(
+        small, LocalStorage(tmp_path), r.summary(), dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    )
+    assert not verdict.retrain and verdict.reason.startswith("insufficient data")  # ... but no retrain
+
+
+def test_fixed_column_thresholds_are_used_as_given(model_and_train, reference, cfg):
+    model, _ = model_and_train
+    fixed = cfg.model_copy(
+        update={
+            "monitoring": cfg.monitoring.model_copy(update={"column_thresholds": {"monthly_charges": 0.5}})
+        }
+    )
+    r = build_report(reference, _current(model, fixed, 120), fixed)
+    assert r.column_scores["monthly_charges"]["threshold"] == 0.5
+    assert r.thresholds["origin"]["monthly_charges"] == "fixed"
+
+
+def test_calibrations_are_cached_per_reference_and_size(model_and_train, reference, cfg, tmp_path):
+    from mlops_bundle.monitoring.calibration import CalibrationCache, size_bucket
+
+    model, _ = model_and_train
+    store = LocalStorage(tmp_path)
+    cache = CalibrationCache(store, "monitoring/churn/calibration/run-1")
+    current = _current(model, cfg, 150)
+    first = build_report(reference, current, cfg, calibration_cache=cache)
+    key = cache.key(f"features-{size_bucket(150)}")
+    assert store.exists(key)
+    # what is cached is what is used: an entry edited by hand (same parameters) shows up in the next report
+    data = json.loads(store.read_bytes(key))
+    data["thresholds"]["monthly_charges"] = 0.77
+    store.write_bytes(key, json.dumps(data).encode())
+    second = build_report(reference, current, cfg, calibration_cache=cache)
+    assert second.column_scores["monthly_charges"]["threshold"] == 0.77
+    # an entry computed for other parameters (another share threshold) is recomputed, not trusted
+    other = cfg.model_copy(
+        update={"monitoring": cfg.monitoring.model_copy(update={"drift_share_threshold": 0.5})}
+    )
+    third = build_report(reference, current, other, calibration_cache=cache)
+    assert (
+        third.column_scores["monthly_charges"]["threshold"]
+        == first.column_scores["monthly_charges"]["threshold"]
+    )

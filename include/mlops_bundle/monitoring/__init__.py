@@ -4,7 +4,8 @@ One module per concern:
 
 - :mod:`.scoring`: sampling, ``score_batch``, the day's stored predictions, the champion's drift
   reference (recorded at training time, repaired when a crashed attempt left a version without one);
-- :mod:`.drift`: the pinned drift methods (and why), the Evidently runs, reading their results;
+- :mod:`.drift`: the pinned drift methods (and why), their thresholds, the Evidently runs, reading results;
+- :mod:`.calibration`: thresholds calibrated on the reference at the batch's size (honest at any size);
 - :mod:`.report`: ``build_report`` -> :class:`MonitoringResult`, the stored report files and listings;
 - :mod:`.guard`: the retrain guard (cooldown, max per day) and the history of drift-triggered retrains;
 - :mod:`.runs`: one day's run as the monitor DAG calls it (score, report, log to MLflow, decide).
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from mlops_bundle.monitoring.drift import (
     CATEGORICAL_DRIFT,
-    MIN_RELIABLE_ROWS,
     NUMERIC_DRIFT,
     PREDICTION_DRIFT,
     DriftMethod,
@@ -60,7 +60,6 @@ from mlops_bundle.monitoring.scoring import (
 __all__ = [
     "CATEGORICAL_DRIFT",
     "HISTORY_KEEP",
-    "MIN_RELIABLE_ROWS",
     "NUMERIC_DRIFT",
     "PREDICTION_DRIFT",
     "REFERENCE_ARTIFACT_DIR",

@@ -2,26 +2,24 @@
 
 Why the methods are pinned: Evidently's automatic choice switches from statistical tests (p-values) at
 <= 1,000 rows to distances above, and p-values shrink with sample size, so the same small shift is "no
-drift" on a thousand rows and "drift" on a million. Every feature therefore gets an explicit method and
-threshold, whatever the size:
+drift" on a thousand rows and "drift" on a million. Every feature therefore gets an explicit method:
 
-- numeric: ``wasserstein`` (Wasserstein-1 distance divided by the reference standard deviation),
-  threshold ``0.15`` = "the distribution moved by 15% of a standard deviation on average". It is
-  scale-free and bin-free, and its sampling noise falls like 1/sqrt(n). Evidently's default of 0.1 lies
-  inside that noise at 1k rows per side; 0.15 sits above the worst same-distribution score there, so
-  per-column flags are stable from 1k rows up, while a real shift of the sample data still scores well
-  above it (the noise and shift measurements are in benchmarks/README.md, "Drift-score noise").
-  PSI was rejected for numbers because Evidently bins them with Sturges' rule on the combined data, so
-  its bin count (and score) grows with the row count; KS/t-tests return p-values that shrink with n,
-  which is exactly the size-dependence pinning avoids.
+- numeric: ``wasserstein`` (Wasserstein-1 distance divided by the reference standard deviation): "the
+  distribution moved by this share of a standard deviation on average". Scale-free and bin-free. PSI was
+  rejected for numbers because Evidently bins them with Sturges' rule on the combined data, so its bin
+  count (and score) grows with the row count; KS/t-tests return p-values that shrink with n.
 - categorical: ``jensenshannon`` (Jensen-Shannon distance of the category shares, natural log, range
-  0..0.83), threshold ``0.1``. Symmetric, bounded, and a category that appears on one side only does
-  not blow it up (PSI/KL need a zero-fill hack for that); 0.1 is about twice the worst same-distribution
-  score at 1k rows per side.
+  0..0.83). Symmetric, bounded, and a category that appears on one side only does not blow it up.
 - prediction drift: the same numeric method on the positive-class probability.
 
-The result is meant for >= 1,000 rows per side (MIN_RELIABLE_ROWS); below that the noise approaches the
-thresholds and the report says so. Column types come from the config, never from Evidently's inference.
+Thresholds: a distance between two samples of one distribution is never zero and its noise grows as the
+samples shrink, so no fixed threshold is honest at every size. Each method's pinned threshold (0.15
+numeric, 0.1 categorical: the smallest move that counts as drift) is a *floor*; the threshold used is the
+larger of the floor and what same-distribution resamples of the reference score at the batch's size
+(:mod:`mlops_bundle.monitoring.calibration`), unless ``monitoring.column_thresholds`` fixes a column's
+threshold. Below ``monitoring.min_rows`` rows on a side the verdict is "insufficient data".
+
+Column types come from the config, never from Evidently's inference.
 Evidently is imported inside the functions: its import takes seconds, which DAG parsing and code that
 only uses the retrain guard must not pay.
 """
@@ -50,12 +48,10 @@ class DriftMethod:
     threshold: float
 
 
-# Pinned for every sample size (see the module docstring for why these two).
+# Pinned for every sample size; the thresholds are floors (see the module docstring).
 NUMERIC_DRIFT = DriftMethod("wasserstein", 0.15)
 CATEGORICAL_DRIFT = DriftMethod("jensenshannon", 0.1)
 PREDICTION_DRIFT = NUMERIC_DRIFT
-# Below this many rows per side the distances' sampling noise gets close to the thresholds.
-MIN_RELIABLE_ROWS = 1_000
 # Evidently metric type -> our quality key.
 _QUALITY_METRICS = {
     "Accuracy": "accuracy",
@@ -118,6 +114,58 @@ def split_scorable(
     return scorable, forced, notes
 
 
+# ---------------------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds one report applies: per feature, for the prediction, and where each came from."""
+
+    columns: dict[str, float]
+    prediction: float
+    # feature -> "fixed" (monitoring.column_thresholds), "floor" or "calibrated" (raised above the floor)
+    origin: dict[str, str]
+    calibration: dict[str, Any]
+
+
+def thresholds(
+    ref: pd.DataFrame,
+    current_rows: int,
+    scored: Sequence[str],
+    kinds: Mapping[str, str],
+    proba: str,
+    cfg: BundleConfig,
+    cache: Any = None,
+) -> Thresholds:
+    """Calibrated thresholds for the ``scored`` features and the prediction at ``current_rows`` rows.
+
+    ``cache``: a :class:`~mlops_bundle.monitoring.calibration.CalibrationCache` of this reference, or None.
+    """
+    from mlops_bundle.monitoring import calibration
+
+    mon = cfg.monitoring
+    fixed = {c: float(mon.column_thresholds[c]) for c in scored if c in mon.column_thresholds}
+    free = {c: kinds[c] for c in scored if c not in fixed}
+    floors = {c: method(k).threshold for c, k in free.items()}
+    common = {"share_threshold": mon.drift_share_threshold, "false_alarm_rate": mon.false_alarm_rate}
+    columns, origin, info = dict(fixed), dict.fromkeys(fixed, "fixed"), {}
+    if free:
+        cal = calibration.cached_calibration(cache, "features", ref, free, floors, current_rows, **common)
+        columns.update(cal.thresholds)
+        origin.update({c: "calibrated" if cal.thresholds[c] > floors[c] else "floor" for c in free})
+        info = cal.to_json()
+    pred = calibration.cached_calibration(
+        cache,
+        "prediction",
+        ref,
+        {proba: "numerical"},
+        {proba: PREDICTION_DRIFT.threshold},
+        current_rows,
+        **common,
+    )
+    return Thresholds({c: columns[c] for c in scored}, pred.thresholds[proba], origin, info)
+
+
 # ----------------------------------------------------------------------------------------- Evidently
 
 
@@ -158,10 +206,11 @@ def run_drift(
     kinds: Mapping[str, str],
     pred: str,
     proba: str,
+    limits: Thresholds,
     *,
     with_quality: bool,
 ) -> Any:
-    """One Evidently run: pinned per-column drift, prediction drift, quality when labels exist."""
+    """One Evidently run: pinned per-column drift at ``limits``, prediction drift, quality when labels exist."""
     from evidently import Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset
@@ -176,10 +225,10 @@ def run_drift(
                 columns=list(scored),
                 drift_share=cfg.monitoring.drift_share_threshold,
                 per_column_method={c: method(kinds[c]).name for c in scored},
-                per_column_threshold={c: method(kinds[c]).threshold for c in scored},
+                per_column_threshold={c: limits.columns[c] for c in scored},
             )
         )
-    items.append(ValueDrift(column=proba, method=PREDICTION_DRIFT.name, threshold=PREDICTION_DRIFT.threshold))
+    items.append(ValueDrift(column=proba, method=PREDICTION_DRIFT.name, threshold=limits.prediction))
     if with_quality:
         items.append(ClassificationPreset())
     report = Report(items, include_tests=True)

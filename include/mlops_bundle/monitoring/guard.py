@@ -77,6 +77,11 @@ def should_trigger_retrain(
     mon = cfg.monitoring
     share = float(summary.get("drift_share", 0.0))
     threshold = float(summary.get("drift_share_threshold", mon.drift_share_threshold))
+    if summary.get("verdict") == "insufficient_data":
+        return False, (
+            f"insufficient data: fewer than monitoring.min_rows ({mon.min_rows}) rows on a side, "
+            "so the drift verdict cannot be trusted"
+        )
     if not summary.get("dataset_drift"):
         return False, f"no dataset drift: drift share {share:.2f} < threshold {threshold:.2f}"
     now = _parse_at(now, "now")

@@ -44,6 +44,10 @@ class MonitoringResult:
     """What one monitoring run found. ``summary()`` is the JSON-safe part for XCom and logs."""
 
     dataset_drift: bool
+    # "drift", "no_drift" or "insufficient_data" (fewer than monitoring.min_rows rows on a side)
+    verdict: str
+    # per feature where its threshold came from ("fixed", "floor", "calibrated") and the calibration
+    thresholds: dict[str, Any]
     drift_share: float
     drift_share_threshold: float
     drifted_columns: list[str]
@@ -65,6 +69,8 @@ class MonitoringResult:
         return json_safe(
             {
                 "dataset_drift": self.dataset_drift,
+                "verdict": self.verdict,
+                "thresholds": self.thresholds,
                 "drift_share": self.drift_share,
                 "drift_share_threshold": self.drift_share_threshold,
                 "drifted_columns": self.drifted_columns,
@@ -85,8 +91,10 @@ class MonitoringResult:
     def describe(self) -> str:
         """A few lines for the task log: verdict, worst columns, prediction drift, quality."""
         n_cols = len(self.column_scores)
-        verdict = "DRIFT" if self.dataset_drift else "no drift"
-        cmp = ">=" if self.dataset_drift else "<"
+        verdict = {"drift": "DRIFT", "no_drift": "no drift", "insufficient_data": "INSUFFICIENT DATA"}[
+            self.verdict
+        ]
+        cmp = ">=" if self.drift_share >= self.drift_share_threshold else "<"
         lines = [
             f"dataset drift: {verdict} - {len(self.drifted_columns)} of {n_cols} feature columns drifted, "
             f"share {self.drift_share:.2f} {cmp} threshold {self.drift_share_threshold:.2f}",
@@ -138,12 +146,14 @@ def build_report(
     proba_col: str = "prediction_proba",
     labels_available: bool | None = None,
     seed: int = 0,
+    calibration_cache: Any = None,
 ) -> MonitoringResult:
     """Compare the current scored batch with the champion's reference data using Evidently.
 
     reference: the champion's training sample with its predictions (features, target, prediction cols).
     current: the newly scored batch (features, prediction cols; the target when labels exist).
     labels_available: None infers it (target column present and not all null).
+    calibration_cache: a ``CalibrationCache`` of this reference (thresholds computed once per batch size).
     """
     started = time.perf_counter()
     ds = cfg.dataset
@@ -163,17 +173,36 @@ def build_report(
     kinds, notes = drift.feature_kinds(cfg)
     scored, forced, more_notes = drift.split_scorable(ref, cur, kinds)
     notes += more_notes
-    if min(len(ref), len(cur)) < drift.MIN_RELIABLE_ROWS:
+    smaller = min(len(ref), len(cur))
+    insufficient = smaller < cfg.monitoring.min_rows
+    if insufficient:
         notes.append(
-            f"only {min(len(ref), len(cur)):,} rows on the smaller side; below {drift.MIN_RELIABLE_ROWS:,} "
-            "rows the drift distances' sampling noise approaches the thresholds"
+            f"insufficient data: {smaller:,} rows on the smaller side, fewer than monitoring.min_rows "
+            f"({cfg.monitoring.min_rows:,}); the verdict is not 'drift' whatever the scores, and no retrain"
+        )
+    limits = drift.thresholds(ref, len(cur), scored, kinds, proba_col, cfg, calibration_cache)
+    raised = [c for c, o in limits.origin.items() if o == "calibrated"]
+    if raised:
+        notes.append(
+            f"thresholds raised above the pinned ones for {len(raised)} column(s) by calibration on the "
+            f"reference at {limits.calibration.get('current_rows', len(cur)):,} rows per batch "
+            f"(same-distribution resamples; expected false-alarm rate "
+            f"{limits.calibration.get('false_alarm_rate', 0.0):.1%})"
         )
 
     if has_labels:  # 0.0/1.0 labels (a null once made the column float) must compare equal to 0/1
         ref, cur = _integral_labels(ref, ds.target), _integral_labels(cur, ds.target)
     labeled_only = has_labels and bool(cur[ds.target].isna().any())
     snap = drift.run_drift(
-        ref, cur, cfg, scored, kinds, prediction_col, proba_col, with_quality=has_labels and not labeled_only
+        ref,
+        cur,
+        cfg,
+        scored,
+        kinds,
+        prediction_col,
+        proba_col,
+        limits,
+        with_quality=has_labels and not labeled_only,
     )
     quality_snap = None
     if labeled_only:
@@ -199,8 +228,11 @@ def build_report(
         if quality_snap is not None:
             report_json["quality_labeled_rows"] = qjson
 
+    drifting = bool(column_scores) and share >= threshold
     return MonitoringResult(
-        dataset_drift=bool(column_scores) and share >= threshold,
+        dataset_drift=drifting and not insufficient,
+        verdict="insufficient_data" if insufficient else ("drift" if drifting else "no_drift"),
+        thresholds={"origin": limits.origin, "calibration": limits.calibration},
         drift_share=share,
         drift_share_threshold=threshold,
         drifted_columns=drifted,

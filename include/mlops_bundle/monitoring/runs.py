@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.monitoring.calibration import CalibrationCache
 from mlops_bundle.monitoring.report import MonitoringResult, build_report, reports_prefix, write_report
 from mlops_bundle.monitoring.scoring import load_reference, read_predictions, score_batch, write_predictions
 
@@ -118,6 +119,11 @@ class DayReport:
         }
 
 
+def calibration_prefix(cfg: BundleConfig, champion_run_id: str) -> str:
+    """Where the drift-threshold calibrations of one champion's reference are cached in the store."""
+    return f"{cfg.storage.monitoring_prefix}/{cfg.dataset.name}/calibration/{champion_run_id}"
+
+
 def report_day(
     cfg: BundleConfig,
     store: Storage,
@@ -133,8 +139,9 @@ def report_day(
     """
     date = scored["date"]
     current = read_predictions(store, cfg, date)
-    reference = load_reference(client, scored["champion_run_id"])
-    result = build_report(reference, current, cfg)
+    reference = load_reference(client, scored["champion_run_id"], cfg=cfg, store=store)
+    cache = CalibrationCache(store, calibration_prefix(cfg, scored["champion_run_id"]))
+    result = build_report(reference, current, cfg, calibration_cache=cache)
     uris = write_report(store, reports_prefix(cfg, date), result)
     run_id = log_monitoring_run(
         cfg,
