@@ -23,9 +23,10 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/python scripts/demo.py demo
 
-## up: start the project-local Airflow and keep it running (UI on http://localhost:8080)
+## up: start the project-local Airflow and keep it running (UI on http://localhost:8080);
+##     DEMO_PAUSED=1 keeps every DAG paused (nothing is scheduled until you unpause it)
 up: install
-	$(BIN)/python scripts/demo.py up
+	$(BIN)/python scripts/demo.py up $(if $(filter 1 true yes,$(DEMO_PAUSED)),--paused)
 
 ## stack: the docker-compose topology as processes (Celery workers, Postgres + Redis on 127.0.0.1, MLflow,
 ##        moto S3 + KMS; settings from config/stack.env); prints the URLs, Ctrl-C stops it

@@ -181,7 +181,14 @@ def ensure_pool(api: Api) -> None:
     sys.path.insert(0, str(al.PLUGINS_FOLDER))
     from mlops_airflow.names import TRAINING_POOL
 
-    body = {"name": TRAINING_POOL, "slots": cfg.training.pool_slots, "description": "mlops: training"}
+    # the whole pool every time: Airflow 3.3 validates a PATCH body as a complete pool (include_deferred is
+    # required there, so a second `make up` would get 422 without it)
+    body = {
+        "name": TRAINING_POOL,
+        "slots": cfg.training.pool_slots,
+        "description": "mlops: training",
+        "include_deferred": False,
+    }
     try:
         api.call("POST", "/api/v2/pools", body)
     except urllib.error.HTTPError as exc:
