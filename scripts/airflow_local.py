@@ -7,10 +7,12 @@ folder, the SQLite metadata DB, the DAG/plugin folders, the auth manager users a
 
 Stdlib only: this runs before anything else in the project is importable.
 
-Overrides (for tests and for running a second copy beside the first):
-  DEMO_AIRFLOW_HOME  Airflow home (default: <project>/.airflow)
-  DEMO_PORT          api-server port (default: 8080)
-  DEMO_DAGS_FOLDER   DAG folder (default: <project>/dags)
+Overrides (for tests and for running a second copy beside the first; the README's table lists them all):
+  DEMO_AIRFLOW_HOME      Airflow home (default: <project>/.airflow)
+  DEMO_PORT              api-server port (default: 8080)
+  DEMO_DAGS_FOLDER       DAG folder (default: <project>/dags)
+  DEMO_WORKER_LOG_PORT   port of the task log server (default: 8793)
+  DEMO_TRIGGER_LOG_PORT  port of the triggerer's log server (default: 8794)
 """
 
 from __future__ import annotations

@@ -53,20 +53,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_port_free(port: int) -> None:
+def check_port_free(port: int, setting: str = "DEMO_PORT") -> None:
+    """Fail naming the environment variable `setting` that chooses `port` when something holds it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         if s.connect_ex((al.HOST, port)) == 0:
             raise RunnerError(
-                f"port {port} is already in use (another Airflow or web server?). Stop it, or run on "
-                f"another port: DEMO_PORT=8081 make demo"
+                f"port {port} ({setting}) is already in use (another Airflow, MLflow or web server, or a "
+                f"second checkout?). Stop it, or choose another port: {setting}=<free port> make demo"
             )
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like uvicorn: TIME_WAIT is fine
         try:
             s.bind((al.HOST, port))
         except OSError as exc:
-            raise RunnerError(f"cannot bind {al.HOST}:{port}: {exc}; set DEMO_PORT to a free port") from None
+            raise RunnerError(
+                f"cannot bind {al.HOST}:{port} ({setting}): {exc}; set {setting} to a free port"
+            ) from None
 
 
 def http_ok(url: str, timeout: float = 2) -> bool:

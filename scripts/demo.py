@@ -354,7 +354,7 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     if not uri.startswith("sqlite:///"):
         say(f"MLflow          {uri} (as configured)")
         return {}, None
-    check_port_free(MLFLOW_PORT)
+    check_port_free(MLFLOW_PORT, "DEMO_MLFLOW_PORT")
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     artifacts = db.parent / "artifacts"
@@ -403,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         check_leftovers()
-        check_port_free(al.PORT)
+        for port, setting in (
+            (al.PORT, "DEMO_PORT"),
+            (al.WORKER_LOG_PORT, "DEMO_WORKER_LOG_PORT"),
+            (al.TRIGGER_LOG_PORT, "DEMO_TRIGGER_LOG_PORT"),
+        ):
+            check_port_free(port, setting)
         al.write_auth_files()
         env = al.airflow_env()
         say(f"AIRFLOW_HOME    {al.AIRFLOW_HOME}")
