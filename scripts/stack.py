@@ -18,10 +18,21 @@ What runs (each a subprocess in its own process group, logging to <tmp>/airflow/
   ``airflow celery worker`` processes (``--celery-hostname w1@%h`` / ``w2@%h``, queues from
   ``MLOPS_WORKER_QUEUES`` in config/stack.env: ``default,training``);
   CeleryExecutor with the broker on a free Redis database (``redis://127.0.0.1:6379/<n>``, flushed at
-  teardown) and the result backend on the Airflow metadata database, a fresh uniquely named PostgreSQL
-  database created at start and dropped at teardown;
-* the bundle's audit chain on PostgreSQL (the Airflow database) and its promotion lock (advisory lock) on
-  the MLflow database, as in docker-compose.yaml.
+  teardown) and the result backend on its own database;
+* the bundle's audit chain and its promotion lock (advisory lock) + decision ledger on PostgreSQL, each on
+  its own database, as in docker-compose.yaml.
+
+PostgreSQL least privilege (scripts/db_roles.py, as compose's ``postgres-roles`` service): one login role
+per concern, none a superuser, each reaching only its databases: Airflow's metadata (owner), Celery's
+results (owner), MLflow's tracking and auth stores (owner), the audit tables (SELECT and INSERT only) and
+the decision ledger (SELECT, INSERT, UPDATE of its two marks; advisory locks). Role and database names
+carry the stack's id (roles are cluster-wide: parallel stacks never share one); every process connects as
+its role, and teardown drops the databases, then the roles.
+
+The Celery workers get no ``[api_auth] jwt_secret`` (only the api-server and the scheduler sign tokens)
+and no SimpleAuthManager password file or path to it: their argv unsets both (``env -u``) and points
+AIRFLOW_HOME at a home of their own; they keep ``[api] secret_key`` (their log server), the Fernet key and
+the execution API URL.
 
 The Airflow environment comes from scripts/airflow_local.py (shared secrets, SimpleAuthManager logins,
 execution API URL), then config/stack.env (the settings docker-compose.yaml reads as its ``env_file``:
@@ -60,6 +71,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
+import db_roles  # noqa: E402
 import mlflow_accounts  # noqa: E402
 from airflow_procs import (  # noqa: E402
     COMPONENTS,
@@ -142,6 +154,9 @@ AWS_CONN_ID = _SHARED["MLOPS_STORAGE__AWS_CONN_ID"]
 MLFLOW_CONN_ID = _SHARED["MLOPS_MLFLOW__CONN_ID"]  # the bundle's MLflow service account
 # the MLflow server's accounts (scripts/mlflow_accounts.py; compose: MLFLOW_*_USERNAME in .env)
 MLFLOW_USERS = {"admin": "admin", "service": "mlops-service", "reader": "reader"}
+# what no Celery worker may hold: the key that signs every API token (any holder can mint an admin's
+# token) and the SimpleAuthManager password file; a worker's argv unsets them (`env -u`)
+WORKER_UNSET_ENV = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
 
 
 def worker_hostname() -> str:
@@ -185,31 +200,28 @@ def missing_services() -> list[str]:
     ]
 
 
-def pg_uri(db: str, scheme: str = "postgresql") -> str:
-    """A database URI; SQLAlchemy users get an explicit driver (its default for postgresql:// is psycopg 3,
-    which is not installed: the venv has psycopg2, and asyncpg for Airflow's async engine)."""
-    return f"{scheme}://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+def pg_uri(db: str, scheme: str = "postgresql", user: str = PG_USER) -> str:
+    """A database URI as `user`; SQLAlchemy users get an explicit driver (its default for postgresql:// is
+    psycopg 3, which is not installed: the venv has psycopg2, and asyncpg for Airflow's async engine)."""
+    return f"{scheme}://{user}@{PG_HOST}:{PG_PORT}/{db}"
 
 
-def _pg_admin(sql: str) -> None:
-    """Run one statement on the server's `postgres` database, outside a transaction (CREATE/DROP DATABASE)."""
-    import psycopg2
-
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+def pg_admin() -> dict[str, object]:
+    """psycopg2.connect arguments of the server's admin (creates and drops the stack's roles and DBs)."""
+    return {"host": PG_HOST, "port": PG_PORT, "user": PG_USER}
 
 
-def create_database(name: str) -> None:
-    _pg_admin(f'CREATE DATABASE "{name}"')
+def anchor_bucket(stack_id: str) -> str:
+    """The stack's Object-Lock bucket of audit anchors (moto)."""
+    return f"mlops-anchors-{stack_id}"
 
 
-def drop_database(name: str) -> None:
-    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def role_plan(stack_id: str) -> db_roles.Plan:
+    """The stack's PostgreSQL roles and databases: names unique per stack (roles are cluster-wide)."""
+    return db_roles.Plan(
+        roles={key: f"mlops_{stack_id}_{key}" for key in db_roles.ROLES},
+        databases={key: f"mlops_stack_{stack_id}_{key}" for key in db_roles.DATABASES},
+    )
 
 
 def claim_redis_db(owner: str) -> int:
@@ -265,6 +277,8 @@ class Stack:
     databases: dict[str, str]
     redis_db: int
     worker_hostnames: dict[str, str]
+    # db_roles.ROLES key -> this stack's PostgreSQL login role
+    roles: dict[str, str] = field(default_factory=dict)
     # "admin", "service" (the bundle's, in Airflow's connection), "reader" (people)
     mlflow_accounts: dict[str, mlflow_accounts.Account] = field(default_factory=dict)
     infra: Processes | None = None  # moto, mlflow
@@ -299,14 +313,14 @@ def infra_env(base: dict[str, str]) -> dict[str, str]:
 
 
 def infra_commands(
-    *, moto_port: int, mlflow_port: int, mlflow_db: str, artifacts_dir: Path
+    *, moto_port: int, mlflow_port: int, mlflow_db: str, artifacts_dir: Path, mlflow_role: str = PG_USER
 ) -> dict[str, list[str]]:
     """argv of the moto server (S3 + KMS; MinIO's role in compose) and the MLflow server (compose: mlflow)."""
     return {
         "moto": [str(Path(sys.executable).parent / "moto_server"), "-H", al.HOST, "-p", str(moto_port)],
         "mlflow": mlflow_server_cmd(
             mlflow_port,
-            pg_uri(mlflow_db, "postgresql+psycopg2"),
+            pg_uri(mlflow_db, "postgresql+psycopg2", mlflow_role),
             artifacts_dir,
             serve_artifacts=True,
             auth=True,
@@ -339,7 +353,9 @@ def mlflow_account_set(mlflow_secret: dict[str, str]) -> dict[str, mlflow_accoun
     }
 
 
-def mlflow_server_env(*, auth_db: str, mlflow_secret: dict[str, str]) -> dict[str, str]:
+def mlflow_server_env(
+    *, auth_db: str, mlflow_secret: dict[str, str], mlflow_role: str = PG_USER
+) -> dict[str, str]:
     """What only the MLflow server process gets on top of infra_env (compose: the mlflow service's
     `environment:`): its secrets, its admin, and its auth database through libpq's PG* variables
     (config/mlflow-auth.ini's ``database_uri`` names no host, user or database)."""
@@ -349,7 +365,7 @@ def mlflow_server_env(*, auth_db: str, mlflow_secret: dict[str, str]) -> dict[st
         "MLFLOW_AUTH_ADMIN_PASSWORD": mlflow_secret["admin_password"],
         "PGHOST": PG_HOST,
         "PGPORT": str(PG_PORT),
-        "PGUSER": PG_USER,
+        "PGUSER": mlflow_role,
         "PGDATABASE": auth_db,
     }
 
@@ -360,6 +376,7 @@ def stack_env(
     home: Path,
     api_port: int,
     databases: dict[str, str],
+    roles: dict[str, str] | None = None,
     redis_db: int,
     moto_url: str,
     mlflow_url: str,
@@ -367,6 +384,7 @@ def stack_env(
     kms_key_id: str,
     gx_root: Path,
     mlflow_service: mlflow_accounts.Account,
+    anchors: str,
     worker_concurrency: int = 2,
     dags_folder: str | os.PathLike[str] | None = None,
     extra_env: dict[str, str] | None = None,
@@ -375,10 +393,17 @@ def stack_env(
 
     1. scripts/airflow_local.py: home, folders, SimpleAuthManager logins, the shared secrets, api-server;
     2. config/stack.env: the settings shared with docker-compose.yaml (executor, queues, encryption ...);
-    3. this machine: PostgreSQL databases, the Redis broker db, free ports, moto S3 + KMS, MLflow URL and
-       the MLflow service account (the connection named by config/stack.env's MLOPS_MLFLOW__CONN_ID).
+    3. this machine: PostgreSQL databases and the role each is used as (`roles`, db_roles.ROLES keys;
+       default: the admin), the Redis broker db, free ports, moto S3 + KMS, MLflow URL and the MLflow
+       service account (the connection named by config/stack.env's MLOPS_MLFLOW__CONN_ID), the Object-Lock
+       bucket of audit anchors (`anchors`).
     Then `extra_env`. Layer 3 never overrides a key of layer 2 (the agreement test checks it).
     """
+    roles = roles or {}
+
+    def uri(db_key: str, role_key: str, scheme: str = "postgresql") -> str:
+        return pg_uri(databases[db_key], scheme, roles.get(role_key, PG_USER))
+
     env = al.airflow_env(
         base, home=home, port=api_port, dags_folder=Path(dags_folder) if dags_folder else None
     )
@@ -391,14 +416,17 @@ def stack_env(
     }
     env.update(
         {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_uri(databases["airflow"], "postgresql+psycopg2"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": uri("airflow", "airflow", "postgresql+psycopg2"),
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": pg_uri(databases["airflow"], "db+postgresql+psycopg2"),
+            "AIRFLOW__CELERY__RESULT_BACKEND": uri("celery", "celery", "db+postgresql+psycopg2"),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
             # the triggerer serves its logs on a port, the scheduler its /health: a second stack on this
             # machine must not collide with them
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # where the api-server asks a worker for the log of a running (or locally missing) task: the
+            # first worker's log server (see airflow_commands)
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": al.HOST,
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
             # the bundle: lake on moto S3, KMS encryption, audit + promotion lock on Postgres
@@ -419,9 +447,16 @@ def stack_env(
             "MLFLOW_TRACKING_URI": mlflow_url,
             "MLOPS_ENCRYPTION__KEY_SOURCE": "kms",
             "MLOPS_ENCRYPTION__KMS_KEY_ID": kms_key_id,
-            "MLOPS_AUDIT__STORE_URI": pg_uri(databases["airflow"]),
+            "MLOPS_AUDIT__STORE_URI": uri("audit", "audit"),
             "MLOPS_AUDIT_HMAC_KEY": secrets.token_urlsafe(32),  # a new chain per stack, keyed
-            "MLOPS_PROMOTION__LOCK_URI": pg_uri(databases["mlflow"]),
+            # the verified head anchored under Object Lock (a day's retention: moto keeps it in memory)
+            "MLOPS_AUDIT__ANCHOR_URI": f"s3://{anchors}/churn/",
+            "MLOPS_AUDIT__ANCHOR_RETENTION_DAYS": "1",
+            "MLOPS_AUDIT__GAP_DIR": str(home / "audit-gaps"),
+            "MLOPS_PROMOTION__LOCK_URI": uri("state", "lock"),
+            # setproctitle (Airflow, Celery) must not overwrite /proc/<pid>/environ: what each process
+            # holds stays inspectable (tests/stack/test_least_privilege.py reads it)
+            "SPT_NOENV": "1",
             **(extra_env or {}),
         }
     )
@@ -445,23 +480,35 @@ def airflow_commands(env: dict[str, str], worker_names: dict[str, str]) -> dict[
     """argv of the Airflow processes: the four components and one Celery worker per `worker_names` entry.
 
     A worker's argv starts with env(1) (which execs, so the pid stays the worker's) for the per-worker
-    settings that containers get for free: its node name and its own task-log server port.
+    settings that containers get for free: its node name, its own task-log server port and its own
+    AIRFLOW_HOME (beside the stack's home: not the folder that holds the password file and secrets.json),
+    and to unset WORKER_UNSET_ENV (compose: the airflow-worker service never gets them).
     """
     commands = {name: al.airflow_cmd(name) for name in COMPONENTS}
     scripts_dir = str(Path(__file__).resolve().parent)
     pythonpath = os.pathsep.join(x for x in (scripts_dir, env.get("PYTHONPATH")) if x)
     queues = env.get(QUEUES_KEY) or WORKER_QUEUES
-    for w, node in worker_names.items():
+    for i, (w, node) in enumerate(worker_names.items()):
+        # the api-server knows one worker log port (containers: 8793 on every worker's own address): the
+        # first worker serves there, the others on ports of their own, their logs read from the shared folder
+        port = env.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT") if i == 0 else None
         commands[f"worker-{w}"] = [
             "env",
+            *(arg for key in WORKER_UNSET_ENV for arg in ("-u", key)),
+            f"AIRFLOW_HOME={worker_home(env, w)}",
             f"{HOSTNAME_ENV}={node}",
             "AIRFLOW__CORE__HOSTNAME_CALLABLE=stack.worker_hostname",
             f"PYTHONPATH={pythonpath}",
             # each worker serves its task logs on its own port (default 8793 would collide)
-            f"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT={free_port()}",
+            f"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT={port or free_port()}",
             *al.airflow_cmd("celery", "worker", "--queues", queues, "--celery-hostname", f"{w}@%h"),
         ]
     return commands
+
+
+def worker_home(env: dict[str, str], worker: str) -> Path:
+    """A worker's own AIRFLOW_HOME, beside the stack's (where the password file and secrets.json live)."""
+    return Path(env["AIRFLOW_HOME"]).parent / f"worker-{worker}-home"
 
 
 @contextlib.contextmanager
@@ -486,17 +533,15 @@ def start_stack(
     tmp.mkdir(parents=True, exist_ok=True)
     home = tmp / "airflow"
     stack_id = uuid.uuid4().hex[:10]
-    dbs = {
-        "airflow": f"mlops_stack_{stack_id}_airflow",
-        "mlflow": f"mlops_stack_{stack_id}_mlflow",
-        "mlflow_auth": f"mlops_stack_{stack_id}_mlflow_auth",  # MLflow's accounts and grants
-    }
+    # a role per concern, a database per store (MLflow's accounts and grants: mlflow_auth)
+    plan = role_plan(stack_id)
+    dbs = plan.databases
     bucket = f"mlops-stack-{stack_id}"
     t0 = time.monotonic()
     old_home = al.AIRFLOW_HOME
     # Processes keeps its pid file and logs under al.AIRFLOW_HOME: point it at this stack's home
     al.AIRFLOW_HOME = home
-    created: list[str] = []
+    created = False
     redis_db: int | None = None
     infra = airflow = None
     try:
@@ -504,9 +549,8 @@ def start_stack(
             raise RuntimeError(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}")
         if not redis_reachable():
             raise RuntimeError(f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}")
-        for name in dbs.values():
-            create_database(name)
-            created.append(name)
+        created = True  # from here on teardown drops whatever part of the plan exists
+        db_roles.apply(pg_admin(), plan)
         redis_db = claim_redis_db(stack_id)
         gx_root = tmp / "great_expectations"
         if not gx_root.exists():
@@ -533,11 +577,18 @@ def start_stack(
             mlflow_port=mlflow_port,
             mlflow_db=dbs["mlflow"],
             artifacts_dir=tmp / "mlflow-artifacts",
+            mlflow_role=plan.roles["mlflow"],
         )
-        infra.env_of["mlflow"] = mlflow_server_env(auth_db=dbs["mlflow_auth"], mlflow_secret=mlflow_secret)
+        infra.env_of["mlflow"] = mlflow_server_env(
+            auth_db=dbs["mlflow_auth"], mlflow_secret=mlflow_secret, mlflow_role=plan.roles["mlflow"]
+        )
         infra.start()
         wait_http(moto_url + "/moto-api/", "moto server", 60, infra)
         aws_client("s3", moto_url).create_bucket(Bucket=bucket)
+        # the audit anchors: a bucket with Object Lock (on only at creation), out of the tasks' reach
+        aws_client("s3", moto_url).create_bucket(
+            Bucket=anchor_bucket(stack_id), ObjectLockEnabledForBucket=True
+        )
         kms_key_id = aws_client("kms", moto_url).create_key(Description=f"mlops stack {stack_id}")[
             "KeyMetadata"
         ]["Arn"]
@@ -549,10 +600,12 @@ def start_stack(
             home=home,
             api_port=api_port,
             databases=dbs,
+            roles=plan.roles,
             redis_db=redis_db,
             moto_url=moto_url,
             mlflow_url=mlflow_url,
             bucket=bucket,
+            anchors=anchor_bucket(stack_id),
             kms_key_id=kms_key_id,
             gx_root=gx_root,
             mlflow_service=accounts["service"],
@@ -580,6 +633,7 @@ def start_stack(
             databases=dict(dbs),
             redis_db=redis_db,
             worker_hostnames=worker_names,
+            roles=dict(plan.roles),
             mlflow_accounts=accounts,
             infra=infra,
             airflow=airflow,
@@ -620,13 +674,10 @@ def start_stack(
                 release_redis_db(redis_db)
         if keep:
             if created:
-                say(f"kept databases  {', '.join(created)} (drop them with DROP DATABASE ... WITH (FORCE))")
-        else:
-            for name in created:
-                try:
-                    drop_database(name)
-                except Exception as exc:  # noqa: BLE001 - report and go on dropping the others
-                    say(f"could not drop database {name}: {exc}")
+                say(f"kept databases  {', '.join(dbs.values())} and roles {', '.join(plan.roles.values())}")
+        elif created:
+            for problem in db_roles.drop(pg_admin(), plan):
+                say(f"could not drop {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ SERVICE_PROCESSES = {
 NOT_A_PROCESS = {
     "postgres": "the loopback PostgreSQL (STACK_PG_HOST:STACK_PG_PORT); start_stack creates fresh databases",
     "redis": "the loopback Redis; start_stack claims an empty database number for the broker",
+    "postgres-roles": "start_stack runs the same scripts/db_roles.py (apply) with role and database names "
+    "unique to the stack, and drops them at teardown",
     "minio-init": "start_stack creates the lake bucket on moto (moto accepts any access key: no user)",
     "airflow-init": "start_stack runs `airflow db migrate`, seeds the SimpleAuthManager password file and "
     "creates the training pool (REST)",
@@ -68,6 +70,10 @@ COMPOSE_ONLY_ENV = {
 }
 # env keys the stack sets for every Airflow process that compose does not, and why
 STACK_ONLY_ENV = {
+    "MLOPS_AUDIT__ANCHOR_RETENTION_DAYS": "moto keeps a throwaway stack's anchors in memory: one day; compose "
+    "keeps the 400-day default",
+    "MLOPS_AUDIT__GAP_DIR": "the stack's processes share one machine: each stack spools lost audit events "
+    "in its own home; compose containers use the default under their /opt/airflow/var",
     "AIRFLOW_HOME": "the image sets AIRFLOW_HOME=/opt/airflow; the stack has one home per stack",
     "AIRFLOW__CORE__DAGS_FOLDER": "image default /opt/airflow/dags (mounted); the stack uses the checkout",
     "AIRFLOW__CORE__PLUGINS_FOLDER": "image default /opt/airflow/plugins (mounted)",
@@ -84,6 +90,8 @@ STACK_ONLY_ENV = {
     "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "tests want DAG edits visible in seconds",
     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "several stacks share this machine: a free port each "
     "(each compose triggerer container has its own 8794)",
+    "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "several stacks share this machine: a free port each, served "
+    "by the first worker (each compose worker container serves 8793)",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "loopback only (compose: the container's "
     "0.0.0.0, not published)",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "several stacks share this machine: a free "
@@ -93,6 +101,8 @@ STACK_ONLY_ENV = {
     "MLOPS_ENCRYPTION__KMS_KEY_ID": "the stack's KMS key on moto (compose: a keyset, see above)",
     "PATH": "the venv's bin/ first, so Airflow's subprocesses find this venv's `airflow` (the image has "
     "its own PATH)",
+    "SPT_NOENV": "keeps /proc/<pid>/environ readable after setproctitle, so tests can check what each "
+    "process holds (containers: `docker inspect` shows it)",
     "NO_PROXY": "loopback traffic must bypass any proxy of the host (containers talk on their network)",
     "no_proxy": "same as NO_PROXY, for the libraries that read the lower-case name",
 }
@@ -102,6 +112,8 @@ COMPOSE_ONLY_WORKER_ENV = {
     "stack starts workers without dumb-init",
 }
 STACK_ONLY_WORKER_ENV = {
+    "AIRFLOW_HOME": "a home of the worker's own, not the folder holding the password file and secrets.json "
+    "(containers: the image's /opt/airflow without the airflow-auth volume)",
     stack_runner.HOSTNAME_ENV: "two workers share one host: a node name each (containers: own hostname)",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "task instances report that node name (containers: the hostname)",
     "PYTHONPATH": "makes scripts/stack.py's hostname callable importable",
@@ -139,6 +151,7 @@ SAME_SCHEME = (
 )
 _VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 WORKERS = ("w1", "w2")
+PLAN = stack_runner.role_plan("x")
 SERVICE = stack_runner.mlflow_accounts.Account("mlops-service", "service-password-x")
 
 
@@ -175,11 +188,14 @@ def shared() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def compose_env(compose, shared) -> dict[str, str]:
-    """What every compose Airflow service gets: config/stack.env, then x-airflow-common's environment."""
+    """What compose's api-server gets (the widest environment: x-airflow-common's plus the JWT secret and
+    the password file, which only some services get: see test_token_key_and_login_file_placement_agrees):
+    config/stack.env, then its `environment:`."""
     files = [e["path"] for e in compose["x-airflow-common"]["env_file"]]
     assert files == ["config/stack.env"], f"x-airflow-common env_file is {files}, not config/stack.env"
     assert (REPO / files[0]).resolve() == stack_runner.STACK_ENV_FILE.resolve()
-    return shared | {k: str(v) for k, v in compose["x-airflow-common"]["environment"].items()}
+    api = compose["services"]["airflow-apiserver"]["environment"]
+    return shared | {k: str(v) for k, v in api.items()}
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +207,13 @@ def stack_side(tmp_path_factory) -> dict:
         {},
         home=tmp / "airflow",
         api_port=ports["api"],
-        databases={"airflow": "mlops_stack_x_airflow", "mlflow": "mlops_stack_x_mlflow"},
+        databases=PLAN.databases,
+        roles=PLAN.roles,
         redis_db=7,
         moto_url=f"http://127.0.0.1:{ports['moto']}",
         mlflow_url=f"http://127.0.0.1:{ports['mlflow']}",
         bucket="mlops-stack-x",
+        anchors="mlops-anchors-x",
         kms_key_id="arn:aws:kms:us-east-1:123456789012:key/x",
         gx_root=tmp / "great_expectations",
         mlflow_service=SERVICE,
@@ -204,11 +222,15 @@ def stack_side(tmp_path_factory) -> dict:
     return {
         "env": env,
         "mlflow_env": stack_runner.mlflow_server_env(
-            auth_db="mlops_stack_x_mlflow_auth", mlflow_secret=secret
+            auth_db=PLAN.databases["mlflow_auth"], mlflow_secret=secret, mlflow_role=PLAN.roles["mlflow"]
         ),
         "commands": stack_runner.airflow_commands(env, stack_runner.worker_node_names(WORKERS)),
         "infra": stack_runner.infra_commands(
-            moto_port=ports["moto"], mlflow_port=ports["mlflow"], mlflow_db="m", artifacts_dir=tmp / "a"
+            moto_port=ports["moto"],
+            mlflow_port=ports["mlflow"],
+            mlflow_db=PLAN.databases["mlflow"],
+            artifacts_dir=tmp / "a",
+            mlflow_role=PLAN.roles["mlflow"],
         ),
         "infra_env": stack_runner.infra_env({}),
         "ports": ports,
@@ -223,10 +245,18 @@ def _airflow_args(argv: list[str]) -> list[str]:
     return argv[3:]
 
 
+def _unset_by_worker(argv: list[str]) -> set[str]:
+    """The keys a stack worker's env(1) prefix removes (``-u KEY``)."""
+    assert argv[0] == "env", argv
+    return {argv[i + 1] for i in range(1, len(argv) - 1) if argv[i] == "-u"}
+
+
 def _split_worker(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """A stack worker's argv: env(1) assignments, then the airflow command."""
+    """A stack worker's argv: env(1) unsets and assignments, then the airflow command."""
     assert argv[0] == "env", argv
     assigns, i = {}, 1
+    while argv[i] == "-u":
+        i += 2
     while "=" in argv[i] and not argv[i].startswith("/"):
         key, _, value = argv[i].partition("=")
         assigns[key] = value
@@ -324,7 +354,7 @@ def test_init_steps_have_their_stack_counterparts(compose):
         ("ensure_pool(", "the training pool"),
         ("create_bucket(", "the lake bucket"),
         ("mlflow_accounts.provision(", "MLflow's accounts (mlflow-init)"),
-        ('"mlflow_auth"', "MLflow's auth database (compose: postgres-init-mlflow)"),
+        ("db_roles.apply(", "the PostgreSQL roles and databases (compose: postgres-roles)"),
     ):
         assert call in source, f"start_stack no longer does {what} ({call}), which compose's init services do"
     init = "\n".join(compose["services"]["airflow-init"]["command"])
@@ -340,7 +370,10 @@ def test_init_steps_have_their_stack_counterparts(compose):
     assert compose["services"]["airflow-worker"]["depends_on"]["mlflow-init"] == {
         "condition": "service_completed_successfully"
     }, "the workers' tasks need the service account mlflow-init creates"
-    assert "CREATE DATABASE mlflow_auth;" in compose["configs"]["postgres-init-mlflow"]["content"]
+    roles = compose["services"]["postgres-roles"]
+    assert roles["entrypoint"] == ["python", "/opt/mlops/db_roles.py"], roles["entrypoint"]
+    assert "./scripts/db_roles.py:/opt/mlops/db_roles.py:ro" in roles["volumes"], roles["volumes"]
+    assert set(stack_runner.db_roles.DATABASES) >= {"mlflow", "mlflow_auth", "audit", "state", "celery"}
 
 
 def test_backends_use_the_same_drivers(compose_env, stack_side, env_example):
@@ -587,3 +620,36 @@ def test_worker_env_keys_agree(compose, stack_side):
         if theirs ^ set(STACK_ONLY_WORKER_ENV):
             problems.append(f"stack {w}'s per-worker keys {sorted(theirs)} vs STACK_ONLY_WORKER_ENV")
         assert not problems, "; ".join(problems) + ": set them on both sides or explain them in this test"
+
+
+# which process holds the key that signs API tokens and the SimpleAuthManager password file
+TOKEN_KEY = "AIRFLOW__API_AUTH__JWT_SECRET"
+LOGIN_FILE = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+# the stack's scheduler, dag-processor and triggerer get the password file's path (scripts/airflow_local.py
+# sets it for every component; they share one UNIX user and home anyway); compose gives it to the api-server
+# and airflow-init only
+STACK_ONLY_LOGIN_FILE = {"scheduler", "dag-processor", "triggerer"}
+
+
+def test_token_key_and_login_file_placement_agrees(compose, stack_side):
+    """No worker holds the JWT secret or the password file, in either topology; the components that sign
+    or check tokens hold the JWT secret in both."""
+    services = compose["services"]
+    for service, process in SERVICE_PROCESSES.items():
+        if not service.startswith("airflow-"):
+            continue
+        env = services[service].get("environment") or {}
+        mounts = " ".join(str(v) for v in services[service].get("volumes") or [])
+        if process == "worker-*":
+            assert TOKEN_KEY not in env and LOGIN_FILE not in env, f"compose's {service} gets {TOKEN_KEY}"
+            assert "airflow-auth" not in mounts, f"compose's {service} mounts the password file's volume"
+            for w in WORKERS:
+                argv = stack_side["commands"][f"worker-{w}"]
+                assert {TOKEN_KEY, LOGIN_FILE} <= _unset_by_worker(argv), f"stack worker {w} keeps them"
+            continue
+        assert TOKEN_KEY in env and TOKEN_KEY in stack_side["env"], f"{service} needs the JWT secret"
+        assert (LOGIN_FILE in env) == (process == "api-server"), service
+        assert ("airflow-auth" in mounts) == (process == "api-server"), service
+        assert process == "api-server" or process in STACK_ONLY_LOGIN_FILE, process
+    init = services["airflow-init"]
+    assert LOGIN_FILE in init["environment"] and TOKEN_KEY not in init["environment"]

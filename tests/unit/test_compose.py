@@ -41,8 +41,29 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer",
     "airflow-worker",
 }
-REQUIRED_SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "minio", "minio-init", "env-check"}
-ONE_SHOT = {"airflow-init", "minio-init", "env-check"}
+REQUIRED_SERVICES = AIRFLOW_SERVICES | {
+    "postgres",
+    "postgres-roles",
+    "redis",
+    "mlflow",
+    "minio",
+    "minio-init",
+    "env-check",
+}
+ONE_SHOT = {"airflow-init", "minio-init", "env-check", "postgres-roles"}
+# the services that sign or check Airflow API tokens: the only ones with the JWT secret (never a worker)
+TOKEN_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+# the SimpleAuthManager password file: airflow-init writes it, the api-server reads it
+LOGIN_FILE_SERVICES = {"airflow-init", "airflow-apiserver"}
+JWT_KEY = "AIRFLOW__API_AUTH__JWT_SECRET"
+LOGIN_FILE_KEY = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+# service -> the PostgreSQL role each store's URI must name (scripts/db_roles.py COMPOSE_ROLES)
+STORE_ROLES = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ("mlops_airflow", "${POSTGRES_DB"),
+    "AIRFLOW__CELERY__RESULT_BACKEND": ("mlops_celery", "celery"),
+    "MLOPS_AUDIT__STORE_URI": ("mlops_audit", "audit"),
+    "MLOPS_PROMOTION__LOCK_URI": ("mlops_lock", "state"),
+}
 # services that may run as several replicas (`docker compose up --scale airflow-worker=N`)
 SCALABLE = {"airflow-worker"}
 # .env values that may be left out: they have a safe default in docker-compose.yaml
@@ -230,6 +251,7 @@ def test_celery_executor_with_redis_broker_and_postgres_results(compose, stack_e
     # SQLAlchemy 2.1 defaults to psycopg 3, which the image does not have
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    env = env | compose["x-airflow-jwt-env"]
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
         assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(env[key])), (
             f"{key} must come from .env and fail fast when missing, got {env[key]!r}"
@@ -328,6 +350,11 @@ def test_airflow_waits_for_init_and_backends(services):
         assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
         assert deps["postgres"]["condition"] == "service_healthy", name
         assert deps["redis"]["condition"] == "service_healthy", name
+    for name in AIRFLOW_SERVICES | {"mlflow"}:
+        deps = services[name]["depends_on"]
+        assert deps["postgres-roles"]["condition"] == "service_completed_successfully", (
+            f"{name} connects as a role postgres-roles creates: it must wait for it to succeed"
+        )
 
 
 def test_nothing_with_state_starts_before_the_env_check(services):
@@ -553,3 +580,157 @@ def test_compose_runs_without_the_optional_values(compose_cli, tmp_path):
     )
     proc = _run_compose(compose_cli, env_file, "config", "-q")
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- least privilege (issue 14)
+
+
+def test_workers_get_no_token_key_and_no_login_file(compose, services):
+    """A Celery worker runs every task's code: with the JWT secret any task could mint an admin's token, with
+    the password file read every login. Neither reaches it: not in its environment, not as a volume,
+    secret or config, and no value of its environment names them."""
+    worker = services["airflow-worker"]
+    env = {k: str(v) for k, v in (worker.get("environment") or {}).items()}
+    assert JWT_KEY not in env and LOGIN_FILE_KEY not in env, sorted(env)
+    for key, value in env.items():
+        assert "AIRFLOW_JWT_SECRET" not in value and "ADMIN_PASSWORD" not in value, key
+        assert "passwords.json" not in value and "/opt/airflow/auth" not in value, key
+    mounts = [str(v) for v in worker.get("volumes") or []]
+    assert not [m for m in mounts if "auth" in m], f"the workers mount {mounts}"
+    assert not worker.get("secrets") and not worker.get("configs"), "the workers get secrets/configs"
+    assert worker.get("env_file") == compose["x-airflow-common"]["env_file"]
+    # the shared settings file holds no secret either
+    shared = _read_env_file(STACK_ENV)
+    assert JWT_KEY not in shared and LOGIN_FILE_KEY not in shared
+    # what the worker does need: its log server's key, the Fernet key, the execution API
+    for key in (
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    ):
+        assert key in env, f"the workers need {key}"
+
+
+def test_only_the_token_services_get_the_jwt_secret_and_the_login_file(compose, services):
+    common = compose["x-airflow-common"]
+    assert JWT_KEY not in common["environment"] and LOGIN_FILE_KEY not in common["environment"]
+    assert not [v for v in common["volumes"] if "auth" in str(v)], "every Airflow service mounts airflow-auth"
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        mounts = " ".join(str(v) for v in svc.get("volumes") or [])
+        assert (JWT_KEY in env) == (name in TOKEN_SERVICES), f"{name}: JWT secret {JWT_KEY in env}"
+        assert (LOGIN_FILE_KEY in env) == (name in LOGIN_FILE_SERVICES), f"{name}: password file"
+        assert ("airflow-auth:" in mounts) == (name in LOGIN_FILE_SERVICES), f"{name}: auth volume"
+
+
+def _minio_script(services) -> tuple[list[str], str]:
+    svc = services["minio-init"]
+    cmd = svc["command"]
+    script = ("\n".join(cmd) if isinstance(cmd, list) else cmd).replace("$$", "$")
+    return list(svc["entrypoint"]), script
+
+
+def test_minio_init_stops_on_any_failing_step(services):
+    entrypoint, script = _minio_script(services)
+    assert entrypoint[0] == "/bin/sh" and "e" in entrypoint[1].lstrip("-"), f"no set -e: {entrypoint}"
+    assert not re.search(r"\|\|\s*(true|:)\b", script), "a minio-init step ignores its failure"
+    for name, svc in services.items():
+        dep = (svc.get("depends_on") or {}).get("minio-init")
+        if dep is not None:
+            assert dep["condition"] == "service_completed_successfully", name
+    for name in AIRFLOW_SERVICES | {"mlflow"}:
+        assert "minio-init" in services[name]["depends_on"], f"{name} starts without the lake's policy"
+
+
+def _run_minio_init(services, tmp_path, mc_body: str) -> subprocess.CompletedProcess:
+    """The minio-init script under sh with a stub `mc` (there is no MinIO here)."""
+    entrypoint, script = _minio_script(services)
+    stub = tmp_path / "bin" / "mc"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text("#!/bin/sh\n" + mc_body, encoding="utf-8")
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+        "MINIO_ROOT_USER": "root",
+        "MINIO_ROOT_PASSWORD": "root-password",
+        "MINIO_AIRFLOW_ACCESS_KEY": "mlops-airflow",
+        "MINIO_AIRFLOW_SECRET_KEY": "airflow-secret",
+    }
+    sh = shutil.which("sh")
+    return subprocess.run([sh, *entrypoint[1:], script], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_minio_init_fails_when_the_policy_cannot_be_attached(services, tmp_path):
+    """The attack: the key ends up without its policy (or MinIO refuses) and the stack starts anyway, with a
+    lake nobody can write. Now the one-shot fails, so nothing that depends on it starts."""
+    ok = _run_minio_init(services, tmp_path, "exit 0\n")
+    assert ok.returncode == 0, ok.stderr
+    rerun = _run_minio_init(
+        services,
+        tmp_path,
+        'case "$*" in *"policy attach"*) echo "mc: <ERROR> The specified policy change is already in effect." >&2; exit 1;; esac\n',
+    )
+    assert rerun.returncode == 0, f"a re-run (policy already attached) must pass: {rerun.stderr}"
+    refused = _run_minio_init(
+        services,
+        tmp_path,
+        'case "$*" in *"policy attach"*) echo "mc: <ERROR> Access Denied." >&2; exit 1;; esac\n',
+    )
+    assert refused.returncode != 0, "minio-init passed although the policy was not attached"
+    assert "Access Denied" in refused.stderr and "mlops-airflow" in refused.stderr, refused.stderr
+    for step in ("mb", "version", "user add"):
+        failing = _run_minio_init(
+            services, tmp_path, f'case "$*" in *"{step}"*) echo "mc: failed {step}" >&2; exit 1;; esac\n'
+        )
+        assert failing.returncode != 0, f"minio-init passed although `mc {step}` failed"
+
+
+def test_every_store_is_reached_as_its_own_role(compose, services, env_example):
+    """Airflow, Celery, the audit chain, the promotion lock and MLflow each connect as their own role
+    (scripts/db_roles.py), never as the superuser POSTGRES_USER, which only postgres and postgres-roles see."""
+    env = compose["x-airflow-common"]["environment"]
+    for key, (role, db) in STORE_ROLES.items():
+        m = re.match(
+            r"^[a-z0-9+]+://([^:@]+):(\$\{[A-Z_]+_DB_PASSWORD:\?[^}]+\})@postgres:5432/(.+)$", env[key]
+        )
+        assert m, f"{key} is not <driver>://<role>:${{<ROLE>_DB_PASSWORD}}@postgres:5432/<db>: {env[key]}"
+        assert m.group(1) == role and m.group(3).startswith(db), (key, m.groups())
+    mlflow = services["mlflow"]
+    assert any(
+        a.startswith("--backend-store-uri=postgresql+psycopg2://mlops_mlflow:") for a in mlflow["command"]
+    )
+    assert mlflow["environment"]["PGUSER"] == "mlops_mlflow"
+    superuser = re.compile(r"\$\{POSTGRES_(USER|PASSWORD)\b")
+    for name, svc in services.items():
+        text = json.dumps({k: svc.get(k) for k in ("environment", "command", "entrypoint", "healthcheck")})
+        if name in {"postgres", "postgres-roles", "env-check"}:
+            continue
+        assert not superuser.search(text), f"{name} gets the PostgreSQL superuser's credentials"
+    assert not superuser.search(json.dumps(compose["x-airflow-common"]))
+
+
+def test_postgres_roles_runs_the_role_script_and_agrees_with_the_uris(compose, services, env_example):
+    svc = services["postgres-roles"]
+    assert svc["entrypoint"] == ["python", "/opt/mlops/db_roles.py"]
+    assert "./scripts/db_roles.py:/opt/mlops/db_roles.py:ro" in svc["volumes"]
+    assert svc["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert svc["restart"] == "no"
+    sys.path.insert(0, str(REPO / "scripts"))
+    import db_roles
+
+    env = {k: _substitute(str(v), env_example) for k, v in svc["environment"].items()}
+    plan = db_roles.compose_plan(env)
+    common = compose["x-airflow-common"]["environment"]
+    uris = {k: _substitute(str(common[k]), env_example) for k in STORE_ROLES}
+    for key, (role, _) in STORE_ROLES.items():
+        assert role in plan.roles.values(), (key, role)
+    assert uris["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("/" + plan.databases["airflow"])
+    assert uris["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("/" + plan.databases["celery"])
+    assert uris["MLOPS_AUDIT__STORE_URI"].endswith("/" + plan.databases["audit"])
+    assert uris["MLOPS_PROMOTION__LOCK_URI"].endswith("/" + plan.databases["state"])
+    assert services["mlflow"]["environment"]["PGDATABASE"] == plan.databases["mlflow_auth"]
+    # each role's password is its own .env value
+    for var in db_roles.PASSWORD_ENV.values():
+        assert env[var] == env_example[var] and "change-me" in env[var], var
+    with pytest.raises(SystemExit, match="AUDIT_DB_PASSWORD"):
+        db_roles.compose_plan({k: v for k, v in env.items() if k != "AUDIT_DB_PASSWORD"})
