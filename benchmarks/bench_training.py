@@ -32,6 +32,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
+sys.path.insert(0, str(REPO))  # tests.lake: partitions written as ingest writes them
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 GOAL_LOG_REGISTER_S = 1.0
 END_DATE = "2026-01-10"
@@ -39,23 +40,13 @@ END_DATE = "2026-01-10"
 
 def stage_lake(cfg, store, end_date: str, days: int, rows: int) -> int:
     """Write `days` validated partitions ending at end_date; return the total row count."""
-    from mlops_bundle import ingest
-    from mlops_bundle.sample import generate_batch
+    from tests.lake import stage
 
     end = dt.date.fromisoformat(end_date)
     total = 0
     for i in range(days):
         date = (end - dt.timedelta(days=days - 1 - i)).isoformat()
-        df, problems = ingest.coerce(generate_batch(date, rows), cfg)
-        if problems:
-            raise RuntimeError(f"generated batch {date} does not coerce cleanly: {problems}")
-        manifest = {
-            "dataset": cfg.dataset.name,
-            "date": date,
-            "rows": len(df),
-            "fingerprint": ingest.fingerprint(df),
-        }
-        ingest.write_staging(store, cfg, date, df, manifest)
+        df = stage(store, cfg, date, rows)
         total += len(df)
     return total
 

@@ -17,6 +17,7 @@ import re
 import airflow  # noqa: F401  (importing Airflow puts plugins/ on sys.path, as in a worker)
 import pytest
 
+from tests import lake as lake_files
 from tests.envelope import kms_key_that_wrapped
 from tests.services import aws_client
 
@@ -248,12 +249,7 @@ def test_task_storage_is_strict_and_allowlists_kms_keys_from_config(
     date = "2026-01-05"
     df, problems = ingest.coerce(generate_batch(date, 50), cfg)
     assert not problems
-    manifest = {
-        "dataset": cfg.dataset.name,
-        "date": date,
-        "rows": len(df),
-        "fingerprint": ingest.fingerprint(df),
-    }
+    manifest = lake_files.manifest_of(cfg, date, df)
     # planted: a plaintext partition written straight to the bucket
     ingest.write_staging(S3Storage(client, bucket, "lake"), cfg, date, df, manifest)
     with pytest.raises(DecryptionError) as err:

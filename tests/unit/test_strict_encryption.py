@@ -33,6 +33,7 @@ from mlops_bundle.crypto import (
 from mlops_bundle.monitoring import MonitoringError
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage, S3Storage
+from tests import lake
 from tests.services import aws_client
 
 DATE = "2026-02-03"
@@ -70,15 +71,7 @@ def _parquet(df: pd.DataFrame) -> bytes:
 
 def _stage(store, cfg, date: str, rows: int = 600) -> None:
     """A partition written the way the ingest DAG writes it (minus the GX run)."""
-    df, problems = ingest.coerce(generate_batch(date, rows), cfg)
-    assert not problems
-    manifest = {
-        "dataset": cfg.dataset.name,
-        "date": date,
-        "rows": len(df),
-        "fingerprint": ingest.fingerprint(df),
-    }
-    ingest.write_staging(store, cfg, date, df, manifest)
+    lake.stage(store, cfg, date, rows)
 
 
 # ------------------------------------------------------------------------------------ planted plaintext

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_bundle import ingest, provenance, tracking, training
+from mlops_bundle import provenance, tracking, training
 from mlops_bundle.config import CandidateSpec, load_config
-from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests import lake
 from tests.conftest import REPO
 
 DAYS = [f"2026-02-{d:02d}" for d in range(1, 7)]
@@ -38,17 +38,7 @@ def make_cfg(root: Path, **env: str):
 
 def stage(store, cfg, date: str, rows: int = ROWS, mutate=None) -> None:
     """One validated partition, written as the ingest DAG writes it (minus the GX run)."""
-    df, problems = ingest.coerce(generate_batch(date, rows), cfg)
-    assert not problems
-    if mutate is not None:
-        df = mutate(df)
-    manifest = {
-        "dataset": cfg.dataset.name,
-        "date": date,
-        "rows": len(df),
-        "fingerprint": ingest.fingerprint(df),
-    }
-    ingest.write_staging(store, cfg, date, df, manifest)
+    lake.stage(store, cfg, date, rows, mutate)
 
 
 def with_candidates(cfg, candidates: list[dict]):
