@@ -205,6 +205,27 @@ def test_deleted_head_record_and_single_anchor_rows_are_named(store, bucket):
     assert "the anchored head record seq 15 is among them" in res.reason
 
 
+def test_a_forged_newer_anchor_does_not_hide_a_rewritten_history(sqlite_store, bucket):
+    """The attacker rewrites records 6..10 (anchored at 10), re-chains them with the HMAC key, fixes the
+    anchor rows and PUTs a properly locked anchor 12 for the forged chain: the genuine anchor 10 still
+    catches it (every anchor is compared with the log, not only the newest)."""
+    _append(sqlite_store, 10)
+    _verify_and_anchor(sqlite_store, bucket)
+    sqlite_store.sql("DELETE FROM audit_log WHERE seq >= 6")
+    sqlite_store.sql("DELETE FROM audit_anchor")
+    _append(sqlite_store, 7, actor="forger")  # seq 6..12, chained with the real key
+    forged = audit.verify(sqlite_store.uri, KEY)  # without the bucket this passes: the threat
+    assert forged.ok and forged.head_seq == 12
+    bucket.write(12, forged.head_hash, records=12, key_id=audit.key_id(KEY), store=sqlite_store.uri)
+    sqlite_store.sql(f"INSERT INTO audit_anchor (seq, hash, at) VALUES (12, '{forged.head_hash}', 'x')")
+    res = audit.verify(sqlite_store.uri, KEY, bucket=bucket)
+    assert not res.ok and res.first_bad_seq == 10, res
+    assert f"head mismatch at seq 10: the anchor {bucket.uri}000000000010.json says hash" in res.reason
+    # and a forged anchor without the chain's key id is named as such
+    bucket.write(13, "0" * 64, records=13, key_id="", store=sqlite_store.uri)
+    assert "name key id (none)" in audit.verify(sqlite_store.uri, KEY, bucket=bucket).reason
+
+
 def test_emptied_log_is_named_against_the_bucket(sqlite_store, bucket):
     _append(sqlite_store, 4)
     _verify_and_anchor(sqlite_store, bucket)

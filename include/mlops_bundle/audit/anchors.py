@@ -73,6 +73,9 @@ class BucketState:
     latest: Anchor | None
     problems: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # every readable anchor (its original, locked version): verify compares each with the log, so a
+    # forged newer anchor cannot stand in for the genuine older ones
+    anchors: tuple[Anchor, ...] = ()
 
 
 def _iso(value: Any) -> str | None:
@@ -277,17 +280,23 @@ class S3Anchors:
                 f"{strays[0]}): keep this prefix for the audit anchors only"
             )
         seqs = tuple(sorted(int(_KEY_RE.match(k[len(self.prefix) :]).group(1)) for k in originals))
-        latest: Anchor | None = None
-        if seqs:
-            key = self.key(seqs[-1])
+        # every anchor is read (one GET each: ~9,000 for a year of hourly anchors): checking only the
+        # newest would let whoever can PUT to the prefix stand a forged newer anchor in front of the
+        # genuine ones after rewriting the log
+        anchors: list[Anchor] = []
+        for seq in seqs:
+            key = self.key(seq)
             try:
-                latest = self._read(key, originals[key]["VersionId"])
+                anchor = self._read(key, originals[key]["VersionId"])
             except ValueError as exc:
                 problems.append(str(exc))
-            else:
-                problems.extend(self._check_latest(latest, seqs[-1]))
-                warnings.extend(self._lock_warnings(latest))
-        return BucketState(seqs, latest, tuple(problems), tuple(warnings))
+                continue
+            problems.extend(self._check_latest(anchor, seq))
+            anchors.append(anchor)
+        latest = anchors[-1] if anchors and anchors[-1].seq == seqs[-1] else None
+        if latest is not None:
+            warnings.extend(self._lock_warnings(latest))
+        return BucketState(seqs, latest, tuple(problems), tuple(warnings), tuple(anchors))
 
     def _check_latest(self, anchor: Anchor, seq: int) -> list[str]:
         if anchor.seq != seq:

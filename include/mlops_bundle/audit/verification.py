@@ -30,7 +30,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -136,9 +136,12 @@ def verify(
         )
         if expect_head is not None:
             checks.anchors[int(expect_head[0])] = expect_head[1]
-        if state is not None and state.latest is not None:
-            checks.anchors[state.latest.seq] = state.latest.hash
-            checks.bucket_seq, checks.bucket_uri = state.latest.seq, state.latest.uri
+        if state is not None:
+            for anchor in state.anchors:  # every locked anchor, not only the newest (see BucketState)
+                checks.anchors[anchor.seq] = anchor.hash
+                checks.bucket_uris[anchor.seq] = anchor.uri
+            if state.latest is not None:
+                checks.bucket_seq, checks.bucket_uri = state.latest.seq, state.latest.uri
 
         rows = be.stream(conn, f"SELECT {', '.join(FIELDS)} FROM audit_log ORDER BY seq")
         result = _walk(rows, key, checks)
@@ -190,11 +193,18 @@ def _with_bucket(
                 f"anchor table lacks {len(missing)} of the bucket's {len(state.seqs)} anchor(s) (seq "
                 f"{shown}): those audit_anchor rows were deleted"
             )
-        latest = state.latest
-        if latest is not None and stored_key_id is not None and latest.key_id not in ("", stored_key_id):
+        if not state.seqs and db_anchors:
             findings.append(
-                f"anchor {latest.uri} belongs to a chain with key id {latest.key_id}, this log has key id "
-                f"{stored_key_id}: the log was replaced (a new key or store needs its own anchor prefix)"
+                f"the bucket holds no anchors but the anchor table holds {len(db_anchors)}: the bucket's "
+                f"anchors were deleted (retention bypassed?) or audit.anchor_uri was changed"
+            )
+        foreign = [a for a in state.anchors if stored_key_id is not None and a.key_id != stored_key_id]
+        if foreign:
+            a = foreign[-1]
+            findings.append(
+                f"{len(foreign)} anchor(s) (e.g. {a.uri}) name key id {a.key_id or '(none)'}, this log has key "
+                f"id {stored_key_id}: forged anchors, or the log was replaced (a new key or store needs its "
+                f"own anchor prefix)"
             )
         findings.extend(state.problems)
     if result.lost_events:
@@ -226,10 +236,11 @@ class _Checks:
     external: int | None = None
     bucket_seq: int | None = None
     bucket_uri: str = ""
+    bucket_uris: dict[int, str] = field(default_factory=dict)
 
     def origin(self, seq: int) -> str:
-        if seq == self.bucket_seq:
-            return f"the anchor {self.bucket_uri}"
+        if seq in self.bucket_uris:
+            return f"the anchor {self.bucket_uris[seq]}"
         return "the remembered head" if seq == self.external else "anchor"
 
 
