@@ -118,6 +118,16 @@ def test_a_symlink_cannot_lead_out_of_an_allowed_folder(folders):
     assert ingest.check_source(cfg, f"file://{allowed}/in") == f"file://{allowed}/partner-a"
 
 
+def test_a_symlink_loop_or_broken_text_is_refused_without_quoting_it(folders):
+    """Found in review: a link loop raised RuntimeError quoting the path (and the task retried), a lone
+    surrogate UnicodeEncodeError; both are now plain refusals naming only the allowlist."""
+    allowed, _ = folders
+    (allowed / f"loop-{SECRET}").symlink_to(allowed / f"loop-{SECRET}")
+    cfg = _cfg(f"file://{allowed}")
+    assert "cannot be resolved" in _refused(cfg, f"file://{allowed}/loop-{SECRET}/x")
+    assert "not valid UTF-8" in _refused(cfg, f"file://{allowed}/{SECRET}\udcff")
+
+
 def test_an_allowed_prefix_given_through_a_symlink_is_compared_resolved(folders, tmp_path):
     allowed, _ = folders
     alias = tmp_path / "alias"

@@ -137,6 +137,10 @@ def _parse_requested(requested: object) -> tuple[_Location | None, str, str]:
             return None, "", f"it holds {what}"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in requested):
         return None, "", "it holds control characters"
+    try:
+        requested.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "", "it is not valid UTF-8 text"
     scheme, sep, rest = requested.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("file", "s3"):
@@ -151,5 +155,10 @@ def _parse_requested(requested: object) -> tuple[_Location | None, str, str]:
         if not segments[0]:
             return None, scheme, "it names no bucket"
         return _Location("s3", segments[0], "/".join(parts)), scheme, ""
-    # resolve() follows symlinks, so a link inside an allowed folder is judged by where it leads
-    return _Location("file", "", str(Path("/", *parts).resolve())), scheme, ""
+    # resolve() follows symlinks, so a link inside an allowed folder is judged by where it leads; a link
+    # loop or an unreadable path is refused like anything else (its error would quote the path)
+    try:
+        resolved = str(Path("/", *parts).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None, scheme, "it cannot be resolved (a symlink loop or an unreadable path)"
+    return _Location("file", "", resolved), scheme, ""
