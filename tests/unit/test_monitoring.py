@@ -374,7 +374,7 @@ def test_calibrations_are_cached_per_reference_and_size(model_and_train, referen
 
     model, _ = model_and_train
     store = LocalStorage(tmp_path)
-    cache = CalibrationCache(store, "monitoring/churn/calibration/run-1")
+    cache = CalibrationCache(store, "work/churn/calibration/run-1")
     current = _current(model, cfg, 150)
     first = build_report(reference, current, cfg, calibration_cache=cache)
     key = cache.key(f"features-{size_bucket(150)}")
@@ -385,6 +385,15 @@ def test_calibrations_are_cached_per_reference_and_size(model_and_train, referen
     store.write_bytes(key, json.dumps(data).encode())
     second = build_report(reference, current, cfg, calibration_cache=cache)
     assert second.column_scores["monthly_charges"]["threshold"] == 0.77
+    # a planted entry that would hide any drift (review: NaN or a huge threshold) is recomputed, not used
+    for poison in (float("nan"), 1e9):
+        data["thresholds"]["contract_type"] = poison
+        store.write_bytes(key, json.dumps(data).encode())
+        poisoned = build_report(reference, current, cfg, calibration_cache=cache)
+        assert (
+            poisoned.column_scores["contract_type"]["threshold"]
+            == first.column_scores["contract_type"]["threshold"]
+        )
     # an entry computed for other parameters (another share threshold) is recomputed, not trusted
     other = cfg.model_copy(
         update={"monitoring": cfg.monitoring.model_copy(update={"drift_share_threshold": 0.5})}

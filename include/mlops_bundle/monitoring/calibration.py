@@ -48,6 +48,8 @@ class Calibration:
     reference_rows: int
     thresholds: dict[str, float]
     floors: dict[str, float]
+    # column -> "numerical" / "categorical"
+    kinds: dict[str, str]
     quantile: float
     trials: int
     # the dataset-level rule it was calibrated for: drift when this share of columns is flagged ...
@@ -228,6 +230,7 @@ def calibrate(
         reference_rows=int(len(reference)),
         thresholds={c: round(float(v), 6) for c, v in zip(cols, thresholds, strict=True)},
         floors={c: float(floors[c]) for c in cols},
+        kinds={c: str(kinds[c]) for c in cols},
         quantile=float(quantile),
         trials=int(trials),
         share_threshold=float(share_threshold),
@@ -265,7 +268,7 @@ class CalibrationCache:
             cal = Calibration(**data)
         except (ValueError, TypeError):
             return None  # unreadable: recomputed and rewritten
-        if _params(cal) != dict(expected):
+        if _params(cal) != dict(expected) or not _plausible(cal):
             return None
         return cal
 
@@ -310,6 +313,25 @@ def cached_calibration(
     if cache is not None:
         cache.put(entry, cal)
     return cal
+
+
+# the largest Jensen-Shannon distance (natural log): a categorical threshold above it never fires
+_JS_MAX = math.sqrt(math.log(2))
+
+
+def _plausible(cal: Calibration) -> bool:
+    """A cached entry is used only with thresholds a calibration could have produced: finite, at least
+    the floor, and a categorical one below the distance's maximum (review: a planted NaN or 1e9 would
+    otherwise hide any drift). What stays possible for whoever can write the cache: a finite, too high
+    numeric threshold; the cache lives under the work prefix, encrypted (authenticated) when encryption
+    is on."""
+    for col, value in cal.thresholds.items():
+        floor = cal.floors.get(col)
+        if floor is None or not math.isfinite(value) or value < floor:
+            return False
+        if cal.kinds.get(col) != "numerical" and value >= _JS_MAX:
+            return False
+    return set(cal.thresholds) == set(cal.floors) == set(cal.kinds)
 
 
 def _params(cal: Calibration) -> dict[str, Any]:

@@ -120,8 +120,9 @@ class DayReport:
 
 
 def calibration_prefix(cfg: BundleConfig, champion_run_id: str) -> str:
-    """Where the drift-threshold calibrations of one champion's reference are cached in the store."""
-    return f"{cfg.storage.monitoring_prefix}/{cfg.dataset.name}/calibration/{champion_run_id}"
+    """Where the drift-threshold calibrations of one champion's reference are cached in the store: under
+    the work prefix, so encrypted (and authenticated) whenever encryption is on."""
+    return f"{cfg.storage.work_prefix}/{cfg.dataset.name}/calibration/{champion_run_id}"
 
 
 def report_day(
