@@ -500,3 +500,22 @@ def test_record_decision_describes_a_promotion(tmp_path):
     payload = json.loads(rec["payload"])
     assert payload["decision_id"] == decision.decision_id and payload["champion_version"] == "2"
     assert payload["applied"] is True and payload["metrics"] == {"roc_auc": 0.81}
+
+
+def test_an_idempotency_key_planted_ahead_of_a_decision_does_not_swallow_it(tmp_path):
+    """Review finding: decision ids are predictable and the audit role may INSERT into audit_once; a key
+    planted for a future decision used to make its record vanish silently. Now the append refuses."""
+    path = tmp_path / "audit.db"
+    log = audit.AuditLog(f"sqlite:///{path}")
+    first = log.append("test.event", source="library", actor="a", subject="s", payload={}, once="k-1")
+    # the same event retried: one record, returned again
+    again = log.append("test.event", source="library", actor="a", subject="s", payload={}, once="k-1")
+    assert again["seq"] == first["seq"] and again.get("repeated")
+    # planted: a future decision's key pointing at an unrelated record
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO audit_once (once_key, seq) VALUES ('decision-42', ?)", (first["seq"],))
+    with pytest.raises(audit.AuditError, match="audit_once table was tampered with"):
+        log.append(
+            "decision.promote", source="library", actor="gate", subject="m/3", payload={}, once="decision-42"
+        )
+    log.close()

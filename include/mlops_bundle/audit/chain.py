@@ -238,7 +238,16 @@ class AuditLog:
                 if row is not None:
                     be.rollback(conn, cur)
                     self._ready = True
-                    return {**dict(zip(FIELDS, row, strict=True)), "repeated": True}
+                    found = dict(zip(FIELDS, row, strict=True))
+                    if (found["event"], found["subject"]) != (event, subject):
+                        # a key planted ahead of a decision (its ids are predictable) would otherwise
+                        # swallow that decision's record: refuse loudly instead
+                        raise AuditError(
+                            f"the idempotency key {once!r} already points to audit record seq {found['seq']} "
+                            f"({found['event']} of {found['subject']!r}), not to a {event} of {subject!r}: "
+                            "the audit_once table was tampered with; this record was not written, investigate"
+                        )
+                    return {**found, "repeated": True}
             last = last_record(cur)
             record = {
                 "seq": 1 if last is None else last[0] + 1,
