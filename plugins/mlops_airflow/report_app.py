@@ -15,7 +15,9 @@ as markup or script in it (Evidently writes its data into an inline ``<script>``
 sandbox allow-scripts`` (the page gets an opaque origin: its scripts run, as Evidently's app needs, but not
 as the api-server's origin, so they cannot send the viewer's session cookie to ``/api/v2``, read the Airflow
 UI that frames them, or use the origin's storage) plus a policy that lets the page load nothing from
-anywhere (inline script/style, ``data:``/``blob:`` images and fonts only). Every other response of this app
+anywhere (inline script/style, ``data:``/``blob:`` images and fonts only). What it cannot stop: a script
+in the report navigating its own tab or frame elsewhere (``location = ...``), taking what the report shows
+with it (never the session). Every other response of this app
 (the list pages, JSON listings and every error) gets :data:`APP_PAGE_HEADERS`: no script at all. Both sets
 are added by :class:`SecurityHeaders`, around the whole app, so error answers carry them too.
 
@@ -33,9 +35,12 @@ Airflow's API-server security module) is only built when the api-server first ro
 from __future__ import annotations
 
 import html
+import logging
 from typing import TYPE_CHECKING, Any
 
 from mlops_airflow import links
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -208,7 +213,14 @@ def create_report_app() -> FastAPI:
 
     @app.exception_handler(StorageError)
     async def _storage_down(request: Request, exc: StorageError) -> JSONResponse:
-        return JSONResponse(status_code=502, content={"detail": f"the report storage failed: {exc}"})
+        # the storage error (bucket, endpoint, credentials hints) goes to the api-server log, not to the page
+        log.warning("report storage failed for %s: %s", request.url.path, exc)
+        return JSONResponse(
+            status_code=502,
+            content={
+                "detail": "the report storage failed; the api-server log names the error, try again later"
+            },
+        )
 
     def _store() -> tuple[Any, Any]:
         cfg = runtime.bundle_config()
@@ -249,7 +261,7 @@ def create_report_app() -> FastAPI:
             return JSONResponse(
                 status_code=404,
                 content={
-                    "detail": f"no {name} for data set {dataset!r} on {date} (looked for {store.uri(key)}): "
+                    "detail": f"no {name} for data set {dataset!r} on {date}: "
                     f"run the monitor DAG for that date, or see /mlops/reports/{dataset} for the dates "
                     "that have a report"
                 },
