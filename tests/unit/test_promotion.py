@@ -477,10 +477,11 @@ def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
 #    for READ_WAIT_S at most. Without the lock all of them read "no champion" before anyone writes.
 #    With it only the lock holder gets there: its wait times out and breaks the barrier, and the later
 #    holders pass straight through (READ_WAIT_S once per test);
-# 3. the champion alias writes go in rank order (0 = best score): without the lock each racer waits
-#    until every better eligible racer has written (a shared counter, not a sleep, so a loaded machine
-#    cannot reorder them), so the best version writes first and the worst eligible one last (the last
-#    writer wins); with the lock, where a wait would hold the lock, the racer ranked r sleeps
+# 3. the champion alias writes go in rank order (0 = best score): without the lock each eligible racer
+#    first waits until every eligible racer has reached its write (so each has already checked that the
+#    champion is still none), then until every better one has written (a shared counter, not a sleep, so a
+#    loaded machine cannot reorder them): the best version writes first and the worst eligible one last
+#    (the last writer wins); with the lock, where a wait would hold the lock, the racer ranked r sleeps
 #    r * WRITE_STAGGER_S instead.
 #
 # So without the lock every run ends with several "first" promotions and a worse champion; with it every
@@ -505,7 +506,7 @@ RACER_PRELOAD = [
 ]
 
 
-def _hook_racer(client, score, rank: int, start, read, turn=None):
+def _hook_racer(client, score, rank: int, start, read, turn=None, arrive=None):
     """Install hooks 1-3 (above) on one racer's client; returns its scorer wrapped with hook 1."""
     import time
 
@@ -534,6 +535,10 @@ def _hook_racer(client, score, rank: int, start, read, turn=None):
         if turn is None:
             time.sleep(rank * WRITE_STAGGER_S)
             return set_alias(name, alias, version)
+        # every eligible racer gets here only after its own check that the champion is still the one it
+        # expects (none): wait until all have checked, so no write can precede another racer's check
+        with contextlib.suppress(threading.BrokenBarrierError):
+            arrive.wait(timeout=300)
         deadline = time.monotonic() + 300
         while turn.value != rank and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -548,7 +553,7 @@ def _hook_racer(client, score, rank: int, start, read, turn=None):
     return score_then_start
 
 
-def _race_worker(env, version, rank, mode, start, read, results, turn):
+def _race_worker(env, version, rank, mode, start, read, results, turn, arrive):
     """One process = one training run finishing at the same moment as the others and calling gate()."""
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     try:
@@ -565,7 +570,7 @@ def _race_worker(env, version, rank, mode, start, read, results, turn):
             cfg,
             client,
             challenger_version=version,
-            score=_hook_racer(client, score, rank, start, read, turn),
+            score=_hook_racer(client, score, rank, start, read, turn, arrive),
             actor=f"racer-{version}",
             context={"mode": mode},
         )
@@ -598,8 +603,9 @@ def _race(tmp_path, mode: str, **promotion_env: str):
     read = ctx.Barrier(len(versions))
     results = ctx.Queue()
     turn = ctx.Value("i", 0) if mode == "nolock" else None  # eligible racers are ranks 0..k-1
+    arrive = ctx.Barrier(len(eligible)) if mode == "nolock" else None
     procs = [
-        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, start, read, results, turn))
+        ctx.Process(target=_race_worker, args=(env, v, ranks[v], mode, start, read, results, turn, arrive))
         for v in versions.values()
     ]
     for p in procs:
