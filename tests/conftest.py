@@ -317,3 +317,14 @@ def pytest_generate_tests(metafunc):
 
     if RACE_RUNS > 1 and "race_run" in metafunc.fixturenames:
         metafunc.parametrize("race_run", range(RACE_RUNS))
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.moto)])
+def lake_storage(request, tmp_path):
+    """The lake as a local folder, and (moto) as a prefix of an S3 bucket: storage tests run on both."""
+    from mlops_bundle.storage import LocalStorage, S3Storage
+
+    if request.param == "local":
+        return LocalStorage(tmp_path / "lake")
+    client, bucket = request.getfixturevalue("s3_bucket")
+    return S3Storage(client, bucket, "lake")

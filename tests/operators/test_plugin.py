@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from tests.api_app import api_server_client
 from tests.conftest import LAKE
 
 DATE = "2026-01-05"
@@ -38,16 +39,8 @@ def report_in_lake():
 @pytest.fixture(scope="module")
 def api(airflow_db, report_in_lake):
     """The real Airflow api-server app (the plugin mounted by Airflow) in a TestClient."""
-    from airflow.api_fastapi.app import create_app, purge_cached_app
-    from fastapi.testclient import TestClient
-
-    with pytest.MonkeyPatch.context() as mp:
-        # every api-server needs a JWT secret (the stack shares one); a fresh one for this app
-        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "mlops-plugin-test-secret-" + "x" * 32)
-        app = create_app()
-        with TestClient(app) as client:
-            yield client
-        purge_cached_app()
+    with api_server_client("plugin") as client:
+        yield client
 
 
 def _token(role: str | None = "viewer") -> str:

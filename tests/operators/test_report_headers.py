@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from tests.api_app import api_server_client
 from tests.conftest import LAKE
 
 DATE = "2026-03-07"  # its own date in the session lake (other modules use churn/2026-01-0x)
@@ -27,15 +28,8 @@ def api(airflow_db):
     (folder / "report.json").write_text(json.dumps({"values": [HOSTILE]}))
     (folder / "summary.json").write_text(json.dumps({"note": HOSTILE}))
 
-    from airflow.api_fastapi.app import create_app, purge_cached_app
-    from fastapi.testclient import TestClient
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "mlops-headers-test-secret-" + "x" * 32)
-        app = create_app()
-        with TestClient(app) as client:
-            yield client
-        purge_cached_app()
+    with api_server_client("headers") as client:
+        yield client
 
 
 def _bearer(role: str | None = "viewer") -> dict[str, str]:

@@ -37,7 +37,6 @@ from mlops_bundle.crypto import (
     read_key_id,
     rotate_local_keyset,
 )
-from mlops_bundle.storage import LocalStorage, S3Storage
 from tests.services import aws_client
 
 FIRST_SEGMENT_PLAINTEXT = SEGMENT_SIZE - STREAM_HEADER_SIZE - TAG_SIZE
@@ -492,12 +491,9 @@ def test_key_use_callback(local_keyring):
 
 
 # ------------------------------------------------------------------------------------------ storage wrapper
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.moto)])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStorage(tmp_path / "lake")
-    client, bucket = request.getfixturevalue("s3_bucket")
-    return S3Storage(client, bucket, "lake")
+@pytest.fixture
+def store(lake_storage):
+    return lake_storage
 
 
 def test_encrypting_storage(tmp_path, store, keyring):

@@ -32,7 +32,7 @@ from mlops_bundle.crypto import (
 )
 from mlops_bundle.monitoring import MonitoringError
 from mlops_bundle.sample import generate_batch
-from mlops_bundle.storage import LocalStorage, S3Storage
+from mlops_bundle.storage import LocalStorage
 from tests import lake
 from tests.services import aws_client
 
@@ -45,12 +45,9 @@ def keyring() -> LocalKeyring:
     return LocalKeyring(generate_local_keyset())
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.moto)])
-def inner(request, tmp_path):
-    if request.param == "local":
-        return LocalStorage(tmp_path / "lake")
-    client, bucket = request.getfixturevalue("s3_bucket")
-    return S3Storage(client, bucket, "lake")
+@pytest.fixture
+def inner(lake_storage):
+    return lake_storage
 
 
 def _cfg(root: Path, **env: str):
