@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlops_bundle.names import DATASET_NAME_PATTERN
+from mlops_bundle.task_types import TASKS, TaskName, task_type
 
 ENV_PREFIX = "MLOPS_"
 CONFIG_ENV = "MLOPS_CONFIG"
@@ -51,6 +52,8 @@ class DatasetConfig(_Strict):
     id_column: str
     timestamp_column: str
     target: str
+    # binary | multiclass | regression (mlops_bundle.task_types): metrics, gate direction, outputs
+    task: TaskName = "binary"
 
     @model_validator(mode="after")
     def _roles_exist(self) -> DatasetConfig:
@@ -159,7 +162,7 @@ def _source_entry_problem(entry: str) -> str:
 
 
 class ValidationConfig(_Strict):
-    # relative paths are resolved against the project root
+    # a folder relative to the config file's folder (the one rule for every relative path), or absolute
     gx_root: str = "great_expectations"
     suite_name: str
     validation_definition: str
@@ -175,7 +178,8 @@ class MlflowConfig(_Strict):
     tracking_uri: str = "../var/mlflow"
     experiment: str = "{dataset}-training"
     monitoring_experiment: str = "{dataset}-monitoring"
-    registered_model: str = "{dataset}-classifier"
+    # {dataset} and {kind} (classifier or regressor, from dataset.task) are filled in
+    registered_model: str = "{dataset}-{kind}"
     # Airflow connection (login/password) of the MLflow account the bundle writes with, set for MLflow's
     # client in every task process (plugins/mlops_airflow/mlflow_auth.py); empty: no credentials (a
     # tracking server without authentication, e.g. the local demo)
@@ -197,7 +201,8 @@ class TrainingConfig(_Strict):
     window_days: int = Field(default=30, ge=1)
     # the most recent share of the window (by timestamp) is the holdout, never trained on
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
-    metric: str = "roc_auc"
+    # the primary metric; empty = the task's default (binary: roc_auc, multiclass: f1_macro, regression: rmse)
+    metric: str = ""
     min_rows: int = Field(default=200, ge=10)
     candidates: list[CandidateSpec] = Field(default_factory=list)
     # slots of the Airflow pool that bounds concurrently training candidates
@@ -326,6 +331,24 @@ class BundleConfig(_Strict):
     source: str = ""
 
     @model_validator(mode="after")
+    def _metrics_fit_the_task(self) -> BundleConfig:
+        task = task_type(self.dataset.task)
+        if not self.training.metric:
+            object.__setattr__(self.training, "metric", task.default_metric)  # frozen: filled in once here
+        named = {
+            "training.metric": [self.training.metric],
+            "promotion.guard_metrics": self.promotion.guard_metrics,
+        }
+        for field_name, metrics in named.items():
+            unknown = sorted(set(metrics) - set(task.metrics))
+            if unknown:
+                raise ValueError(
+                    f"{field_name} names {unknown}, not a metric of task {task.name!r} (dataset.task); "
+                    f"its metrics: {list(task.metrics)}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _thresholds_name_features(self) -> BundleConfig:
         unknown = sorted(set(self.monitoring.column_thresholds) - set(self.dataset.feature_columns))
         if unknown:
@@ -386,12 +409,13 @@ class BundleConfig(_Strict):
 
     @property
     def model_name(self) -> str:
-        return self.mlflow.registered_model.format(dataset=self.dataset.name)
+        kind = TASKS[self.dataset.task].model_kind
+        return self.mlflow.registered_model.format(dataset=self.dataset.name, kind=kind)
 
     @property
     def gx_root(self) -> Path:
         p = Path(self.validation.gx_root)
-        return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:

@@ -16,7 +16,7 @@ def test_default_config_declares_the_sample_data_set():
     assert cfg.dataset.target == "churned" and cfg.dataset.id_column == "customer_id"
     assert "churned" not in cfg.dataset.feature_columns and "customer_id" not in cfg.dataset.feature_columns
     assert cfg.root_uri == f"file://{REPO / 'var' / 'lake'}"
-    assert cfg.gx_root == REPO / "great_expectations"
+    assert cfg.gx_root == REPO / "great_expectations"  # ../great_expectations from config/
 
 
 def test_env_overrides_keep_types():

@@ -252,7 +252,7 @@ def test_config_suite_mismatch_names_columns(gx_root, cfg):
 def test_validation_from_config_checks_columns(gx_root, cfg, tmp_path):
     text = (PROJECT_ROOT / "config" / "churn.yaml").read_text(encoding="utf-8")
     text = text.replace("- {name: region, dtype: category}", "- {name: segment, dtype: category}")
-    text = text.replace("gx_root: great_expectations", f"gx_root: {gx_root}")
+    text = text.replace("gx_root: ../great_expectations", f"gx_root: {gx_root}")
     path = tmp_path / "renamed.yaml"
     path.write_text(text, encoding="utf-8")
     renamed = load_config(path, environ={})

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.task_types import LOWER_IS_BETTER
+
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
 
@@ -35,8 +37,6 @@ NOOP = "noop"
 ROLLBACK = "rollback"
 VERDICTS = (PROMOTE, REJECT, NOOP, ROLLBACK)
 
-# metrics where smaller is better; everything else is higher-is-better
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "brier_score"})
 EPSILON = 1e-9
 MIN_JUSTIFICATION = 10
 
