@@ -10,6 +10,8 @@ Runs daily (and on demand from the UI or the REST API). For the run's batch date
    and runs the **Great Expectations** checkpoint (Data Docs are updated);
 3. on success writes the partition `staging/<dataset>/ds=<date>/` atomically (a rerun replaces it, never
    duplicates it) and emits the **`mlops.validated_data`** Asset event (extra: dataset, date, rows, fingerprint, `staging_uri`, gx_success);
+   a batch identical to what another run staged changes nothing: the task ends **skipped**, no event, no
+   train run (reason in the log and the audit record `ingest.unchanged`);
 4. on failure copies the raw batch and the GX result to `quarantine/<dataset>/ds=<date>/<attempt>/` and
    fails without retrying, naming the failed expectations, columns and counts.
 
@@ -59,7 +61,7 @@ def ingest():
     def validate_and_stage(batch: dict, outlet_events=None, run_id=None, ti=None) -> dict:
         from mlops_airflow.ingest_tasks import validate_and_stage as run
 
-        result = run(batch, run_id, ti.try_number)
+        result = run(batch, run_id, ti.try_number, ti)  # skipped (no event) when unchanged
         outlet_events[VALIDATED_DATA].extra = {
             k: result[k] for k in ("dataset", "date", "rows", "fingerprint", "staging_uri", "gx_success")
         }

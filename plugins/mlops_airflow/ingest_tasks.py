@@ -57,8 +57,16 @@ def discover(params: dict, logical_date, run_after) -> dict[str, Any]:
     }
 
 
-def validate_and_stage(batch: dict, run_id: str, try_number: int | None) -> dict[str, Any]:
-    """Read, coerce, fingerprint, GX-check and stage (or quarantine) the discovered batch."""
+def validate_and_stage(batch: dict, run_id: str, try_number: int | None, ti: Any = None) -> dict[str, Any]:
+    """Read, coerce, fingerprint, GX-check and stage (or quarantine) the discovered batch.
+
+    The rule for what reaches training (README, "From validated batch to training"): a batch that
+    changed the staging partition publishes the ``validated_data`` event (the task succeeds); a batch
+    identical to what another run already staged changes nothing, so the task ends *skipped* (no event,
+    no train run) with the reason in the log, the XCom ``skip_reason`` and the audit record
+    ``ingest.unchanged``. A retry of the run that staged it still publishes (its first attempt may have
+    died before the event was sent).
+    """
     from mlops_bundle import ingest
     from mlops_bundle.storage import ObjectInfo
 
@@ -82,10 +90,33 @@ def validate_and_stage(batch: dict, run_id: str, try_number: int | None) -> dict
             source_prefix=prefix,
             files=[ObjectInfo(f["key"], f["size"]) for f in batch["files"]],
             attempt=runtime.attempt_label(run_id, try_number),
+            staged_by=run_id,
         )
     except ingest.BatchRejected as exc:
         # bad data does not get better by retrying: fail now, with the whole explanation
         raise AirflowFailException(str(exc)) from None
     if result.data_docs_url:
         log.info("Data Docs: %s", result.data_docs_url)
+    if result.unchanged and result.staged_by != run_id:
+        _unchanged(cfg, result, run_id, ti)
     return result.to_xcom()
+
+
+def _unchanged(cfg: BundleConfig, result: Any, run_id: str, ti: Any) -> None:
+    """Record why an identical re-ingest publishes nothing, then end the task skipped (no asset event)."""
+    from mlops_bundle.audit import record_event
+
+    by = result.staged_by or "an earlier run"
+    reason = (
+        f"batch {result.dataset}/{result.date} is identical to the staged partition (fingerprint "
+        f"{result.fingerprint[:19]}..., staged by {by}): nothing new to train on, no validated_data event"
+    )
+    record_event(
+        cfg,
+        "ingest.unchanged",
+        actor="ingest",
+        subject=f"{result.dataset}/{result.date}",
+        payload={"run_id": run_id, "staged_by": result.staged_by, "fingerprint": result.fingerprint},
+        once=f"ingest.unchanged/{result.dataset}/{result.date}/{run_id}",
+    )
+    raise runtime.skip(ti, reason)

@@ -8,19 +8,11 @@ import datetime as dt
 import logging
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow import runtime
 
 log = logging.getLogger(__name__)
-
-
-def _skip(ti: Any, reason: str) -> AirflowSkipException:
-    """A skip whose reason is kept as XCom `skip_reason` (shown by summaries; logs are not enough)."""
-    if ti is not None:
-        ti.xcom_push(key="skip_reason", value=reason)
-    log.info("skipping: %s", reason)
-    return AirflowSkipException(reason)
 
 
 def score(params: dict, logical_date, run_after, ti: Any = None) -> dict[str, Any]:
@@ -40,7 +32,7 @@ def score(params: dict, logical_date, run_after, ti: Any = None) -> dict[str, An
     except (monitoring.MonitoringError, ProvenanceError) as exc:  # a refused champion: no retry helps
         raise AirflowFailException(f"{cfg.dataset.name}/{date}: {exc}") from None
     if scored.skip_reason:
-        raise _skip(ti, scored.skip_reason)
+        raise runtime.skip(ti, scored.skip_reason)
     return scored.summary
 
 
@@ -80,7 +72,7 @@ def decide_retrain(result: dict, dag_run: Any = None, ti: Any = None) -> dict[st
         decision_key=f"{dag_run.dag_id}/{dag_run.run_id}" if dag_run is not None else None,
     )
     if not verdict.retrain:
-        raise _skip(ti, f"no drift-triggered retrain: {verdict.reason}")
+        raise runtime.skip(ti, f"no drift-triggered retrain: {verdict.reason}")
     log.info("drift-triggered retrain: %s", verdict.reason)
     record = {k: v for k, v in verdict.record.items() if k != "decision_key"}
     return {**record, "dataset": result["dataset"], "reason": verdict.reason}

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowSkipException
 
 if TYPE_CHECKING:
     from mlops_bundle.config import BundleConfig
     from mlops_bundle.storage import Storage
+
+
+log = logging.getLogger(__name__)
+
+
+def skip(ti: Any, reason: str) -> AirflowSkipException:
+    """A skip whose reason is kept as XCom `skip_reason` (shown by summaries; logs are not enough)."""
+    if ti is not None:
+        ti.xcom_push(key="skip_reason", value=reason)
+    log.info("skipping: %s", reason)
+    return AirflowSkipException(reason)
 
 
 def bundle_config() -> BundleConfig:

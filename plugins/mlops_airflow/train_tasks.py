@@ -50,16 +50,90 @@ def run_tags(dag_run: Any) -> dict[str, str]:
     return tags
 
 
-def _end_date(params: dict, dag_run: Any) -> str:
+def _end_date(params: dict, dag_run: Any, validated: list[str]) -> str:
+    """The window's last day: the `end_date` Param, else the newest validated partition at this moment.
+
+    Not the newest date among the run's triggering events: Airflow creates an asset-triggered run from
+    the first queued event and consumes only the events up to it, so a batch validated while the run
+    waited (train at max_active_runs) would miss every run. The staging partitions are the truth.
+    """
     from mlops_bundle.names import parse_date
 
     if params.get("end_date"):
         return parse_date(params["end_date"])
-    dates = [(e.extra or {}).get("date") for e in dag_run.consumed_asset_events or []]
-    dates = [d for d in dates if d]
-    if dates:
-        return max(dates)
+    if validated:
+        return validated[-1]
     return (dag_run.run_after.date() - dt.timedelta(days=1)).isoformat()
+
+
+def _triggering_batches(dag_run: Any) -> list[dict[str, Any]]:
+    """The validated batches (dataset, date, fingerprint, source run) among the run's consumed events."""
+    from mlops_airflow.names import VALIDATED_DATA
+
+    out = []
+    for e in dag_run.consumed_asset_events or []:
+        extra = e.extra or {}
+        if _asset_name(e) == VALIDATED_DATA and extra.get("date"):
+            out.append(
+                {
+                    "dataset": extra.get("dataset"),
+                    "date": extra["date"],
+                    "fingerprint": extra.get("fingerprint"),
+                    "source_run": f"{e.source_dag_id}/{e.source_run_id}",
+                }
+            )
+    return out
+
+
+def _drift_retrains_started(cfg: Any, store: Any, dag_run: Any) -> None:
+    """The drift triggers this run consumed now count against the retrain cooldown (they started)."""
+    from mlops_airflow.names import DRIFT_DETECTED
+    from mlops_bundle.monitoring.guard import mark_started
+
+    keys = [
+        f"{e.source_dag_id}/{e.source_run_id}"
+        for e in dag_run.consumed_asset_events or []
+        if _asset_name(e) == DRIFT_DETECTED
+    ]
+    marked = mark_started(cfg, store, keys, f"{dag_run.dag_id}/{dag_run.run_id}", dt.datetime.now(dt.UTC))
+    if marked:
+        log.info("drift-triggered retrain(s) started by this run: %s", marked)
+
+
+def _asset_name(event: Any) -> str | None:
+    asset = getattr(event, "asset", None)
+    return getattr(asset, "name", None) or getattr(event, "name", None)
+
+
+def _record_untrained(cfg: Any, dag_run: Any, batches: list[dict[str, Any]], reason: str) -> None:
+    """Every triggering batch this run does not train on leaves its reason (log + audit record)."""
+    from mlops_bundle.audit import record_event
+
+    for b in batches:
+        log.warning("batch %s/%s is not trained on by this run: %s", b["dataset"], b["date"], reason)
+        record_event(
+            cfg,
+            "train.batch_not_trained",
+            actor=actor(dag_run),
+            subject=f"{b['dataset']}/{b['date']}",
+            payload={**b, "run_id": dag_run.run_id, "reason": reason},
+            once=f"train.batch_not_trained/{dag_run.dag_id}/{dag_run.run_id}/{b['date']}",
+        )
+
+
+def _not_in_window(batches: list[dict[str, Any]], window: Any) -> dict[str, list[dict[str, Any]]]:
+    """Triggering batches the window does not hold, grouped by the reason."""
+    held = {p["date"]: p["fingerprint"] for p in window.partitions}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for b in batches:
+        if b["date"] < window.start or b["date"] > window.end:
+            why = f"outside the training window {window.start}..{window.end} (set end_date/window_days to include it)"
+        elif b["date"] not in held:
+            why = "its staging partition is gone (re-ingested and rejected, or removed) by the time training started"
+        else:
+            continue  # held (possibly re-ingested since with newer data: the window trains on the newest)
+        out.setdefault(why, []).append(b)
+    return out
 
 
 def prepare(params: dict, dag_run: Any) -> list[dict[str, Any]]:
@@ -68,17 +142,24 @@ def prepare(params: dict, dag_run: Any) -> list[dict[str, Any]]:
     Returns one small job per candidate (the mapped training tasks' input): window location, spec, key.
     """
     from mlops_bundle import tracking, training
+    from mlops_bundle.ingest import validated_dates
 
     cfg = runtime.bundle_config()
     tracking.check_reachable(cfg)  # ConnectionError -> retried
+    store = runtime.storage(cfg)
+    batches = _triggering_batches(dag_run)
+    _drift_retrains_started(cfg, store, dag_run)
     try:
         specs = training.resolve_candidates(cfg, params.get("candidates") or None)
-        end = _end_date(params, dag_run)
-        window = training.assemble_window(runtime.storage(cfg), cfg, end, params.get("window_days"))
+        end = _end_date(params, dag_run, validated_dates(store, cfg))
+        window = training.assemble_window(store, cfg, end, params.get("window_days"))
     except (training.TrainingError, ValueError) as exc:
+        _record_untrained(cfg, dag_run, batches, f"training could not start: {exc}")
         raise AirflowFailException(str(exc)) from None
+    for reason, missed in _not_in_window(batches, window).items():
+        _record_untrained(cfg, dag_run, missed, reason)
     key = runtime.attempt_label(dag_run.run_id, None).removesuffix("-try1")
-    info = training.save_window(runtime.storage(cfg), cfg, window, key)
+    info = training.save_window(store, cfg, window, key)
     train_key = training.train_key(window.fingerprint, specs, cfg)
     log.info(
         "window %s..%s: %d train / %d holdout rows from %d partition(s); %d candidate(s)",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mlops_bundle import audit
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch, write_landing
 from tests.asset_events import asset_event_extras
@@ -81,14 +82,30 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     part = LAKE / "staging" / "churn" / f"ds={date}"
     dr1, _ = _run(dagbag, date)
     first = (part / "_manifest.json").read_text()
-    dr2, _ = _run(dagbag, date)
+    assert json.loads(first)["staged_by"] == dr1.run_id
+    assert len(_asset_events(date)) == 1
+    dr2, states2 = _run(dagbag, date)
     assert dr1.state == dr2.state == "success"
     assert sorted(p.name for p in part.iterdir()) == ["_manifest.json", "part-0.parquet"]
     assert (part / "_manifest.json").read_text() == first, "identical batch: partition left as it was"
-    # a corrected re-delivery replaces the partition, it never adds a second copy
+    # nothing new: the task ends skipped, no validated_data event (so no train run), the reason recorded
+    assert states2["validate_and_stage"] == "skipped"
+    assert len(_asset_events(date)) == 1, "an unchanged re-ingest emits no event"
+    reason = dr2.get_task_instance("validate_and_stage").xcom_pull(
+        task_ids="validate_and_stage", key="skip_reason"
+    )
+    assert "identical to the staged partition" in reason and dr1.run_id in reason
+    [record] = [
+        r
+        for r in audit.iter_records(load_config().audit_uri)
+        if r["event"] == "ingest.unchanged" and r["payload"]["run_id"] == dr2.run_id
+    ]
+    assert record["subject"] == f"churn/{date}" and record["payload"]["staged_by"] == dr1.run_id
+    # a corrected re-delivery replaces the partition, it never adds a second copy, and is published
     _land(date, rows=900)
-    dr3, _ = _run(dagbag, date)
-    assert dr3.state == "success"
+    dr3, states3 = _run(dagbag, date)
+    assert dr3.state == "success" and states3["validate_and_stage"] == "success"
+    assert len(_asset_events(date)) == 2
     assert sorted(p.name for p in part.iterdir()) == ["_manifest.json", "part-0.parquet"]
     import pandas as pd
 

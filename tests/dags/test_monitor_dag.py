@@ -3,6 +3,7 @@ same-distribution, drifted and broken days."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 
@@ -123,6 +124,13 @@ def test_drift_emits_the_asset_that_schedules_training_and_cooldown_holds_the_ne
     assert event["drift_share"] >= cfg.monitoring.drift_share_threshold
     assert _queued_train_runs() == queued_before + 1, "the train DAG is queued by the drift asset event"
 
+    # the train run that consumes the event marks the retrain started (train_tasks.prepare does this);
+    # from then on the cooldown holds the next trigger back
+    from mlops_bundle.monitoring.guard import mark_started
+
+    assert mark_started(
+        cfg, LocalStorage(LAKE), [f"monitor/{dr.run_id}"], "train/manual", dt.datetime.now(dt.UTC)
+    )
     dr2, states2 = _monitor(dagbag, "2026-09-08")
     assert dr2.state == "success"
     assert _xcom(dr2, "drift_report")["dataset_drift"] is True

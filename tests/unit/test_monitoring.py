@@ -32,6 +32,7 @@ from mlops_bundle.monitoring import (
     write_predictions,
     write_report,
 )
+from mlops_bundle.monitoring.guard import mark_started
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
 from tests.models import CAT, NUM, fit_logreg
@@ -284,7 +285,12 @@ def test_decide_retrain_records_the_retrain_and_a_run_starts_at_most_one(tmp_pat
     retry = decide_retrain(cfg, store, day, later, decision_key="monitor/run-1")
     assert not retry.retrain and retry.record == {}
     assert "this run already started a drift-triggered retrain" in retry.reason
-    # ...while another run is held back by the cooldown the first one started, and records nothing
+    # ...once the train run that consumed it started, another run is held back by the cooldown
+    assert first.record["status"] == "pending"
+    assert mark_started(cfg, store, ["monitor/run-1"], "train/run-a", later) == ["monitor/run-1"]
+    assert mark_started(cfg, store, ["monitor/run-1"], "train/run-b", later) == [], "a retry keeps the first"
+    [stored] = load_history(store, history_key(cfg))
+    assert stored["status"] == "started" and stored["train_run"] == "train/run-a"
     other = decide_retrain(cfg, store, day, later, decision_key="monitor/run-2")
     assert not other.retrain and "cooldown" in other.reason and other.record == {}
     quiet = decide_retrain(
@@ -292,6 +298,26 @@ def test_decide_retrain_records_the_retrain_and_a_run_starts_at_most_one(tmp_pat
     )
     assert not quiet.retrain and "no dataset drift" in quiet.reason
     assert len(load_history(store, history_key(cfg))) == 1
+
+
+def test_a_drift_retrain_that_never_started_does_not_use_up_the_cooldown(tmp_path, cfg):
+    """Train paused or its run never created: the trigger stays pending and the next drift may trigger
+    again; pending triggers count for neither the cooldown nor the daily maximum."""
+    store = LocalStorage(tmp_path / "lake")
+    day = {**DRIFT, "date": "2026-02-01"}
+    first = decide_retrain(cfg, store, day, NOW, decision_key="monitor/run-1")
+    later = NOW + dt.timedelta(hours=1)
+    second = decide_retrain(cfg, store, day, later, decision_key="monitor/run-2")
+    assert first.retrain and second.retrain, second.reason
+    assert "first trigger" in second.reason, "the pending trigger is not the last retrain"
+    for i in range(3, 3 + cfg.monitoring.max_retrains_per_day):
+        assert decide_retrain(cfg, store, day, later, decision_key=f"monitor/run-{i}").retrain
+    history = load_history(store, history_key(cfg))
+    assert [r["status"] for r in history] == ["pending"] * len(history)
+    # the train run consumed both events: both started now, so the cooldown and the daily count apply
+    mark_started(cfg, store, ["monitor/run-1", "monitor/run-2"], "train/run-a", later)
+    held = decide_retrain(cfg, store, day, later, decision_key="monitor/run-9")
+    assert not held.retrain and "cooldown" in held.reason
 
 
 def test_predictions_roundtrip_and_missing_day_is_named(model_and_train, cfg, tmp_path):

@@ -30,6 +30,7 @@ from mlops_bundle.ingest.batch import (
     read_manifest,
     read_staging,
     staging_prefix,
+    validated_dates,
     write_staging,
 )
 from mlops_bundle.ingest.landing import NoLandingFiles, discover, landing_prefix, read_batch
@@ -60,5 +61,6 @@ __all__ = [
     "read_manifest",
     "read_staging",
     "staging_prefix",
+    "validated_dates",
     "write_staging",
 ]

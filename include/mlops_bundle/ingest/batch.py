@@ -61,6 +61,9 @@ class IngestResult:
     gx_successful: int
     data_docs_url: str | None
     unchanged: bool
+    # the run that staged the partition's current content (``staged_by`` of ``ingest_batch``; the
+    # previous one when ``unchanged``): an unchanged re-ingest by another run publishes nothing new
+    staged_by: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_xcom(self) -> dict[str, Any]:
@@ -100,6 +103,15 @@ def write_staging(store: Storage, cfg: BundleConfig, date: str, df: pd.DataFrame
     manifest = {**manifest, "data": STAGING_FILE, "data_uri": data_uri, "bytes": buf.tell()}
     store.write_bytes(join(prefix, MANIFEST_FILE), json.dumps(manifest, indent=2, sort_keys=True).encode())
     return store.uri(prefix)
+
+
+def validated_dates(store: Storage, cfg: BundleConfig) -> list[str]:
+    """Every date with a complete validated partition (one with a manifest), oldest first."""
+    import re
+
+    base = join(cfg.storage.staging_prefix, cfg.dataset.name)
+    found = re.compile(r"(?:^|/)ds=(\d{4}-\d{2}-\d{2})/" + re.escape(MANIFEST_FILE) + r"\Z")
+    return sorted({m.group(1) for obj in store.list(base) if (m := found.search(obj.key))})
 
 
 def read_staging(store: Storage, cfg: BundleConfig, date: str) -> pd.DataFrame:
@@ -155,8 +167,14 @@ def ingest_batch(
     files: list[ObjectInfo] | None = None,
     attempt: str | None = None,
     validator: Validator = _default_validator,
+    staged_by: str | None = None,
 ) -> IngestResult:
-    """Ingest one day's batch end to end; raise BatchRejected (after quarantining) or NoLandingFiles."""
+    """Ingest one day's batch end to end; raise BatchRejected (after quarantining) or NoLandingFiles.
+
+    ``staged_by`` (e.g. the orchestrator's run id) is written into a new partition's manifest and returned
+    as ``IngestResult.staged_by``; for an unchanged batch the result carries the manifest's value, so the
+    caller can tell a retry of the staging run from a re-ingest by another run.
+    """
     date = parse_date(date)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -235,6 +253,7 @@ def ingest_batch(
     previous = read_manifest(store, cfg, date)
     unchanged = bool(previous and previous.get("fingerprint") == fp)
     if unchanged:
+        staged_by = (previous or {}).get("staged_by")
         staging_uri = store.uri(staging_prefix(cfg, date))
         log.info("partition %s already holds this exact batch (%s): nothing rewritten", staging_uri, fp)
     else:
@@ -253,6 +272,7 @@ def ingest_batch(
                 "source_files": file_uris,
                 "gx_suite": outcome.suite_name,
                 "gx_success": True,
+                "staged_by": staged_by,
                 "written_at": dt.datetime.now(dt.UTC).isoformat(),
             },
         )
@@ -271,5 +291,6 @@ def ingest_batch(
         gx_successful=outcome.successful,
         data_docs_url=outcome.data_docs_url,
         unchanged=unchanged,
+        staged_by=staged_by,
         timings=timings,
     )

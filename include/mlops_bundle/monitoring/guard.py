@@ -9,6 +9,12 @@ decides and appends under one lock, and records the caller's decision key (the r
 one drift-triggered retrain, so a retried or cleared task never emits a second one or slips past the
 cooldown. The price: an attempt that recorded the retrain and then died before its event was emitted
 leaves a reason in the log and no retrain (trigger train by hand).
+
+A record is written ``"status": "pending"``; the train run that consumes the drift event marks it
+``"started"`` (:func:`mark_started`). Only started retrains count against the cooldown and the daily
+maximum: a retrain that never starts (train paused, the run never created) does not use them up, so
+the next drift verdict may trigger again (Airflow keeps one queued trigger per DAG, so pending triggers
+never pile up into several runs). Records from before this rule have no status and count as started.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     from mlops_bundle.storage import Storage
 
 HISTORY_KEEP = 500  # retrain history records kept (the guard only needs the last day)
+PENDING, STARTED = "pending", "started"
 # What a history record keeps of the day's drift result (besides when, and the decision key).
 RECORD_FIELDS = ("date", "drift_share", "drifted_columns", "champion_version", "report_html")
 
@@ -69,9 +76,10 @@ def should_trigger_retrain(
 ) -> tuple[bool, str]:
     """Decide whether this drift verdict may trigger a retrain; the reason names the deciding rule.
 
-    Rules in order: no dataset drift -> no; the last drift-triggered retrain is younger than
-    ``cooldown_hours`` -> no; ``max_retrains_per_day`` already reached in this UTC day -> no; otherwise
-    yes. ``history`` holds previous drift-triggered retrains as ``{"at": iso, ...}``.
+    Rules in order: too few rows -> no; no dataset drift -> no; the last drift-triggered retrain that
+    started is younger than ``cooldown_hours`` -> no; ``max_retrains_per_day`` started retrains already in
+    this UTC day -> no; otherwise yes. ``history`` holds previous drift triggers as ``{"at": iso,
+    "status": "pending"|"started", "started_at": iso}``; pending ones (never started) do not count.
     """
     summary = result_summary.summary() if isinstance(result_summary, MonitoringResult) else result_summary
     mon = cfg.monitoring
@@ -85,7 +93,11 @@ def should_trigger_retrain(
     if not summary.get("dataset_drift"):
         return False, f"no dataset drift: drift share {share:.2f} < threshold {threshold:.2f}"
     now = _parse_at(now, "now")
-    times = sorted(_parse_at(r.get("at"), f"retrain history record #{i}") for i, r in enumerate(history))
+    times = sorted(
+        _parse_at(r.get("started_at") or r.get("at"), f"retrain history record #{i}")
+        for i, r in enumerate(history)
+        if r.get("status", STARTED) == STARTED
+    )
     if times:
         age_h = (now - times[-1]).total_seconds() / 3600
         if age_h < mon.cooldown_hours:
@@ -143,10 +155,33 @@ def decide_retrain(
                 **{f: result.get(f) for f in RECORD_FIELDS},
                 "reason": reason,
                 "decision_key": decision_key,
+                "status": PENDING,
             }
         )
         _write_history(store, key, [*history, record])
     return RetrainVerdict(True, reason, record)
+
+
+def mark_started(
+    cfg: BundleConfig, store: Storage, decision_keys: Sequence[str], train_run: str, now: dt.datetime
+) -> list[str]:
+    """Mark the drift triggers with these decision keys (the monitor runs whose events a train run
+    consumed) as started by ``train_run``; from then on they count against the cooldown. Idempotent:
+    a retry keeps the first start. Returns the keys marked now (unknown keys are ignored)."""
+    wanted = set(decision_keys)
+    if not wanted:
+        return []
+    key = history_key(cfg)
+    with _history_lock(store, key):
+        history = load_history(store, key)
+        marked = []
+        for rec in history:
+            if rec.get("decision_key") in wanted and rec.get("status") == PENDING:
+                rec.update(status=STARTED, started_at=_parse_at(now, "now").isoformat(), train_run=train_run)
+                marked.append(rec["decision_key"])
+        if marked:
+            _write_history(store, key, history)
+    return marked
 
 
 # --------------------------------------------------------------------------------------------- history
