@@ -3,13 +3,13 @@
 
 Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
 
-1. **score_batch** scores the day's validated partition with `models:/<dataset>-classifier@champion`
+1. **score_batch** scores the day's validated partition with `models:/<registered model>@champion`
    and writes `predictions/<dataset>/ds=<date>/predictions.parquet` (a rerun replaces it). No champion
    yet, or no validated partition for the day: the run is skipped with the reason in the log.
 2. **drift_report** builds an Evidently report of the day against the champion's reference (a sample of
    its training data recorded at training time, so the reference follows the champion): data drift on
    the features and the prediction with pinned methods (normed Wasserstein for numbers, Jensen-Shannon for
-   categories), and classification quality when labels exist. HTML, JSON and a summary go to
+   categories), and the task's quality metrics (classification or regression) when labels exist. HTML, JSON and a summary go to
    `reports/<dataset>/<date>/`; the numbers and operational figures go to the MLflow experiment
    `<dataset>-monitoring`. The task's **Drift report** link opens the HTML.
 3. **decide_retrain** emits **`mlops.drift_detected`** (which schedules the train DAG) only if the share

@@ -5,8 +5,9 @@ Runs whenever ingest publishes **`mlops.validated_data`** or monitor publishes *
 (drift that passed the guard rails), and on demand from the UI or the REST API.
 
 1. **prepare_window** assembles the training window from validated staging partitions (`window_days`
-   days ending at the batch date), splits it by time (the most recent slice is the holdout, never trained
-   on) and checks that MLflow is reachable;
+   days ending at `end_date`; triggering batches it does not hold are audited as `train.batch_not_trained`
+   with the reason, and the drift triggers it consumed are marked started), splits it by time (the most
+   recent slice is the holdout, never trained on) and checks that MLflow is reachable;
 2. **train_candidate** trains every configured candidate (`training.candidates` in the config) as a
    dynamically mapped task in the `mlops_training` pool, logging params, metrics, the model (signature,
    input example), the datasets and lineage tags to MLflow;
@@ -23,11 +24,11 @@ Runs whenever ingest publishes **`mlops.validated_data`** or monitor publishes *
    plus version tags, naming who triggered and who approved;
 6. **publish_champion** emits **`mlops.champion_model`** only when the champion changed.
 
-Load the champion with `mlops_bundle.training.load_model(cfg, "models:/<dataset>-classifier@champion")`
+Load the champion with `mlops_bundle.training.load_model(cfg, "models:/<registered model>@champion")`
 (it checks the version's provenance signature first and loads skops only).
 
-**Params**: `end_date` (YYYY-MM-DD; default: the newest date among the triggering asset events, else
-yesterday), `window_days`, `candidates` (names from the config; default all), `force` + `justification`
+**Params**: `end_date` (YYYY-MM-DD; default: the newest validated partition when the run starts, so a
+batch validated while this run waited in the queue is in its window; else yesterday), `window_days`, `candidates` (names from the config; default all), `force` + `justification`
 (promote even if the gate says no; the justification is required and recorded, and a second person must
 approve).
 """

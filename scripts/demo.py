@@ -244,9 +244,11 @@ def summarize_monitor(api: Api, dag_id: str, run_id: str, tis: list[dict]) -> No
     )
     quality = (result.get("quality") or {}).get("current") or {}
     if quality:
-        shown = ", ".join(
-            f"{k} {quality[k]:.3f}" for k in ("roc_auc", "f1") if isinstance(quality.get(k), float)
-        )
+        from mlops_bundle.task_types import task_type
+
+        cfg, _ = lake_root()
+        headline = task_type(cfg.dataset.task).metrics[:2]  # binary: roc_auc, f1; regression: rmse, mae
+        shown = ", ".join(f"{k} {quality[k]:.3f}" for k in headline if isinstance(quality.get(k), float))
         say(f"  quality       : {shown} on the day's labels")
     say(f"  report        : {result.get('report_html')}")
     link = xcom_return(api, dag_id, run_id, "drift_report", key="report_url")
@@ -302,7 +304,13 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
         say(f"\n{dag_id}  {run_id}  [{run['run_type']}{', date ' + date if date else ''}]")
         say(f"  state: {run['state']}  duration: {fmt_duration(run)}  -> {verdict}")
         task_id, value = result_task(api, run, tis)
-        if dag_id == INGEST_DAG and isinstance(value, dict):
+        gate_state = {t["task_id"]: t["state"] for t in tis}.get(GATE_TASK)
+        if dag_id == INGEST_DAG and gate_state == "skipped":
+            # the batch is identical to what an earlier run staged (e.g. a second `make demo`)
+            reason = xcom_return(api, dag_id, run_id, GATE_TASK, key="skip_reason")
+            say(f"  unchanged     : {reason}")
+            say("  training      : not triggered (nothing new; README: From validated batch to training)")
+        elif dag_id == INGEST_DAG and isinstance(value, dict):
             say(f"  rows ingested : {value.get('rows')}")
             gx = value.get("gx_success")
             say(f"  GX verdict    : {'passed' if gx else 'FAILED' if gx is not None else '-'}")

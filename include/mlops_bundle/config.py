@@ -49,8 +49,10 @@ class ColumnSpec(_Strict):
 class DatasetConfig(_Strict):
     name: str = Field(pattern=DATASET_NAME_PATTERN)
     columns: list[ColumnSpec] = Field(min_length=2)
-    id_column: str
-    timestamp_column: str
+    # both optional (a data set from sklearn's load_* has neither): without a timestamp the training window
+    # is split by batch date (the staging partition's ds), without an id rows keep their file order
+    id_column: str | None = None
+    timestamp_column: str | None = None
     target: str
     # binary | multiclass | regression (mlops_bundle.task_types): metrics, gate direction, outputs
     task: TaskName = "binary"
@@ -63,10 +65,18 @@ class DatasetConfig(_Strict):
             raise ValueError(f"duplicate column names: {dupes}")
         for role in ("id_column", "timestamp_column", "target"):
             value = getattr(self, role)
-            if value not in names:
+            if value is not None and value not in names:
                 raise ValueError(f"{role}={value!r} is not one of the declared columns {names}")
-        if self.column(self.timestamp_column).dtype != "datetime":
+        roles = [r for r in (self.id_column, self.timestamp_column, self.target) if r is not None]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"id_column, timestamp_column and target must be different columns, got {roles}")
+        if self.timestamp_column is not None and self.column(self.timestamp_column).dtype != "datetime":
             raise ValueError(f"timestamp_column {self.timestamp_column!r} must have dtype 'datetime'")
+        if self.task == "regression" and self.column(self.target).dtype not in ("int", "float"):
+            raise ValueError(
+                f"target {self.target!r} has dtype {self.column(self.target).dtype!r}: task 'regression' "
+                "needs a numeric target (int or float); use task binary/multiclass for a label"
+            )
         return self
 
     @property
@@ -75,7 +85,7 @@ class DatasetConfig(_Strict):
 
     @property
     def feature_columns(self) -> list[str]:
-        skip = {self.id_column, self.timestamp_column, self.target}
+        skip = {self.id_column, self.timestamp_column, self.target} - {None}
         return [c.name for c in self.columns if c.name not in skip]
 
     def column(self, name: str) -> ColumnSpec:
@@ -191,23 +201,68 @@ class MlflowConfig(_Strict):
 
 class CandidateSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")
-    # a model family known to mlops_bundle.training (checked when training starts, with a clear error)
-    family: str
+    # exactly one of: a model family known to mlops_bundle.training, or the dotted import path of a
+    # scikit-learn-compatible estimator class under training.estimator_modules (both checked when training
+    # starts, with a clear error)
+    family: str | None = None
+    estimator: str | None = None
     params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    # estimator only: types its fitted object holds that skops must be told to trust beyond its defaults
+    # and the built-in families' (e.g. "sklearn.neighbors._kd_tree.KDTree"); each under estimator_modules
+    trusted_types: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> CandidateSpec:
+        if bool(self.family) == bool(self.estimator):
+            raise ValueError(
+                f"candidate {self.name!r} must name exactly one of family (a built-in model family) or "
+                f"estimator (a dotted import path), got family={self.family!r}, estimator={self.estimator!r}"
+            )
+        if self.trusted_types and not self.estimator:
+            raise ValueError(f"candidate {self.name!r}: trusted_types applies to estimator candidates only")
+        return self
+
+    @property
+    def model(self) -> str:
+        """The family name or the estimator's import path (what logs, tags and messages call it)."""
+        return self.family or self.estimator or ""
 
 
 class TrainingConfig(_Strict):
     # the training window: this many days of validated partitions ending at the run's batch date
     window_days: int = Field(default=30, ge=1)
-    # the most recent share of the window (by timestamp) is the holdout, never trained on
+    # the most recent share of the window (by timestamp, else by batch date) is the holdout, never trained on
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     # the primary metric; empty = the task's default (binary: roc_auc, multiclass: f1_macro, regression: rmse)
     metric: str = ""
     min_rows: int = Field(default=200, ge=10)
     candidates: list[CandidateSpec] = Field(default_factory=list)
+    # module prefixes a candidate's `estimator` import path may come from. Importing a module runs its code,
+    # so this is an allowlist of code the training task may execute: keep it to libraries you trust
+    estimator_modules: list[str] = Field(default_factory=lambda: ["sklearn."])
     # slots of the Airflow pool that bounds concurrently training candidates
     pool_slots: int = Field(default=2, ge=1)
     seed: int = 42
+
+    def module_allowed(self, dotted: str) -> bool:
+        """``dotted`` (a module, class or type path) lies under one of ``estimator_modules``, on whole name
+        segments: ``sklearn.`` and ``sklearn`` both allow ``sklearn.ensemble.X``, neither ``sklearn_x.Y``."""
+        for prefix in self.estimator_modules:
+            base = prefix.rstrip(".")
+            if base and (dotted == base or dotted.startswith(base + ".")):
+                return True
+        return False
+
+    @model_validator(mode="after")
+    def _trusted_types_are_allowed(self) -> TrainingConfig:
+        for spec in self.candidates:
+            outside = [t for t in spec.trusted_types if not self.module_allowed(t)]
+            if outside:
+                raise ValueError(
+                    f"candidate {spec.name!r} trusts type(s) {outside} outside training.estimator_modules "
+                    f"{self.estimator_modules}"
+                )
+        return self
 
 
 class PromotionConfig(_Strict):

@@ -168,6 +168,7 @@ def validate_frame(
 
     run_id = RunIdentifier(run_name=_run_name(batch_label), run_time=dt.datetime.now(dt.UTC))
     with _locked(gx_root):
+        _require_files(gx_root, checkpoint_name if build_data_docs else None, validation_definition)
         _prune_unlocked(gx_root, retention - 1)
         if build_data_docs:
             checkpoint = context.checkpoints.get(checkpoint_name)
@@ -233,7 +234,7 @@ def check_suite_columns(
     where = config_source or "the config"
     if not path.is_file():
         raise ValueError(
-            f"GX suite {suite_name!r} not found at {path}: create it (scripts/gx_init.py) or fix "
+            f"GX suite {suite_name!r} not found at {path}: create it (`python -m mlops_bundle new-dataset`, or scripts/gx_init.py for churn) or fix "
             f"validation.suite_name in {where}"
         )
     suite = json.loads(path.read_text(encoding="utf-8"))
@@ -350,6 +351,23 @@ def _run_name(batch_label: str) -> str:
     name = re.sub(r"[/\\]", "__", batch_label.strip())
     name = re.sub(r"[^A-Za-z0-9._=+@-]", "_", name)
     return name or "batch"
+
+
+def _require_files(gx_root: Path, checkpoint_name: str | None, validation_definition: str) -> None:
+    """A clear error, naming the file and the fix, instead of GX's raw "... was not found"."""
+    wanted = [
+        ("validation definition", "validation_definitions", validation_definition, "validation_definition")
+    ]
+    if checkpoint_name is not None:
+        wanted.append(("checkpoint", "checkpoints", checkpoint_name, "checkpoint_name"))
+    for what, folder, name, setting in wanted:
+        path = Path(gx_root, folder, f"{name}.json")
+        if not path.is_file():
+            raise ValueError(
+                f"GX {what} {name!r} not found at {path}: create the data set's GX files with "
+                f"`python -m mlops_bundle new-dataset NAME SAMPLE --target COL` (scripts/gx_init.py for the "
+                f"churn sample) or fix validation.{setting} in the data set's config"
+            )
 
 
 def _check_checkpoint(checkpoint: Any, suite_name: str, validation_definition: str) -> None:

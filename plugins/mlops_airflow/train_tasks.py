@@ -195,6 +195,8 @@ def train_one(job: dict, dag_run: Any) -> dict[str, Any]:
         "metrics": metrics,
         "window": job["window"],
         "train_key": job["train_key"],
+        # the winning model's own key: another run that picks the same model reuses its version
+        "model_key": training.model_key(window.fingerprint, spec, cfg),
     }
 
 
@@ -209,7 +211,7 @@ def register(results: list[dict], dag_run: Any, ti: Any = None) -> dict[str, Any
     results = list(results)
     train_key = results[0]["train_key"]
     best = training.register_best(cfg, results, train_key, run_tags(dag_run))
-    best = {**best, "window": results[0]["window"], "train_key": train_key}
+    best = {**best, "window": results[0]["window"]}  # train_key: the key the version carries
     from mlops_bundle import monitoring, tracking
 
     if monitoring.reference_needed(tracking.client(cfg), best["run_id"], reused=best["reused"]):

@@ -1,8 +1,9 @@
 """The backfill DAG under dag.test(): a date range is ingested with training held, then exactly one train
 run is started on the whole window; days without a validated partition are named, not lost.
 
-(The real scheduler's side, that no ingest event queues a train run meanwhile and that the triggered
-train run trains on the whole window, is in tests/integration/test_training_rule.py.)
+(dag.test() creates the triggered train run without running it; what a train run does with such a window,
+and that a run Airflow creates after a busy period trains on the newest day, is in tests/dags/test_train_dag.py
+and tests/integration/test_drift_loop.py.)
 """
 
 from __future__ import annotations

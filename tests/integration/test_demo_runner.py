@@ -73,6 +73,22 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     _no_key_material_in_logs(tmp_path / "airflow" / "logs", keyset)
     _audit_covers_the_run(tmp_path)
 
+    # a second `make demo` on the same checkout works: the same batches are unchanged, so their ingest
+    # runs end with the gate task skipped, publish no event and start no train run
+    again = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "demo", "--timeout", "600", "--settle", "8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out2 = again.stdout + again.stderr
+    assert again.returncode == 0, out2[-6000:]
+    assert "RESULT: OK" in out2
+    assert out2.count("unchanged     : batch churn/") == 2, out2[-6000:]
+    assert not re.search(r"^train  ", out2, re.M), "an unchanged re-ingest must not start a train run"
+    assert "expect_column_values_to_be_in_set" in out2  # the corrupt batch is still stopped at the gate
+
 
 def _no_key_material_in_logs(logs, keyset):
     secrets = {keyset, json.dumps(json.loads(keyset))}

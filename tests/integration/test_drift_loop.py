@@ -126,3 +126,55 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
     # roc_auc 0.8006 vs 0.8017): the gate rejects and the champion stays
     assert decision["verdict"] == "reject", decision
     assert "does not beat champion" in decision["reason"], decision
+
+
+def test_batches_validated_while_train_is_busy_reach_a_train_run_that_includes_them(local_airflow):
+    """The scheduler's side of the rule "every validated batch reaches a train run whose window includes it":
+    train sits at max_active_runs (two forced runs wait for a second person's approval), two new days are
+    ingested meanwhile. Airflow creates one asset-triggered run when a slot frees, from the *first* queued
+    event, and consumes only the events up to it; the run's window must still end at the newest day."""
+    from mlops_bundle.monitoring import history_key, load_history
+    from mlops_bundle.sample import write_landing
+
+    af = local_airflow
+    cfg = _cfg(af)
+    # the drift-triggered retrain of the test above started, so it counts against the cooldown now
+    records = load_history(LocalStorage(af.lake), history_key(cfg))
+    assert records and records[-1]["status"] == "started" and records[-1]["train_run"].startswith("train/")
+
+    # forced promotions of new versions (other windows than the champion's) wait for a second person
+    holders = [
+        _trigger(
+            af,
+            "train",
+            {"end_date": TRAIN_DAYS[-1], "window_days": days, "force": True, "justification": "hold a slot"},
+        )
+        for days in (4, 3)
+    ]
+    for run_id in holders:
+        af.await_approval(run_id)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 5))
+    busy_days = ["2026-10-20", "2026-10-21"]
+    for day in busy_days:
+        write_landing(generate_batch(day, rows=2000, seed=31), af.lake / "landing" / "churn" / day)
+        run = _trigger(af, "ingest", {"date": day, "source": None})
+        assert af.wait_run("ingest", run, timeout=300)["state"] == "success"
+
+    def asset_runs() -> list[dict]:
+        runs = af.call("GET", "/api/v2/dags/train/dagRuns?run_type=asset_triggered&limit=50")["dag_runs"]
+        return [r for r in runs if r["run_after"] and r["run_after"] >= since]
+
+    time.sleep(10)  # several scheduler loops: the deferral is what we look at
+    assert asset_runs() == [], "train is at max_active_runs: Airflow defers the run, it must not exist yet"
+    for run_id in holders:  # free the slots
+        af.call("PATCH", f"/api/v2/dags/train/dagRuns/{run_id}", {"state": "failed"})
+
+    created = wait_for(asset_runs, bool, timeout=300, describe=lambda _: "no asset-triggered run", interval=3)
+    first = sorted(created, key=lambda r: r["run_after"])[0]["dag_run_id"]
+    assert af.wait_run("train", first, timeout=500)["state"] == "success", af.task_states("train", first)
+    jobs = af.call(
+        "GET", f"/api/v2/dags/train/dagRuns/{first}/taskInstances/prepare_window/xcomEntries/return_value"
+    )["value"]
+    if isinstance(jobs, str):
+        jobs = json.loads(jobs)
+    assert {j["end_date"] for j in jobs} == {busy_days[-1]}, "the window ends at the newest validated day"

@@ -260,3 +260,27 @@ def test_validation_from_config_checks_columns(gx_root, cfg, tmp_path):
         ValueError, match=r"only in the suite: \['region'\].*only in the config: \['segment'\]"
     ):
         validation_from_config(generate_batch(DAY, ROWS), renamed, f"churn/{DAY}")
+
+
+@pytest.mark.parametrize(
+    ("field", "docs", "what"),
+    [("checkpoint_name", True, "checkpoint"), ("validation_definition", False, "validation definition")],
+)
+def test_a_missing_gx_file_is_named_with_the_command_that_creates_it(gx_root, cfg, field, docs, what):
+    names = {
+        "suite_name": cfg.validation.suite_name,
+        "validation_definition": cfg.validation.validation_definition,
+        "checkpoint_name": cfg.validation.checkpoint_name,
+        field: "orders_batch_x",
+    }
+    with pytest.raises(ValueError) as err:
+        validate_frame(
+            generate_batch(DAY, rows=50),
+            gx_root=gx_root,
+            batch_label="orders/x",
+            build_data_docs=docs,
+            **names,
+        )
+    text = str(err.value)
+    assert f"GX {what} 'orders_batch_x' not found at {gx_root}" in text
+    assert "python -m mlops_bundle new-dataset" in text and f"validation.{field}" in text

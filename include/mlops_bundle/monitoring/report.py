@@ -4,9 +4,13 @@
   ``monitoring.sample_cap`` rows: Evidently's time and memory grow with the rows, while the pinned
   distances are already accurate far below their thresholds at the default cap, so sampling does not
   change a verdict the full data would give (measurements in benchmarks/README.md).
-* **Quality only with labels.** Classification quality needs the current period's labels, which
-  usually arrive later than the batch. Without them the section is skipped and the result says why;
-  with labels on part of the rows, quality is computed on those rows as a section of its own.
+* **Quality only with labels.** Quality (Evidently's classification or regression preset, per
+  ``dataset.task``) needs the current period's labels, which usually arrive later than the batch.
+  Without them the section is skipped and the result says why; with labels on part of the rows,
+  quality is computed on those rows as a section of its own. Its numbers carry the training metrics'
+  names (``drift.QUALITY_METRICS``).
+* **Per task.** Prediction drift is on the positive-class probability (binary), the predicted label
+  (multiclass, categorical) or the predicted value (regression); see ``drift.Outputs``.
 * **Layout.** ``<storage.reports_prefix>/<dataset>/<date>/`` holds report.html (Evidently's
   self-contained page), report.json (Evidently's results) and summary.json (our numbers), written in
   that order so a reader that finds the summary also finds the report.
@@ -23,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from mlops_bundle import names
 from mlops_bundle.jsonsafe import json_safe
 from mlops_bundle.monitoring import drift
-from mlops_bundle.monitoring.scoring import MonitoringError, sample
+from mlops_bundle.monitoring.scoring import (
+    PROBA_PREFIX,
+    MonitoringError,
+    class_proba_columns,
+    proba_column,
+    sample,
+)
+from mlops_bundle.task_types import task_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,11 +74,14 @@ class MonitoringResult:
     json: dict[str, Any] = field(repr=False)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # dataset.task the report was built for (binary, multiclass, regression)
+    task: str = "binary"
 
     def summary(self) -> dict[str, Any]:
         """The key numbers, JSON-safe (no HTML, no Evidently JSON): for XCom, asset extras, alerts."""
         return json_safe(
             {
+                "task": self.task,
                 "dataset_drift": self.dataset_drift,
                 "verdict": self.verdict,
                 "thresholds": self.thresholds,
@@ -152,17 +166,18 @@ def build_report(
 
     reference: the champion's training sample with its predictions (features, target, prediction cols).
     current: the newly scored batch (features, prediction cols; the target when labels exist).
+    Both as ``score_batch`` wrote them for ``dataset.task``; ``proba_col`` is read for binary only.
     labels_available: None infers it (target column present and not all null).
     calibration_cache: a ``CalibrationCache`` of this reference (thresholds computed once per batch size).
     """
     started = time.perf_counter()
     ds = cfg.dataset
     name = ds.name
+    task = task_type(ds.task)
     features = ds.feature_columns
-    _check_frame(current, "current batch", features, prediction_col, proba_col, name, cfg)
-    _check_frame(
-        reference, "reference (champion training sample)", features, prediction_col, proba_col, name, cfg
-    )
+    outputs = drift.Outputs(task, prediction_col, proba_col if task.name == "binary" else None)
+    _check_frame(current, "current batch", features, outputs, name, cfg)
+    _check_frame(reference, "reference (champion training sample)", features, outputs, name, cfg)
     has_labels, skip_reason = _resolve_labels(current, reference, ds.target, labels_available)
 
     cap = cfg.monitoring.sample_cap
@@ -180,7 +195,16 @@ def build_report(
             f"insufficient data: {smaller:,} rows on the smaller side, fewer than monitoring.min_rows "
             f"({cfg.monitoring.min_rows:,}); the verdict is not 'drift' whatever the scores, and no retrain"
         )
-    limits = drift.thresholds(ref, len(cur), scored, kinds, proba_col, cfg, calibration_cache)
+    limits = drift.thresholds(
+        ref,
+        len(cur),
+        scored,
+        kinds,
+        outputs.drift_column,
+        cfg,
+        calibration_cache,
+        prediction_kind=outputs.drift_kind,
+    )
     raised = [c for c, o in limits.origin.items() if o == "calibrated"]
     if raised:
         notes.append(
@@ -190,28 +214,40 @@ def build_report(
             f"{limits.calibration.get('false_alarm_rate', 0.0):.1%})"
         )
 
-    if has_labels:  # 0.0/1.0 labels (a null once made the column float) must compare equal to 0/1
+    # 0.0/1.0 labels (a null once made the column float) must compare equal to 0/1 (classification only)
+    if has_labels and task.is_classification:
         ref, cur = _integral_labels(ref, ds.target), _integral_labels(cur, ds.target)
     labeled_only = has_labels and bool(cur[ds.target].isna().any())
+    lab = None
+    if labeled_only:
+        lab = cur[cur[ds.target].notna()]
+        lab = _integral_labels(lab, ds.target) if task.is_classification else lab
+    undefined: dict[str, set[str]] = {}
+    if has_labels and task.name == "multiclass":
+        outputs, undefined, why, skip = _multiclass_quality(
+            ref, cur if lab is None else lab, ds.target, features, outputs
+        )
+        notes.extend(why)
+        if skip:
+            has_labels, labeled_only, lab, skip_reason = False, False, None, skip
+    if lab is not None:
+        notes.append(
+            f"{len(cur) - len(lab):,} of {len(cur):,} current rows lack '{ds.target}'; "
+            "quality is computed on the labeled rows only"
+        )
     snap = drift.run_drift(
         ref,
         cur,
         cfg,
         scored,
         kinds,
-        prediction_col,
-        proba_col,
+        outputs,
         limits,
         with_quality=has_labels and not labeled_only,
     )
     quality_snap = None
-    if labeled_only:
-        lab = _integral_labels(cur[cur[ds.target].notna()], ds.target)
-        notes.append(
-            f"{len(cur) - len(lab):,} of {len(cur):,} current rows lack '{ds.target}'; "
-            "quality is computed on the labeled rows only"
-        )
-        quality_snap = drift.run_quality_only(ref, lab, cfg, kinds, prediction_col, proba_col)
+    if lab is not None:
+        quality_snap = drift.run_quality_only(ref, lab, cfg, kinds, outputs)
 
     report_json = json.loads(snap.json())
     column_scores = drift.column_scores(report_json, scored, kinds)
@@ -224,9 +260,14 @@ def build_report(
     if has_labels:
         qsnap = quality_snap or snap
         qjson = json.loads(qsnap.json()) if quality_snap is not None else report_json
-        quality = drift.quality(qsnap, qjson)
+        quality = drift.quality(qsnap, qjson, task.name)
+        for side, names_ in undefined.items():
+            for metric in names_ & set(quality.get(side, {})):
+                quality[side][metric] = None
         if quality_snap is not None:
             report_json["quality_labeled_rows"] = qjson
+        if task.name == "regression":
+            _mape_like_training(quality, ref, cur if lab is None else lab, ds.target, notes)
 
     drifting = bool(column_scores) and share >= threshold
     return MonitoringResult(
@@ -237,26 +278,116 @@ def build_report(
         drift_share_threshold=threshold,
         drifted_columns=drifted,
         column_scores=column_scores,
-        prediction_drift=drift.prediction_drift(report_json, proba_col),
+        prediction_drift=drift.prediction_drift(report_json, outputs.drift_column),
         quality=quality,
         quality_skipped_reason=skip_reason,
         rows_reference=len(reference),
         rows_current=len(current),
         sample_cap=cap,
         sampled=sampled,
-        html=drift.render_html(snap, quality_snap),
+        html=drift.render_html(
+            snap, quality_snap, "Classification quality" if task.is_classification else "Regression quality"
+        ),
         json=report_json,
         seconds=time.perf_counter() - started,
         notes=notes,
+        task=task.name,
     )
+
+
+def _multiclass_quality(
+    ref: pd.DataFrame, cur: pd.DataFrame, target: str, features: Sequence[str], outputs: drift.Outputs
+) -> tuple[drift.Outputs, dict[str, set[str]], list[str], str | None]:
+    """Multiclass: what Evidently gets for quality. Returns (outputs, {side: metrics reported as None},
+    notes, reason to skip quality or None).
+
+    Evidently names a probability column by the label's text and derives the predicted label from the
+    probabilities, so each stored ``proba__<label>`` column is renamed to its label's text
+    (``Outputs.class_probas``). Its per-class sections fail when a class has no labeled rows on a side,
+    so then the small preset is used, and roc_auc_ovr (undefined without a class's rows) is not
+    reported; labels that are no class of the model make roc_auc_ovr and log_loss differ from
+    training's, so those are not reported either. Without probabilities Evidently computes binary
+    metrics when a side has two labels: quality is then skipped rather than misreported.
+    """
+    pred = outputs.prediction
+    cols = class_proba_columns(ref)
+    problem = None
+    if not cols:
+        problem = f"the reference has no per-class probability columns ({PROBA_PREFIX}<label>)"
+    elif class_proba_columns(cur) != cols:
+        problem = "the reference and the current batch have different per-class probability columns"
+    seen: dict[str, str] = {}
+    for frame in (ref, cur):
+        for value in (*frame[target].dropna().unique(), *frame[pred].dropna().unique()):
+            seen[proba_column(value)] = str(value)
+    mapping = {c: seen.get(c, c[len(PROBA_PREFIX) :]) for c in cols}
+    clash = sorted(set(mapping.values()) & {*features, pred, target})
+    if problem is None and clash:
+        problem = f"class labels {clash} are also column names (Evidently names probabilities by label)"
+    if problem is not None:
+        few = [
+            side
+            for side, frame in (("reference", ref), ("current", cur))
+            if len(set(frame[target].dropna()) | set(frame[pred])) < 3
+        ]
+        if few:
+            return (
+                outputs,
+                {},
+                [],
+                (
+                    f"{problem}, and the {few[0]} labels and predictions hold fewer than 3 classes: "
+                    "quality from the labels alone would be binary, not multiclass; rescore with score_batch"
+                ),
+            )
+        return (
+            outputs.with_class_probas({}, per_class=False),
+            {},
+            [f"{problem}; roc_auc_ovr and log_loss are not computed"],
+            None,
+        )
+    undefined: dict[str, set[str]] = {}
+    notes: list[str] = []
+    for side, frame in (("reference", ref), ("current", cur)):
+        present = {proba_column(v): str(v) for v in frame[target].dropna().unique()}
+        absent = [mapping[c] for c in cols if c not in present]
+        unknown = sorted(text for col, text in present.items() if col not in mapping)
+        if absent:
+            undefined.setdefault(side, set()).add("roc_auc_ovr")
+            notes.append(
+                f"classes {absent} have no rows in the {side} labels: roc_auc_ovr ({side}) is not defined "
+                "and the per-class sections are left out"
+            )
+        if unknown:
+            undefined.setdefault(side, set()).update({"roc_auc_ovr", "log_loss"})
+            notes.append(
+                f"labels {unknown} in the {side} '{target}' are not classes of the model: roc_auc_ovr and "
+                f"log_loss ({side}) are not reported"
+            )
+    return outputs.with_class_probas(mapping, per_class=not notes), undefined, notes, None
+
+
+def _mape_like_training(
+    quality: dict[str, dict[str, float | None]],
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    target: str,
+    notes: list[str],
+) -> None:
+    """Evidently's MAPE divides by max(target, eps), training's (scikit-learn) by max(|target|, eps): equal
+    when every target is positive. Where a side has a target <= 0 its mape is dropped, not misreported."""
+    for side, frame in (("current", cur), ("reference", ref)):
+        values = quality.get(side)
+        if values and values.get("mape") is not None and not bool((frame[target].dropna() > 0).all()):
+            values["mape"] = None
+            notes.append(f"mape ({side}) not reported: '{target}' has values <= 0 there")
 
 
 def _check_frame(
     df: pd.DataFrame,
     what: str,
     features: Sequence[str],
-    prediction_col: str,
-    proba_col: str,
+    outputs: drift.Outputs,
     dataset: str,
     cfg: BundleConfig,
 ) -> None:
@@ -272,11 +403,13 @@ def _check_frame(
             f"{what} lacks columns {missing} that the champion was trained on "
             f"(dataset.columns in {cfg.source or 'the config'}); fix the upstream export or retrain"
         )
-    for col, kind in ((proba_col, "probability"), (prediction_col, "label")):
+    kind = {"binary": "label", "multiclass": "label", "regression": "value"}[outputs.task.name]
+    needed = ([(outputs.proba, "probability")] if outputs.proba else []) + [(outputs.prediction, kind)]
+    for col, role in needed:
         if col not in df.columns:
             raise MonitoringError(
-                f"{what} lacks the prediction {kind} column {col!r}; score it with "
-                "mlops_bundle.monitoring.score_batch(champion, df, cfg) first"
+                f"{what} lacks the prediction {role} column {col!r} (dataset.task "
+                f"{outputs.task.name!r}); score it with mlops_bundle.monitoring.score_batch(champion, df, cfg) first"
             )
 
 

@@ -181,7 +181,8 @@ def log_monitoring_run(
     from mlops_bundle import tracking
 
     exp_id = tracking.ensure_experiment(cfg, cfg.monitoring_experiment_name)
-    run = client.create_run(exp_id, run_name=f"monitor-{date}", tags={"date": date, **tags})
+    task = str(summary.get("task") or cfg.dataset.task)  # quality.* metrics are named per task
+    run = client.create_run(exp_id, run_name=f"monitor-{date}", tags={"date": date, "task": task, **tags})
     metrics: dict[str, float] = {
         "drift_share": float(summary["drift_share"]),
         "dataset_drift": float(bool(summary["dataset_drift"])),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from mlops_bundle.features import positive_class_index, predict_positive
+from mlops_bundle.task_types import task_type
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,6 +26,9 @@ REFERENCE_FILE = "reference.parquet"
 # Rows per predict_proba call: bounds the model's intermediate matrices (one-hot encodings...) on huge
 # batches, large enough that the fixed per-call overhead stays negligible (benchmarks/README.md).
 SCORE_CHUNK_ROWS = 1_000_000
+# multiclass: the probability of class <label> is stored as column proba__<label> (see proba_column)
+PROBA_PREFIX = "proba__"
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]")
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,19 @@ def sample(df: pd.DataFrame, cap: int, seed: int = 0) -> pd.DataFrame:
     return df.iloc[idx]
 
 
+def proba_column(label: Any) -> str:
+    """The column ``score_batch`` stores a multiclass model's probability of class ``label`` in:
+    ``proba__<label>``, the label's text with every character outside ``[A-Za-z0-9_.-]`` replaced by
+    ``_`` (class 2 -> ``proba__2``, "high risk" -> ``proba__high_risk``), so it is a safe column, file
+    and MLflow name whatever the label."""
+    return PROBA_PREFIX + _UNSAFE.sub("_", str(label))
+
+
+def class_proba_columns(df: pd.DataFrame) -> list[str]:
+    """The per-class probability columns (``proba__<label>``) of a scored multiclass frame, in order."""
+    return [c for c in df.columns if isinstance(c, str) and c.startswith(PROBA_PREFIX)]
+
+
 def score_batch(
     model: Any,
     df: pd.DataFrame,
@@ -59,19 +77,23 @@ def score_batch(
     keep_features: bool = True,
     chunk_rows: int = SCORE_CHUNK_ROWS,
 ) -> pd.DataFrame:
-    """Score a batch with a fitted binary classifier: adds ``prediction`` (0/1 at ``features.THRESHOLD``)
-    and ``prediction_proba`` (probability of the positive class).
+    """Score a batch with the fitted model; the columns added depend on ``dataset.task``:
 
-    The id and timestamp columns are always kept (so scores can be joined back and audited); with
-    ``keep_features`` the features (and the target, if present) are kept too, which is the frame
-    ``build_report`` wants as "current". Scoring runs in chunks of ``chunk_rows`` so the model's
+    - binary: ``prediction`` (0/1 at ``features.THRESHOLD``) and ``prediction_proba`` (probability of
+      the positive class, ``features.positive_class_index``);
+    - multiclass: ``prediction`` (the class label, the most probable class) and one probability column
+      per class of ``model.classes_``, named by :func:`proba_column` (``proba__<label>``);
+    - regression: ``prediction`` (the predicted value, float64); no probabilities.
+
+    The id and timestamp columns (when configured) are always kept, so scores can be joined back and
+    audited; with ``keep_features`` the features (and the target, if present) are kept too, which is the
+    frame ``build_report`` wants as "current". Scoring runs in chunks of ``chunk_rows`` so the model's
     intermediate matrices stay bounded on very big batches; each chunk pays the pipeline's fixed
     preprocessing overhead, so chunks are large (a batch up to SCORE_CHUNK_ROWS is one call, as fast as
     calling ``predict_proba`` directly).
     """
-    import numpy as np
-
     ds = cfg.dataset
+    task = task_type(ds.task)
     features = ds.feature_columns
     missing = [c for c in features if c not in df.columns]
     if missing:
@@ -79,27 +101,93 @@ def score_batch(
             f"batch to score lacks columns {missing} that the champion was trained on; "
             f"check the batch against config {cfg.source or 'config/churn.yaml'} (dataset.columns)"
         )
+    X = df[features]
+    step = max(1, int(chunk_rows))
+    if task.name == "binary":
+        added = _score_binary(model, X, step, prediction_col, proba_col)
+    elif task.name == "multiclass":
+        added = _score_multiclass(model, X, step, prediction_col)
+    else:
+        added = _score_regression(model, X, step, prediction_col)
+    keys = [c for c in (ds.id_column, ds.timestamp_column) if c and c in df.columns]
+    keep = keys + features + ([ds.target] if ds.target in df.columns else []) if keep_features else keys
+    clash = sorted(set(added) & set(keep))
+    if clash:
+        raise MonitoringError(
+            f"the scores would overwrite the batch's columns {clash}: rename those columns in "
+            f"dataset.columns of {cfg.source or 'the config'} (or pass prediction_col=/proba_col=)"
+        )
+    out_df = df.loc[:, keep]  # a new frame with the input's dtypes (category stays category)
+    return out_df.assign(**added)
+
+
+def _score_binary(
+    model: Any, X: pd.DataFrame, step: int, prediction_col: str, proba_col: str
+) -> dict[str, Any]:
+    import numpy as np
+
     try:
         pos = positive_class_index(getattr(model, "classes_", []))
     except ValueError as exc:
-        raise MonitoringError(str(exc)) from None
-    X = df[features]
-    proba = np.empty(len(df), dtype="float64")
-    step = max(1, int(chunk_rows))
-    for start in range(0, len(df), step):
+        raise MonitoringError(f"{exc}; dataset.task is 'binary'") from None
+    proba = np.empty(len(X), dtype="float64")
+    for start in range(0, len(X), step):
         out = model.predict_proba(X.iloc[start : start + step])
         proba[start : start + step] = np.asarray(out)[:, pos]
-    if len(proba) and not np.isfinite(proba).all():
+    _check_finite(proba, "probabilities")
+    return {prediction_col: predict_positive(proba), proba_col: proba}
+
+
+def _score_multiclass(model: Any, X: pd.DataFrame, step: int, prediction_col: str) -> dict[str, Any]:
+    import numpy as np
+
+    classes = list(getattr(model, "classes_", []))
+    if len(classes) < 2 or not hasattr(model, "predict_proba"):
         raise MonitoringError(
-            f"the model returned {int((~np.isfinite(proba)).sum())} non-finite probabilities; "
+            f"dataset.task is 'multiclass' but the model has classes {classes} and "
+            f"{'a' if hasattr(model, 'predict_proba') else 'no'} predict_proba: a multiclass champion must be "
+            "a classifier with predict_proba; check dataset.task and retrain"
+        )
+    names = [proba_column(c) for c in classes]
+    same = sorted({n for n in names if names.count(n) > 1})
+    if same:
+        raise MonitoringError(
+            f"class labels {[c for c, n in zip(classes, names, strict=True) if n in same]} give the same "
+            f"probability column(s) {same} (labels are sanitised to [A-Za-z0-9_.-]); make the labels of the "
+            "target distinct after that and retrain"
+        )
+    proba = np.empty((len(X), len(classes)), dtype="float64")
+    for start in range(0, len(X), step):
+        proba[start : start + step] = np.asarray(model.predict_proba(X.iloc[start : start + step]))
+    _check_finite(proba, "probabilities")
+    # the most probable class (what Evidently derives from the probabilities too), in classes_' dtype
+    labels = np.asarray(model.classes_)[proba.argmax(axis=1)]
+    return {prediction_col: labels} | {n: proba[:, i] for i, n in enumerate(names)}
+
+
+def _score_regression(model: Any, X: pd.DataFrame, step: int, prediction_col: str) -> dict[str, Any]:
+    import numpy as np
+
+    pred = np.empty(len(X), dtype="float64")
+    for start in range(0, len(X), step):
+        pred[start : start + step] = np.asarray(
+            model.predict(X.iloc[start : start + step]), dtype="float64"
+        ).ravel()
+    _check_finite(pred, "predictions")
+    return {prediction_col: pred}
+
+
+def _check_finite(values: Any, what: str) -> None:
+    import numpy as np
+
+    if not len(values):
+        return
+    bad = int((~np.isfinite(values.reshape(len(values), -1))).any(axis=1).sum())
+    if bad:
+        raise MonitoringError(
+            f"the model returned non-finite {what} for {bad} rows; "
             "check the batch for values the model's preprocessing cannot handle"
         )
-    keys = [c for c in (ds.id_column, ds.timestamp_column) if c in df.columns]
-    keep = keys + features + ([ds.target] if ds.target in df.columns else []) if keep_features else keys
-    out_df = df.loc[:, keep]  # a new frame with the input's dtypes (category stays category)
-    out_df[prediction_col] = predict_positive(proba)
-    out_df[proba_col] = proba
-    return out_df
 
 
 # ------------------------------------------------------------------------------------ stored predictions

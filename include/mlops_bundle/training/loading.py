@@ -7,7 +7,8 @@ Every load of a model (scoring, the gate, rollback's records, the console) goes 
 2. the version's files are downloaded and its skops file's digest and signature are checked
    (:mod:`mlops_bundle.provenance`) before anything is deserialized;
 3. the file is loaded with ``skops.io.load`` and the trust list of :func:`trusted_types`: a base list in
-   code plus the fitted types of the model families the config names. Never MLflow's loader (it takes
+   code plus the fitted types of the model families the config names (and, for estimator candidates, the
+   types their config entry lists), never the types the stored model asks for. Never MLflow's loader (it takes
    the serialization format, and skops' trust list, from the MLmodel file being loaded, so a planted
    version chooses pickle or trusts anything) and never a pickle.
 """
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mlops_bundle import provenance, tracking
-from mlops_bundle.config import BundleConfig
+from mlops_bundle.config import BundleConfig, CandidateSpec
 from mlops_bundle.provenance import ProvenanceError
 from mlops_bundle.training.models import FAMILIES
 
@@ -32,13 +33,32 @@ BASE_TRUSTED_TYPES = ("numpy.dtype",)
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_-]+))/?")
 
 
-def trusted_types(cfg: BundleConfig) -> list[str]:
-    """What skops may instantiate beyond its defaults: the base list + the configured families' types."""
+def candidate_trusted_types(spec: CandidateSpec) -> list[str]:
+    """What skops may instantiate for one candidate's model beyond its defaults.
+
+    A family candidate: the base list + its family's fitted types. An estimator candidate (import path):
+    the base list + the built-in families' fitted types (scikit-learn's own tree internals) + the types
+    its config entry lists in ``trusted_types`` (each under ``training.estimator_modules``). Never what
+    the fitted model itself asks for: training refuses a model that needs more
+    (:func:`~mlops_bundle.training.runs.check_saveable`), so everything registered loads with this list.
+    """
     types = set(BASE_TRUSTED_TYPES)
-    for spec in cfg.training.candidates:
+    if spec.family:
         family = FAMILIES.get(spec.family)
         if family is not None:
             types.update(family.fitted_types)
+    else:
+        for family in FAMILIES.values():
+            types.update(family.fitted_types)
+        types.update(spec.trusted_types)
+    return sorted(types)
+
+
+def trusted_types(cfg: BundleConfig) -> list[str]:
+    """What skops may instantiate beyond its defaults: the union of the configured candidates' lists."""
+    types = set(BASE_TRUSTED_TYPES)
+    for spec in cfg.training.candidates:
+        types.update(candidate_trusted_types(spec))
     return sorted(types)
 
 
@@ -88,6 +108,6 @@ def load_model(cfg: BundleConfig, model_uri: str, client: Any = None):
         except UntrustedTypesFoundException as exc:
             raise ProvenanceError(
                 f"{name} version {mv.version} holds types the bundle does not trust ({exc}); trusted: "
-                f"{trusted_types(cfg)} (the families of training.candidates). Not loaded: if it is an older "
-                "model of a family removed from the config, add the family back"
+                f"{trusted_types(cfg)} (the families/estimators of training.candidates). Not loaded: if it is an "
+                "older model of a family or estimator removed from the config, add that candidate back"
             ) from None

@@ -10,7 +10,9 @@ holdout. scikit-learn is imported inside the functions that need it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import pandas as pd
 
 from mlops_bundle.config import BundleConfig, CandidateSpec
 from mlops_bundle.features import feature_types, positive_class_index, predict_positive
+from mlops_bundle.task_types import task_type
 from mlops_bundle.training.window import TrainingError, Window
 
 log = logging.getLogger(__name__)
@@ -34,13 +37,15 @@ PIPELINE_VERSION = 1
 class Family:
     """A model family a candidate can name: which estimator, how its numeric inputs are prepared."""
 
-    estimator: str  # dotted path of the sklearn classifier
+    estimator: str  # dotted path of the sklearn estimator class
     scale_numeric: bool  # linear models need standardised inputs; trees do not care
     dense: bool = False  # the estimator refuses sparse input (HistGradientBoosting)
     defaults: dict[str, Any] = field(default_factory=dict)
     # types a fitted estimator of this family holds beyond skops' defaults: what loading must trust
     # (tests/unit/test_loading.py checks this list against a fitted model of every family)
     fitted_types: tuple[str, ...] = ()
+    # the kind of task it fits: "classification" (binary, multiclass) or "regression" (TaskType.evidently_kind)
+    kind: str = "classification"
 
     def make(self, params: dict[str, Any], seed: int):
         """A fresh, unfitted estimator with defaults < params, seeded when it takes a random_state."""
@@ -53,31 +58,128 @@ class Family:
         return est
 
 
+_TREE = ("sklearn.tree._tree.Tree",)
+_HIST_TREE = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
 FAMILIES: dict[str, Family] = {
     # lbfgs needs more than the default 100 iterations on one-hot + scaled data of this size
     "logistic_regression": Family(
         "sklearn.linear_model.LogisticRegression", scale_numeric=True, defaults={"max_iter": 2000}
     ),
     "random_forest": Family(
-        "sklearn.ensemble.RandomForestClassifier",
-        scale_numeric=False,
-        fitted_types=("sklearn.tree._tree.Tree",),
+        "sklearn.ensemble.RandomForestClassifier", scale_numeric=False, fitted_types=_TREE
     ),
     "hist_gradient_boosting": Family(
         "sklearn.ensemble.HistGradientBoostingClassifier",
         scale_numeric=False,
         dense=True,
-        fitted_types=("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
+        fitted_types=_HIST_TREE,
+    ),
+    # the regression counterparts (dataset.task: regression)
+    "ridge": Family("sklearn.linear_model.Ridge", scale_numeric=True, kind="regression"),
+    "random_forest_regressor": Family(
+        "sklearn.ensemble.RandomForestRegressor", scale_numeric=False, fitted_types=_TREE, kind="regression"
+    ),
+    "hist_gradient_boosting_regressor": Family(
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        scale_numeric=False,
+        dense=True,
+        fitted_types=_HIST_TREE,
+        kind="regression",
     ),
 }
+# what to name instead when a family of the other kind is configured (named in the refusal)
+COUNTERPARTS = {
+    "logistic_regression": "ridge",
+    "random_forest": "random_forest_regressor",
+    "hist_gradient_boosting": "hist_gradient_boosting_regressor",
+}
+COUNTERPARTS.update({v: k for k, v in COUNTERPARTS.items()})
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _where(cfg: BundleConfig) -> str:
+    return f"training.candidates in {cfg.source or 'the config file'}"
+
+
+def families_for(cfg: BundleConfig) -> list[str]:
+    """The built-in family names that fit ``dataset.task``."""
+    kind = task_type(cfg.dataset.task).evidently_kind
+    return sorted(n for n, f in FAMILIES.items() if f.kind == kind)
+
+
+def _estimator_family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
+    """A :class:`Family` for a candidate naming an estimator by import path, after checking the path.
+
+    An import path is code execution: importing a module runs its top-level code, so nothing outside
+    ``training.estimator_modules`` is ever imported (the check is on the dotted name, before the import).
+    """
+    path = str(spec.estimator)
+    allowed = cfg.training.estimator_modules
+    if not _DOTTED.fullmatch(path) or not cfg.training.module_allowed(path):
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} is not a dotted import path under "
+            f"training.estimator_modules {allowed} (importing a module runs its code, so only those "
+            f"modules are allowed); fix {_where(cfg)} or, if you trust that library, add its prefix there"
+        )
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} cannot be imported ({exc}); fix {_where(cfg)}"
+        ) from None
+    if not inspect.isclass(cls):
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} is a {type(cls).__name__}, not a class; name an "
+            f"estimator class (e.g. sklearn.ensemble.ExtraTreesRegressor) in {_where(cfg)}"
+        )
+    try:
+        from sklearn.base import is_classifier, is_regressor
+
+        probe = cls()
+        classifier, regressor = is_classifier(probe), is_regressor(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure to build it bare is the config's problem
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} cannot be built without arguments ({exc}); "
+            f"name an estimator whose required settings all have defaults in {_where(cfg)}"
+        ) from None
+    task = task_type(cfg.dataset.task)
+    missing = [
+        m for m in ("get_params", "set_params", "fit", "predict") if not callable(getattr(probe, m, None))
+    ]
+    if missing:
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} is not scikit-learn compatible (lacks {missing}); "
+            f"fix {_where(cfg)}"
+        )
+    if task.is_classification and not classifier or not task.is_classification and not regressor:
+        what = (
+            "classifier" if classifier else "regressor" if regressor else "neither classifier nor regressor"
+        )
+        raise TrainingError(
+            f"candidate {spec.name!r}: estimator {path!r} is a {what}, but dataset.task is {task.name!r} "
+            f"(needs a {task.model_kind}); fix {_where(cfg)}"
+        )
+    return Family(path, scale_numeric=True, dense=True, kind=task.evidently_kind)
 
 
 def _family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
-    fam = FAMILIES.get(spec.family)
+    if spec.estimator:
+        return _estimator_family(spec, cfg)
+    fam = FAMILIES.get(str(spec.family))
+    task = task_type(cfg.dataset.task)
     if fam is None:
         raise TrainingError(
-            f"candidate {spec.name!r} names unknown model family {spec.family!r}; known families: "
-            f"{sorted(FAMILIES)}; fix training.candidates in {cfg.source or 'the config file'}"
+            f"candidate {spec.name!r} names unknown model family {spec.family!r}; known families for task "
+            f"{task.name!r}: {families_for(cfg)} (or name an estimator by import path); fix {_where(cfg)}"
+        )
+    if fam.kind != task.evidently_kind:
+        instead = COUNTERPARTS.get(str(spec.family))
+        raise TrainingError(
+            f"candidate {spec.name!r} (training.candidates[].family) names {spec.family!r}, a "
+            f"{fam.kind} family, but dataset.task is {task.name!r}; families for it: {families_for(cfg)}"
+            + (f" (use {instead!r} instead)" if instead else "")
+            + f"; fix {_where(cfg)}"
         )
     return fam
 
@@ -97,10 +199,15 @@ def build_estimator(spec: CandidateSpec, cfg: BundleConfig):
     except (ValueError, TypeError) as exc:
         bad = [p for p in spec.params if f"'{p}'" in str(exc)]
         which = f"parameter {bad[0]!r}" if bad else f"params {dict(spec.params)}"
+        kind = f"family {spec.family!r}" if spec.family else f"estimator {spec.estimator!r}"
         raise TrainingError(
-            f"candidate {spec.name!r} (family {spec.family!r}) has a bad {which}: {exc}; fix "
-            f"training.candidates in {cfg.source or 'the config file'}"
+            f"candidate {spec.name!r} ({kind}) has a bad {which}: {exc}; fix {_where(cfg)}"
         ) from None
+    if task_type(cfg.dataset.task).probabilistic and not callable(getattr(est, "predict_proba", None)):
+        raise TrainingError(
+            f"candidate {spec.name!r}: {spec.model!r} with params {dict(spec.params)} has no predict_proba, "
+            f"which task {cfg.dataset.task!r} needs (its metrics score probabilities); fix {_where(cfg)}"
+        )
     return est
 
 
@@ -190,15 +297,19 @@ def model_input(df: pd.DataFrame, cfg: BundleConfig) -> pd.DataFrame:
 
 
 def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
-    """Score a fitted classifier on ``df`` (``features.THRESHOLD`` on the positive-class probability).
+    """Score a fitted model on ``df`` with the metrics of ``dataset.task`` (``task_types.TASKS``) + ``rows``.
 
-    Returns roc_auc, f1, precision, recall, accuracy, log_loss, rows, positive_rate (share of actual
-    positives) and predicted_positive_rate. roc_auc/log_loss are NaN when ``df`` has one class only.
+    - binary: roc_auc, f1, precision, recall, accuracy, log_loss (``features.THRESHOLD`` on the
+      positive-class probability), positive_rate (share of actual positives), predicted_positive_rate;
+      roc_auc/log_loss are NaN when ``df`` has one class only;
+    - multiclass: f1_macro, accuracy, log_loss (over the model's classes), precision_macro, recall_macro,
+      roc_auc_ovr; the last is NaN unless every class of the model occurs in ``df``, log_loss/roc_auc_ovr
+      NaN when ``df`` holds a class the model never saw;
+    - regression: rmse, mae, r2 (NaN below two rows), mape.
+
     The promotion gate calls this on the challenger's holdout for both models, so they are compared on
     identical rows with identical code.
     """
-    from sklearn import metrics as skm
-
     target = cfg.dataset.target
     features = _model_features(model, cfg)
     missing = [c for c in features + [target] if c not in df.columns]
@@ -207,16 +318,31 @@ def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
             f"evaluation data lacks column(s) {missing} that the model/config needs; "
             f"it has {list(df.columns)}"
         )
+    task = task_type(cfg.dataset.task)
+    X, y = df[features], df[target].to_numpy()
+    if task.name == "regression":
+        out = _regression_metrics(model.predict(X), y)
+    elif task.name == "multiclass":
+        out = _multiclass_metrics(model, X, y, cfg)
+    else:
+        out = _binary_metrics(model, X, y, cfg)
+    out["rows"] = float(len(df))
+    return out
+
+
+def _binary_metrics(model, X: pd.DataFrame, y_raw: np.ndarray, cfg: BundleConfig) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     classes = list(model.classes_)
     try:
         pos = positive_class_index(classes)
     except ValueError as exc:
         raise TrainingError(
-            f"{exc}: target {target!r} must have exactly two classes (this bundle trains binary "
-            f"classifiers); check the window's data and dataset.target in {cfg.source or 'the config'}"
+            f"{exc}: target {cfg.dataset.target!r} must have exactly two classes for dataset.task 'binary' "
+            f"(use 'multiclass' for more); check the window's data and dataset.task in {cfg.source or 'the config'}"
         ) from None
-    proba = model.predict_proba(df[features])[:, pos]
-    y = (df[target].to_numpy() == classes[pos]).astype(int)
+    proba = model.predict_proba(X)[:, pos]
+    y = (y_raw == classes[pos]).astype(int)
     pred = predict_positive(proba)
     both = len(np.unique(y)) == 2
     return {
@@ -226,16 +352,63 @@ def evaluate(model, df: pd.DataFrame, cfg: BundleConfig) -> dict[str, float]:
         "recall": float(skm.recall_score(y, pred, zero_division=0)),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "log_loss": float(skm.log_loss(y, proba, labels=[0, 1])) if both else float("nan"),
-        "rows": float(len(df)),
         "positive_rate": float(y.mean()) if len(y) else float("nan"),
         "predicted_positive_rate": float(pred.mean()) if len(pred) else float("nan"),
+    }
+
+
+def _multiclass_metrics(model, X: pd.DataFrame, y: np.ndarray, cfg: BundleConfig) -> dict[str, float]:
+    from sklearn import metrics as skm
+
+    classes = np.asarray(model.classes_)
+    if len(classes) < 2:
+        raise TrainingError(
+            f"the model knows {len(classes)} class(es) of {cfg.dataset.target!r}; dataset.task 'multiclass' "
+            "needs at least two: widen the training window"
+        )
+    proba = np.asarray(model.predict_proba(X))
+    pred = classes[proba.argmax(axis=1)] if len(proba) else np.asarray([], dtype=classes.dtype)
+    nan = float("nan")
+    seen = set(np.unique(y).tolist()) if len(y) else set()
+    known = set(classes.tolist())
+    out = {
+        "f1_macro": float(skm.f1_score(y, pred, average="macro", zero_division=0)) if len(y) else nan,
+        "accuracy": float(skm.accuracy_score(y, pred)) if len(y) else nan,
+        "precision_macro": float(skm.precision_score(y, pred, average="macro", zero_division=0))
+        if len(y)
+        else nan,
+        "recall_macro": float(skm.recall_score(y, pred, average="macro", zero_division=0)) if len(y) else nan,
+        # a holdout class the model never saw has no probability column: no log loss or AUC
+        "log_loss": float(skm.log_loss(y, proba, labels=classes)) if len(y) and seen <= known else nan,
+        # one-vs-rest AUC is undefined for a class with no holdout rows
+        "roc_auc_ovr": float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        if seen == known
+        else nan,
+    }
+    return out
+
+
+def _regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm
+
+    nan = float("nan")
+    y = y.astype("float64")
+    pred = np.asarray(pred, dtype="float64")
+    if not len(y):
+        return {"rmse": nan, "mae": nan, "r2": nan, "mape": nan}
+    return {
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "r2": float(skm.r2_score(y, pred)) if len(y) >= 2 else nan,
+        "mape": float(skm.mean_absolute_percentage_error(y, pred)),
     }
 
 
 def train_candidate(spec: CandidateSpec, window: Window, cfg: BundleConfig) -> tuple[Any, dict[str, float]]:
     """Fit the candidate's pipeline on ``window.train`` and score it on ``window.holdout``.
 
-    Returns (fitted Pipeline, metrics); metrics also carry fit_seconds and train_rows. Convergence
+    The fitted pipeline must be one the bundle can save and load back safely with skops (TrainingError
+    otherwise, see :func:`~mlops_bundle.training.runs.check_saveable`). Returns (fitted Pipeline, metrics); metrics also carry fit_seconds and train_rows. Convergence
     warnings are logged, not raised: a slightly under-converged model is still judged by its holdout score.
     """
     from sklearn.exceptions import ConvergenceWarning
@@ -254,12 +427,15 @@ def train_candidate(spec: CandidateSpec, window: Window, cfg: BundleConfig) -> t
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             log.warning("candidate %s: %s", spec.name, w.message)
+    from mlops_bundle.training.runs import check_saveable  # runs imports this module
+
+    check_saveable(spec, pipe, cfg)
     metrics = evaluate(pipe, window.holdout, cfg)
     metrics.update({"fit_seconds": round(fit_s, 3), "train_rows": float(len(window.train))})
     log.info(
         "candidate %s (%s): fit %d rows in %.2fs, holdout %s=%.4f",
         spec.name,
-        spec.family,
+        spec.model,
         len(X),
         fit_s,
         cfg.training.metric,

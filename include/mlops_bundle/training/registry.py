@@ -20,11 +20,22 @@ from typing import Any
 
 from mlops_bundle import provenance, tracking
 from mlops_bundle.config import BundleConfig, CandidateSpec
+from mlops_bundle.task_types import lower_is_better, task_type
 from mlops_bundle.training.models import PIPELINE_VERSION
 from mlops_bundle.training.runs import MODEL_ARTIFACT
 from mlops_bundle.training.window import TrainingError
 
 log = logging.getLogger(__name__)
+
+
+def _spec_payload(spec: CandidateSpec) -> dict[str, Any]:
+    """A spec as hashed: fields at their "absent" value are left out, so keys of configs written before
+    those fields existed do not change."""
+    d = spec.model_dump(mode="json")
+    for k in ("family", "estimator", "trusted_types"):
+        if not d.get(k):
+            d.pop(k, None)
+    return d
 
 
 def train_key(
@@ -33,13 +44,15 @@ def train_key(
     """A stable sha256 (hex) of everything that determines the trained models.
 
     Data fingerprint, candidate specs (order-insensitive), selection metric, holdout fraction, seed,
-    features/target and their dtypes, scikit-learn version and PIPELINE_VERSION. A rerun of the same
-    train run on the same data and params gets the same key, so :func:`register_best` can recognise it.
+    features/target and their dtypes, the task, how the window is split, scikit-learn version and
+    PIPELINE_VERSION. A rerun of the same train run on the same data and params gets the same key. Called
+    with one spec it is that candidate's own key (:func:`model_key`), which :func:`register_best` dedupes
+    versions by.
     """
     specs = spec_or_specs if isinstance(spec_or_specs, list) else [spec_or_specs]
     payload = {
         "data": window_fingerprint,
-        "candidates": sorted((s.model_dump(mode="json") for s in specs), key=lambda d: d["name"]),
+        "candidates": sorted((_spec_payload(s) for s in specs), key=lambda d: d["name"]),
         "metric": cfg.training.metric,
         "holdout_fraction": cfg.training.holdout_fraction,
         "seed": cfg.training.seed,
@@ -53,7 +66,38 @@ def train_key(
         "sklearn": importlib.metadata.version("scikit-learn"),
         "pipeline_version": PIPELINE_VERSION,
     }
+    if cfg.dataset.task != "binary":  # binary keys stay as they were before tasks existed
+        payload["task"] = cfg.dataset.task
+    if cfg.dataset.timestamp_column is None:  # row order (so the split) then depends on the id column
+        payload["id"] = cfg.dataset.id_column
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def model_key(window_fingerprint: str, spec: CandidateSpec, cfg: BundleConfig) -> str:
+    """One candidate's own key: its spec + the data + the rest of :func:`train_key`, not the other
+    candidates. A training result carrying it as ``model_key`` makes :func:`register_best` reuse the
+    version of the same model however many other candidates ran beside it."""
+    return train_key(window_fingerprint, spec, cfg)
+
+
+def select_best(cfg: BundleConfig, results: list[dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+    """(value, result) of the best candidate by ``training.metric``: highest, or lowest for a metric in
+    ``task_types.LOWER_IS_BETTER`` (rmse, log_loss, ...). Ties: first by candidate name; NaN never wins."""
+    metric = cfg.training.metric
+    scored = []
+    for r in results:
+        value = (r.get("metrics") or {}).get(metric)
+        if value is not None and not math.isnan(float(value)):
+            scored.append((float(value), r))
+    if not scored:
+        raise TrainingError(
+            f"none of the candidates {[r.get('candidate') for r in results]} reported training.metric "
+            f"{metric!r} (a number): check the metric name in {cfg.source} (evaluate() reports "
+            f"{', '.join(task_type(cfg.dataset.task).metrics)} for dataset.task {cfg.dataset.task!r})"
+        )
+    top = min(v for v, _ in scored) if lower_is_better(metric) else max(v for v, _ in scored)
+    best = sorted((r for v, r in scored if v == top), key=lambda r: str(r["candidate"]))[0]
+    return top, best
 
 
 def _versions_with_key(c, name: str, key: str) -> list:
@@ -61,7 +105,9 @@ def _versions_with_key(c, name: str, key: str) -> list:
     return sorted(found, key=lambda mv: int(mv.version))
 
 
-def _version_result(c, cfg: BundleConfig, mv, reused: bool, fallback: dict[str, Any]) -> dict[str, Any]:
+def _version_result(
+    c, cfg: BundleConfig, mv, reused: bool, fallback: dict[str, Any], key: str
+) -> dict[str, Any]:
     run_id = mv.run_id or fallback.get("run_id")
     metrics = dict(fallback.get("metrics") or {})
     candidate = (mv.tags or {}).get("candidate") or fallback.get("candidate")
@@ -78,6 +124,7 @@ def _version_result(c, cfg: BundleConfig, mv, reused: bool, fallback: dict[str, 
         "metrics": metrics,
         "reused": reused,
         "model_uri": f"models:/{cfg.model_name}/{version}",
+        "train_key": key,
     }
 
 
@@ -130,29 +177,21 @@ def register_best(
 ) -> dict[str, Any]:
     """Register the best candidate's model as a version of ``cfg.model_name``, once per ``key``.
 
-    ``results``: ``[{"candidate", "run_id", "metrics"}]``. Best = highest ``training.metric`` (ties: first by
-    candidate name; NaN never wins). Idempotency: a version tagged ``train_key == key`` is looked up first
-    and returned with ``reused: True``. The tags are written in the same create call as the version
-    (one transaction in MLflow's SQL store), so a version either exists *with* its key or not at all: if
-    the server dies after creating it and before answering, the retry finds it by the tag instead of adding
-    a second. Two workers registering the same key at the same moment can still both create one; the
-    loser notices (a lower version carries the same key), deletes its own fresh, un-aliased version and
-    returns the winner's. Returns {version, run_id, candidate, metrics, reused, model_uri}.
+    ``results``: ``[{"candidate", "run_id", "metrics"}]``, each optionally with ``model_key`` (that
+    candidate's :func:`model_key`). Best: :func:`select_best`. Idempotency: the version is keyed by the
+    winner's ``model_key`` when it carries one (so a run with a different subset of candidates that picks
+    the same model reuses its version), else by ``key``; a version tagged ``train_key == that key`` is
+    looked up first and returned with ``reused: True``. The tags are written in the same create call as
+    the version (one transaction in MLflow's SQL store), so a version either exists *with* its key or not
+    at all: if the server dies after creating it and before answering, the retry finds it by the tag
+    instead of adding a second. Two workers registering the same key at the same moment can still both
+    create one; the loser notices (a lower version carries the same key), deletes its own fresh,
+    un-aliased version and returns the winner's. Returns {version, run_id, candidate, metrics, reused,
+    model_uri, train_key} (``train_key``: the key the version carries).
     """
     metric = cfg.training.metric
-    scored = []
-    for r in results:
-        value = (r.get("metrics") or {}).get(metric)
-        if value is not None and not math.isnan(float(value)):
-            scored.append((float(value), r))
-    if not scored:
-        raise TrainingError(
-            f"none of the candidates {[r.get('candidate') for r in results]} reported training.metric "
-            f"{metric!r} (a number): check the metric name in {cfg.source} (evaluate() reports "
-            "roc_auc, f1, precision, recall, accuracy, log_loss)"
-        )
-    top = max(v for v, _ in scored)
-    best = sorted((r for v, r in scored if v == top), key=lambda r: str(r["candidate"]))[0]
+    top, best = select_best(cfg, results)
+    key = str(best.get("model_key") or key)
     name = cfg.model_name
     tracking.check_reachable(cfg)
     c = tracking.client(cfg)
@@ -160,10 +199,11 @@ def register_best(
     existing = _versions_with_key(c, name, key)
     if existing:
         log.info("%s version %s already holds train_key %s: reusing it", name, existing[0].version, key[:12])
-        return _version_result(c, cfg, existing[0], True, best)
+        return _version_result(c, cfg, existing[0], True, best, key)
 
     try:
-        c.create_registered_model(name, description=f"{cfg.dataset.name} classifier (mlops_bundle)")
+        kind = task_type(cfg.dataset.task).model_kind
+        c.create_registered_model(name, description=f"{cfg.dataset.name} {kind} (mlops_bundle)")
     except Exception as exc:
         if tracking.error_code(exc) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
@@ -175,6 +215,7 @@ def register_best(
             "train_key": key,
             "candidate": str(best["candidate"]),
             "family": run_tags.get("family", ""),
+            **({"estimator": run_tags["estimator"]} if run_tags.get("estimator") else {}),
             "data_fingerprint": run_tags.get("data_fingerprint", ""),
             "metric": metric,
             **{f"metric.{k}": f"{float(v):.6g}" for k, v in best["metrics"].items()},
@@ -197,7 +238,7 @@ def register_best(
             mv.version,
         )
         c.delete_model_version(name, str(mv.version))
-        return _version_result(c, cfg, same[0], True, best)
+        return _version_result(c, cfg, same[0], True, best, key)
     log.info(
         "registered %s version %s from run %s (candidate %s, %s=%.4f)",
         name,
@@ -207,4 +248,4 @@ def register_best(
         metric,
         top,
     )
-    return _version_result(c, cfg, mv, False, best)
+    return _version_result(c, cfg, mv, False, best, key)

@@ -24,8 +24,9 @@ import pandas as pd
 
 from mlops_bundle import tracking
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig, CandidateSpec
+from mlops_bundle.training.loading import candidate_trusted_types
 from mlops_bundle.training.models import _model_features, model_input
-from mlops_bundle.training.window import Window
+from mlops_bundle.training.window import TrainingError, Window
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,34 @@ def skops_trusted_types(model) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(_skeleton(model))))
 
 
+def check_saveable(spec: CandidateSpec, model, cfg: BundleConfig) -> list[str]:
+    """The types skops must trust to load ``model`` back; TrainingError if any is outside the bundle's list.
+
+    The allowed list is :func:`~mlops_bundle.training.loading.candidate_trusted_types` (skops' defaults +
+    the base list + the family's fitted types, or an estimator candidate's explicit ``trusted_types``):
+    loading uses the same list, so a model that passes here loads, and a type nobody vetted (an estimator
+    holding, say, a custom function or an unknown helper class) is refused now, before it is logged,
+    instead of being trusted because the fitted object asked for it.
+    """
+    needed = skops_trusted_types(model)
+    allowed = candidate_trusted_types(spec)
+    outside = sorted(set(needed) - set(allowed))
+    if outside:
+        hint = (
+            "if those types are safe to instantiate, list them in the candidate's trusted_types (under "
+            "training.estimator_modules)"
+            if spec.estimator
+            else "this family's fitted_types in mlops_bundle.training.models is out of date (a bug)"
+        )
+        raise TrainingError(
+            f"candidate {spec.name!r} ({spec.model}): the fitted model holds type(s) {outside} that skops "
+            f"does not trust by default and the bundle was not told to trust (trusted: {allowed}), so it "
+            f"could not be loaded back safely; {hint} in {cfg.source or 'the config file'}, or choose "
+            "another estimator"
+        )
+    return needed
+
+
 def close_interrupted_runs(c, experiment_id: str, owner_tags: dict[str, str]) -> list[str]:
     """Mark runs an interrupted earlier attempt left RUNNING as FAILED (and their unfinished logged models).
 
@@ -225,7 +254,9 @@ def log_candidate(
     all_tags.update(
         {
             "candidate": spec.name,
-            "family": spec.family,
+            "family": spec.family or "",
+            **({"estimator": spec.estimator} if spec.estimator else {}),
+            "task": cfg.dataset.task,
             "data_fingerprint": window.fingerprint,
             "data_partitions": str(len(window.partitions)),
             "git_commit": git_commit(),
@@ -235,7 +266,8 @@ def log_candidate(
     owner = {str(k): str(v) for k, v in (tags or {}).items()}
     if owner:  # a retry of the same candidate in the same caller run: close what the last attempt left open
         close_interrupted_runs(tracking.client(cfg), exp_id, {**owner, "candidate": spec.name})
-    params: dict[str, Any] = {"family": spec.family, "candidate": spec.name}
+    params: dict[str, Any] = {"candidate": spec.name}
+    params.update({"family": spec.family} if spec.family else {"estimator": spec.estimator})
     params.update({f"model.{k}": v for k, v in spec.params.items()})
     params.update(
         {
@@ -268,10 +300,14 @@ def log_candidate(
         # the input example is rows of training data, stored by MLflow as plaintext JSON next to the model:
         # with encryption on it is not logged (the signature still declares the input schema)
         example = None if cfg.encryption.enabled else model_input(window.train.head(5), cfg)[features]
-        signature = ModelSignature(
-            inputs=_schema(cfg, features, True), outputs=_schema(cfg, [cfg.dataset.target], True)
-        )
-        trusted = skops_trusted_types(model) if SERIALIZATION_FORMAT == "skops" else None
+        if cfg.dataset.task == "regression":  # a regressor predicts floats, whatever the target's dtype
+            from mlflow.types import ColSpec, Schema
+
+            outputs = Schema([ColSpec("double", cfg.dataset.target)])
+        else:
+            outputs = _schema(cfg, [cfg.dataset.target], True)
+        signature = ModelSignature(inputs=_schema(cfg, features, True), outputs=outputs)
+        trusted = check_saveable(spec, model, cfg) if SERIALIZATION_FORMAT == "skops" else None
         mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,

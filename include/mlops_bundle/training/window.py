@@ -46,7 +46,8 @@ class Window:
     """The data of one training run: train and holdout frames split by time, plus where they came from.
 
     ``split_ts`` is the ISO timestamp of the boundary: every holdout row has ``timestamp >= split_ts``
-    and every train row ``timestamp < split_ts``. ``fingerprint`` identifies the window's input data.
+    and every train row ``timestamp < split_ts`` (without ``dataset.timestamp_column``: the batch date of
+    the row's partition, midnight). ``fingerprint`` identifies the window's input data.
     ``train_uri``/``holdout_uri`` are set once the window was saved with :func:`save_window`.
     """
 
@@ -97,14 +98,29 @@ def _read_parquet(store: Storage, key: str) -> pd.DataFrame:
 
 
 def _check_classes(df: pd.DataFrame, cfg: BundleConfig, what: str) -> None:
-    target = cfg.dataset.target
-    classes = df[target].dropna().unique().tolist()
-    if len(classes) < 2:
-        only = f"only class {classes[0]}" if len(classes) else "no labelled rows"
+    """The target can be learnt from ``df``: binary needs both classes, multiclass at least two,
+    regression at least two distinct values (a constant target leaves nothing to learn)."""
+    target, task = cfg.dataset.target, cfg.dataset.task
+    values = df[target].dropna().unique().tolist()
+    if len(values) >= 2 and not (task == "binary" and len(values) > 2):
+        return
+    widen = "widen the window (training.window_days or the window_days param) or ingest more days"
+    if task == "binary" and len(values) > 2:
         raise TrainingError(
-            f"{what} contains {only} of {target!r} ({len(df)} rows): a classifier needs both classes; "
-            "widen the window (training.window_days or the window_days param) or ingest more days"
+            f"{what} has {len(values)} classes of {target!r} ({sorted(map(str, values))[:10]}): dataset.task "
+            f"'binary' needs exactly two; set dataset.task: multiclass in {cfg.source or 'the config'}"
         )
+    if task == "regression":
+        only = f"the single value {values[0]}" if values else "no labelled rows"
+        raise TrainingError(
+            f"{what} has {only} for target {target!r} ({len(df)} rows): a regressor needs a target that "
+            f"varies; {widen}, or check dataset.target in {cfg.source or 'the config'}"
+        )
+    only = f"only class {values[0]}" if values else "no labelled rows"
+    need = "both classes" if task == "binary" else "at least two classes"
+    raise TrainingError(
+        f"{what} contains {only} of {target!r} ({len(df)} rows): a classifier needs {need}; {widen}"
+    )
 
 
 def assemble_window(
@@ -114,8 +130,9 @@ def assemble_window(
 
     Only partitions with a manifest count: ingest writes the manifest last, so a half-written or
     quarantined batch is never trained on. The holdout is the most recent ``holdout_fraction`` of rows by
-    ``dataset.timestamp_column``; rows sharing the boundary timestamp all go to the holdout so no instant
-    is on both sides. Raises TrainingError for an empty window, too few rows, or a side with one class.
+    ``dataset.timestamp_column`` (without one: by batch date, so whole days go to the holdout); rows
+    sharing the boundary instant all go to the holdout so no instant is on both sides. Rows are ordered
+    by that instant, then ``dataset.id_column`` (without one: the file's row order). Raises TrainingError for an empty window, too few rows, or a side with one class.
     """
     days = window_days or cfg.training.window_days
     start, end = _dates(end_date, days)
@@ -154,6 +171,10 @@ def assemble_window(
             }
         )
         log.info("  %s: %d rows (%s)", date, len(df), manifest["fingerprint"][:19])
+    # the batch date of every row (frames are in date order): the split key without a timestamp column
+    batch_dates = pd.Series(
+        pd.to_datetime([p["date"] for p in partitions]).repeat([len(f) for f in frames]), name=None
+    )
     data = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
     del frames
     data = _normalise_dtypes(data, cfg)
@@ -164,28 +185,40 @@ def assemble_window(
             f"window {start}..{end} under {base_uri} holds {n} rows in {len(dates)} partition(s), fewer than "
             f"training.min_rows={cfg.training.min_rows}: widen the window or ingest more days"
         )
-    ts_col, target = cfg.dataset.timestamp_column, cfg.dataset.target
+    ts_col, id_col, target = cfg.dataset.timestamp_column, cfg.dataset.id_column, cfg.dataset.target
     for col in (ts_col, target):
-        missing = int(data[col].isna().sum())
+        missing = int(data[col].isna().sum()) if col is not None else 0
         if missing:
             raise TrainingError(
                 f"column {col!r} has {missing} missing values in window {start}..{end} under {base_uri}; "
                 "the GX suite should have rejected those batches: check it and re-run the ingest DAG"
             )
 
-    data = data.sort_values([ts_col, cfg.dataset.id_column], kind="stable", ignore_index=True)
+    # stable order: timestamp (else batch date), then id (else the file's row order within a batch)
+    if ts_col is not None:
+        when = data[ts_col].reset_index(drop=True)
+        split_name = repr(ts_col)
+    else:
+        when = batch_dates
+        split_name = "the batch date (no dataset.timestamp_column)"
+    order = pd.DataFrame({"_when": when.to_numpy()})
+    if id_col is not None:
+        order["_id"] = data[id_col].to_numpy()
+    positions = order.sort_values(list(order.columns), kind="stable").index.to_numpy()
+    data = data.iloc[positions].reset_index(drop=True)
+    when = when.iloc[positions].reset_index(drop=True)
     n_hold = max(1, math.ceil(n * cfg.training.holdout_fraction))
-    boundary = data[ts_col].iloc[n - n_hold]
-    is_hold = (data[ts_col] >= boundary).to_numpy()
+    boundary = when.iloc[n - n_hold]
+    is_hold = (when >= boundary).to_numpy()
     train, holdout = data.loc[~is_hold].reset_index(drop=True), data.loc[is_hold].reset_index(drop=True)
     window_name = f"window {start}..{end}"
     if len(train) == 0:
         raise TrainingError(
-            f"{window_name}: every row has a timestamp >= {boundary} ({ts_col!r}), so nothing is left to "
-            "train on before the holdout; widen the window"
+            f"{window_name}: every row has {split_name} >= {boundary}, so nothing is left to train on before "
+            "the holdout (rows of one instant never straddle the split); widen the window"
         )
-    _check_classes(train, cfg, f"the train set of {window_name} ({ts_col} < {boundary})")
-    _check_classes(holdout, cfg, f"the holdout of {window_name} ({ts_col} >= {boundary})")
+    _check_classes(train, cfg, f"the train set of {window_name} ({split_name} < {boundary})")
+    _check_classes(holdout, cfg, f"the holdout of {window_name} ({split_name} >= {boundary})")
     window = Window(
         train=train,
         holdout=holdout,
@@ -201,7 +234,7 @@ def assemble_window(
         n,
         len(train),
         len(holdout),
-        ts_col,
+        split_name,
         window.split_ts,
         window.fingerprint,
     )
