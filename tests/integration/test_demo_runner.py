@@ -39,15 +39,7 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
         "AIRFLOW_CONN_MLOPS_KEYSET": json.dumps({"conn_type": "generic", "password": keyset}),
         "MLOPS_AUDIT__STORE_URI": f"sqlite:///{tmp_path / 'audit.db'}",
     }
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "demo", "--timeout", "600", "--settle", "8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    out = _demo(env)
     assert "RESULT: OK" in out
     assert "rows ingested : 5000" in out
     assert "expect_column_values_to_be_in_set" in out  # the corrupt batch's failure is explained
@@ -75,19 +67,25 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
 
     # a second `make demo` on the same checkout works: the same batches are unchanged, so their ingest
     # runs end with the gate task skipped, publish no event and start no train run
-    again = subprocess.run(
+    out2 = _demo(env)
+    assert "RESULT: OK" in out2
+    assert out2.count("unchanged     : batch churn/") == 2, out2[-6000:]
+    assert not re.search(r"^train  ", out2, re.M), "an unchanged re-ingest must not start a train run"
+    assert "expect_column_values_to_be_in_set" in out2  # the corrupt batch is still stopped at the gate
+
+
+def _demo(env: dict) -> str:
+    """`make demo`'s runner in a subprocess; its output (it must exit 0)."""
+    proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "demo", "--timeout", "600", "--settle", "8"],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    out2 = again.stdout + again.stderr
-    assert again.returncode == 0, out2[-6000:]
-    assert "RESULT: OK" in out2
-    assert out2.count("unchanged     : batch churn/") == 2, out2[-6000:]
-    assert not re.search(r"^train  ", out2, re.M), "an unchanged re-ingest must not start a train run"
-    assert "expect_column_values_to_be_in_set" in out2  # the corrupt batch is still stopped at the gate
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
 
 
 def _no_key_material_in_logs(logs, keyset):
