@@ -13,6 +13,7 @@ Overrides (for tests and for running a second copy beside the first; the README'
   DEMO_DAGS_FOLDER       DAG folder (default: <project>/dags)
   DEMO_WORKER_LOG_PORT   port of the task log server (default: 8793)
   DEMO_TRIGGER_LOG_PORT  port of the triggerer's log server (default: 8794)
+  DEMO_EXECUTOR          executor class path (default: the bundle's preloading LocalExecutor, EXECUTOR)
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ WORKER_LOG_PORT = int(os.environ.get("DEMO_WORKER_LOG_PORT") or 8793)
 TRIGGER_LOG_PORT = int(os.environ.get("DEMO_TRIGGER_LOG_PORT") or 8794)
 DAGS_FOLDER = Path(os.environ.get("DEMO_DAGS_FOLDER") or PROJECT_ROOT / "dags").resolve()
 PLUGINS_FOLDER = PROJECT_ROOT / "plugins"
+# a LocalExecutor whose scheduler imports the task bodies' libraries once before forking its workers
+# (plugins/mlops_airflow/local_executor.py; MLOPS_WORKER_PRELOAD=false turns the preload off; restart the
+# scheduler to run edited library code). plugins/ is on the scheduler's sys.path (PLUGINS_FOLDER).
+EXECUTOR = os.environ.get("DEMO_EXECUTOR") or "mlops_airflow.local_executor.PreloadingLocalExecutor"
 
 # Known logins for the local UI/API (SimpleAuthManager: username -> role, username -> password).
 # Local development only: the api-server binds to 127.0.0.1.
@@ -159,7 +164,7 @@ def airflow_env(
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
             # --- executor: real task processes, small footprint -------------------------------------
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": EXECUTOR,
             "AIRFLOW__CORE__PARALLELISM": "4",
             # --- auth: SimpleAuthManager with known local logins --------------------------------
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,

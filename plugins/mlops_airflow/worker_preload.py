@@ -1,4 +1,4 @@
-"""Import the task bodies' heavy libraries once, in the Celery worker's main process, before it forks.
+"""Import the task bodies' heavy libraries once, in the process the task processes are forked from.
 
 Why: on Linux an Airflow 3 task runs in a process forked (``os.fork``, no exec) from the worker, so it
 inherits whatever the worker has already imported. Without this module every task pays its own imports
@@ -6,13 +6,18 @@ inherits whatever the worker has already imported. Without this module every tas
 ~8-12 s of CPU on a 2-core machine for a task whose real work may take a second, and twice that when two
 tasks start at once on two workers. With it, the worker pays them once at start-up (logged below).
 
-How it is wired: ``[celery] celery_config_options`` = ``mlops_airflow.celery_config.CELERY_CONFIG``
-(config/stack.env, shared by docker-compose.yaml and scripts/stack.py) lists this module in Celery's
-``imports``, which a worker imports in its main process before it starts its pool.
+How it is wired: importing this module preloads (once per process, see :func:`preload_once`).
+- Celery (the process stack): ``[celery] celery_config_options`` = ``mlops_airflow.celery_config.CELERY_CONFIG``
+  (config/stack.env, shared by docker-compose.yaml and scripts/stack.py) lists this module in Celery's
+  ``imports``, which a worker imports in its main process before it starts its pool.
+- LocalExecutor (``make demo``/``make up``): ``mlops_airflow.local_executor.PreloadingLocalExecutor``
+  (scripts/airflow_local.py) imports it in the scheduler just before it forks its workers.
 
 The trade-off: library code (include/mlops_bundle, plugins/mlops_airflow) is read when the worker starts,
-so a worker must be restarted to run edited library code (DAG files are still parsed per task). Set
-``MLOPS_WORKER_PRELOAD=false`` on a worker to import per task instead (e.g. while developing the bundle).
+so a worker must be restarted to run edited library code (DAG files are still parsed per task); with the
+LocalExecutor the workers are the scheduler's children: restart the scheduler. Set
+``MLOPS_WORKER_PRELOAD=false`` on a worker (LocalExecutor: on the scheduler) to import per task instead
+(e.g. while developing the bundle).
 Only imports happen here: no config is read, no client or connection is created, no thread is started,
 so nothing stateful crosses the fork.
 """
@@ -98,15 +103,34 @@ def preload(names: list[str]) -> tuple[float, list[str]]:
     return time.perf_counter() - t0, failed
 
 
-if enabled():
-    _names = modules()
-    _seconds, _failed = preload(_names)
-    log.warning(  # warning: the level Celery workers log at by default, so the line is always there
-        "worker preload: imported the bundle and its libraries in %.1fs (%d modules, %d failed); tasks "
-        "forked from this worker skip those imports. Restart the worker to pick up edited library code, "
-        "or set %s=false.",
-        _seconds,
-        len(_names),
-        len(_failed),
-        ENV,
-    )
+# (seconds, modules, failed) of this process's preload; None until preload_once() ran it
+_done: tuple[float, int, list[str]] | None = None
+
+
+def preload_once(environ: Mapping[str, str] = os.environ) -> tuple[float, int, list[str]] | None:
+    """The preload both executors use: import modules() once per process and log one line.
+
+    None with the switch off (nothing is imported); otherwise (seconds, modules, failed) of the first call
+    in this process, which later calls return without importing again. A forked child inherits the result.
+    """
+    global _done
+    if not enabled(environ):
+        return None
+    if _done is None:
+        names = modules()
+        seconds, failed = preload(names)
+        _done = (seconds, len(names), failed)
+        log.warning(  # warning: the level Celery workers log at by default, so the line is always there
+            "worker preload: imported the bundle and its libraries in %.1fs (%d modules, %d failed) in "
+            "pid %d; task processes forked from it skip those imports. Restart the worker (LocalExecutor: "
+            "the scheduler) to pick up edited library code, or set %s=false.",
+            seconds,
+            len(names),
+            len(failed),
+            os.getpid(),
+            ENV,
+        )
+    return _done
+
+
+preload_once()
