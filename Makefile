@@ -75,7 +75,9 @@ bench: install
 	$(BIN)/python benchmarks/bench_train_dag.py
 	$(BIN)/python benchmarks/bench_monitoring.py
 	$(BIN)/python benchmarks/bench_provenance.py
+	$(BIN)/python benchmarks/bench_crypto.py
 	$(BIN)/python benchmarks/bench_stack.py
+	$(BIN)/python benchmarks/bench_local_preload.py
 
 clean:
 	rm -rf .airflow var great_expectations/uncommitted .pytest_cache .ruff_cache

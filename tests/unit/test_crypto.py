@@ -37,6 +37,8 @@ from mlops_bundle.crypto import (
     read_key_id,
     rotate_local_keyset,
 )
+from mlops_bundle.crypto.stream import _DEC_CHUNK, _ENC_CHUNK
+from mlops_bundle.storage import LocalStorage
 from tests.services import aws_client
 
 FIRST_SEGMENT_PLAINTEXT = SEGMENT_SIZE - STREAM_HEADER_SIZE - TAG_SIZE
@@ -152,6 +154,149 @@ def test_large_stream_round_trip(tmp_path, keyring):
     src.unlink()
     back = decrypt_file(enc, dec, keyring)
     assert back.plaintext_bytes == size and _sha256(dec) == want
+
+
+# ------------------------------------------------------------------- piece boundaries, objects already written
+@pytest.mark.parametrize(
+    "size",
+    [_ENC_CHUNK - 1, _ENC_CHUNK, _ENC_CHUNK + 1, _DEC_CHUNK, _DEC_CHUNK + 1, 4 * _DEC_CHUNK + 7],
+    ids=["enc-chunk-1", "enc-chunk", "enc-chunk+1", "dec-chunk", "dec-chunk+1", "4-dec-chunks+7"],
+)
+def test_round_trip_at_read_and_write_piece_boundaries(local_keyring, size):
+    """The pieces stream.py moves through Tink (64 KiB in, 256 KiB out) never align with its 1 MiB segments:
+    every size around them round-trips, from a file (readinto) and from a source without readinto that
+    returns short reads (a socket, a decompressor)."""
+    data = os.urandom(size)
+
+    class _Dribble(io.RawIOBase):
+        def __init__(self):
+            super().__init__()
+            self.inner = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return self.inner.read(min(size, 5000) if size >= 0 else 5000)
+
+    class _NoReadinto:  # only read(): the loop's fallback path
+        def __init__(self):
+            self.inner = _Dribble()
+
+        def read(self, size: int = -1) -> bytes:
+            return self.inner.read(size)
+
+    for src in (io.BytesIO(data), _NoReadinto()):
+        out = io.BytesIO()
+        res = crypto.encrypt_stream(src, out, local_keyring, aad=b"k")
+        assert res.plaintext_bytes == size and res.ciphertext_bytes == len(out.getvalue())
+        out.seek(0)
+        back = io.BytesIO()
+        assert crypto.decrypt_stream(out, back, local_keyring, aad=b"k").plaintext_bytes == size
+        assert back.getvalue() == data
+
+
+def test_a_source_with_no_data_yet_is_not_taken_for_the_end(local_keyring):
+    """A non-blocking source answers read() with None ("nothing yet"): encrypting must stop with an error,
+    never seal the prefix read so far as if it were the whole object."""
+
+    class _NotYet(io.RawIOBase):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1):
+            self.calls += 1
+            return b"first piece" if self.calls == 1 else None
+
+    with pytest.raises(BlockingIOError, match="non-blocking"):
+        crypto.encrypt_stream(_NotYet(), io.BytesIO(), local_keyring)
+
+
+# Written by this release (format 2, AES256_GCM_HKDF_1MB data key) under a test-only keyset, committed so
+# that a later change of chunk sizes, template or header code that cannot read objects already in a lake
+# fails here. The plaintext is SHA-256 of 0..7 (2 bytes, big-endian), concatenated.
+_GOLDEN_KEYSET = '{"primaryKeyId":929852000,"key":[{"keyData":{"typeUrl":"type.googleapis.com/google.crypto.tink.AesGcmKey","value":"GiD2jwa83cdaXf2EeebUV9XUA6/5TJETcYOqWHL6L5tmrg==","keyMaterialType":"SYMMETRIC"},"status":"ENABLED","keyId":929852000,"outputPrefixType":"TINK"}]}'  # noqa: E501
+_GOLDEN_OBJECT = (
+    "TUxPUFNFTkMCAA9sb2NhbDo5Mjk4NTIwMDAASnsia2V5Ijoic3RhZ2luZy9jaHVybi9kYXk9MjAyNi0xMi0wMi9wYXJ0LTAucGFy"
+    "cXVldCIsImxha2UiOiJnb2xkZW4tbGFrZSJ9AAAApxKkAQE3bGpgVrSlpoCvaqiV2oL5z2MkbCaVJCzqv2uxlalzgT93UzKVR8Qf"
+    "cKnWP4/0RTZB8ASBeaSIYOYwSBfgDfA8NxT3RExw3JuNMchIAH0Tf/eXz8SgmE6pYe9cnB/HwovEVX8oX0HyPHh4DdUpnJ9i8AwY"
+    "jVZJKgzEKp3HmwISN5L0+mHlWD0tqUic5Zjyy8OoGh6dRP9hyVD+6yrCXOxTnl9oKO97tqXbHia3zOXE/e1B+QO+blux7bzXaRb4"
+    "cXlPxFsw52AHh//eY339tIm5UliWYbvYryXYIyOp4K8RX6sH/iyAjNwu60sKiKJcT6c76/SgtSv7FyBw1cjxb2HZ2h6Lj+gaeEqB"
+    "a+afW8dSyNSNOVxDkgat1GjhqqwIlvW+DmiqzLK9azTaE9Zgvm+LRqbP6Q7xfBRPBBuxZ7YKHMt4EWGoyKxcQjUsRsCwNoNa5+nf"
+    "bAtoM0J4R5kvWcKPmC/0NerVTLOjQC1lR5NKqT1wG+KhKVMEtou9ArB2yLrD+Nm/aPF7oE83HJThEfuj2vp85XtC6E8pxZXGh9aS"
+    "dmEu8jU4P3jEKixhsSYlFDkYM8qy8mxclwUvJ1H4acgkSyI2GNuQJS6RQkinHn0UUPzmNSsEKuoVJ3xq"
+)
+_GOLDEN_CONTEXT = ("golden-lake", "staging/churn/day=2026-12-02/part-0.parquet")
+
+
+def test_objects_written_by_this_release_still_decrypt(tmp_path):
+    import base64
+
+    blob = base64.b64decode("".join(_GOLDEN_OBJECT))
+    keyring = LocalKeyring(_GOLDEN_KEYSET)
+    aad = crypto.object_context(*_GOLDEN_CONTEXT)
+    want = b"".join(hashlib.sha256(i.to_bytes(2, "big")).digest() for i in range(8))
+    assert decrypt_bytes(blob, keyring, aad=aad) == want
+    inner = LocalStorage(tmp_path / "lake")
+    inner.write_bytes(_GOLDEN_CONTEXT[1], blob)  # as it lies in a lake
+    store = EncryptingStorage(inner, keyring, ["staging"], lake_id="golden-lake")
+    assert store.read_bytes(_GOLDEN_CONTEXT[1]) == want
+    assert store.get_file(_GOLDEN_CONTEXT[1], tmp_path / "out.parquet").read_bytes() == want
+    with pytest.raises(DecryptionError, match="authentication failed"):
+        decrypt_bytes(blob[:-1], keyring, aad=aad)
+    with pytest.raises(DecryptionError, match="encrypted for key"):
+        decrypt_bytes(blob, keyring, aad=crypto.object_context("golden-lake", "staging/other.parquet"))
+
+
+def _encrypt_with_template(data: bytes, keyring, aad: bytes, template) -> bytes:
+    """A format-2 object whose data key uses another Tink streaming template than the current writer's:
+    what an object written before (or after) a change of segment size looks like."""
+    import tink
+    from tink import streaming_aead
+
+    from mlops_bundle.crypto.header import build_header
+
+    key_id, kek = keyring.encryption_aead()
+    handle = tink.new_keyset_handle(template)
+    header = build_header(
+        key_id, lambda ad: tink.proto_keyset_format.serialize_encrypted(handle, kek, ad), aad
+    )
+
+    class _KeepOpen(io.BytesIO):
+        def close(self) -> None:  # Tink closes the stream it writes to
+            pass
+
+    out = _KeepOpen()
+    with handle.primitive(streaming_aead.StreamingAead).new_encrypting_stream(out, header.raw) as stream:
+        stream.write(data)
+    return header.raw + out.getvalue()
+
+
+def test_segment_size_travels_with_the_object(local_keyring):
+    """The data key's template (segment size) is inside the wrapped keyset in the header, so objects written
+    with 4 KiB segments decrypt with today's reader, and are still truncation/reorder-proof."""
+    from tink import streaming_aead
+
+    templates = streaming_aead.streaming_aead_key_templates
+    data = os.urandom(3 * (4096 - TAG_SIZE) + 100)
+    blob = _encrypt_with_template(data, local_keyring, b"k", templates.AES256_GCM_HKDF_4KB)
+    assert decrypt_bytes(blob, local_keyring, aad=b"k") == data
+    h = _header_len(blob)
+    assert len(blob) == h + STREAM_HEADER_SIZE + len(data) + 4 * TAG_SIZE  # 4 segments of 4 KiB
+    seg = lambda k: blob[h + k * 4096 : h + (k + 1) * 4096]  # noqa: E731
+    for bad in (
+        blob[: h + 2 * 4096],
+        blob[:h] + seg(0) + seg(2) + seg(1) + blob[h + 3 * 4096 :],
+        blob + b"\0",
+    ):
+        with pytest.raises(DecryptionError, match="authentication failed"):
+            decrypt_bytes(bad, local_keyring, aad=b"k")
+    with pytest.raises(DecryptionError, match="encrypted for"):
+        decrypt_bytes(blob, local_keyring, aad=b"other")
 
 
 def test_bytes_and_stream_helpers(local_keyring):
