@@ -48,7 +48,9 @@ from mlops_airflow.dag_defaults import dag_args, date_param
     max_active_runs=2,
     params={
         "end_date": date_param("Last day of the window"),
-        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Default: from config"),
+        "window_days": Param(
+            None, type=["null", "integer"], minimum=1, maximum=3660, description="Default: from config"
+        ),
         "candidates": Param(
             None, type=["null", "array"], items={"type": "string"}, description="Subset of configured names"
         ),

@@ -47,7 +47,8 @@ def ingest_day(date: str, run_id: str, try_number: int | None, ti: Any = None) -
     from mlops_airflow import ingest_tasks
 
     batch = ingest_tasks.discover({"date": date}, None, None)
-    return ingest_tasks.validate_and_stage(batch, run_id, try_number, ti)
+    # staged, not published: summarize hands the whole range to one train run
+    return ingest_tasks.validate_and_stage(batch, run_id, try_number, ti, publish=False)
 
 
 def summarize(dates: list[str], params: dict, dag_run: Any, ti: Any = None) -> dict[str, Any]:
@@ -59,10 +60,11 @@ def summarize(dates: list[str], params: dict, dag_run: Any, ti: Any = None) -> d
     validated or training was not asked for.
     """
     from mlops_bundle.audit import record_event
-    from mlops_bundle.ingest import validated_dates
+    from mlops_bundle.ingest import mark_published, read_manifest, validated_dates
 
     cfg = runtime.bundle_config()
-    present = set(validated_dates(runtime.storage(cfg), cfg))
+    store = runtime.storage(cfg)
+    present = set(validated_dates(store, cfg))
     validated = [d for d in dates if d in present]
     missing = [d for d in dates if d not in present]
     summary = {
@@ -95,6 +97,12 @@ def summarize(dates: list[str], params: dict, dag_run: Any, ti: Any = None) -> d
         raise runtime.skip(ti, "train=false: the range is ingested, training was not asked for")
     if not validated:
         raise runtime.skip(ti, f"no day of {dates[0]}..{dates[-1]} is validated: nothing to train on")
+    # the one train run about to start covers these days: they are handed to training (an ingest of the
+    # same content later publishes nothing new); held days (train=false) stay unpublished
+    me = f"{dag_run.dag_id}/{dag_run.run_id}"
+    for day in validated:
+        manifest = read_manifest(store, cfg, day) or {}
+        mark_published(store, cfg, day, manifest.get("fingerprint", ""), me)
     # the window is the whole range (train's window ends at end_date and spans window_days days)
     return {"end_date": dates[-1], "window_days": len(dates)}
 

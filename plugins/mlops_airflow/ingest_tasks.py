@@ -57,20 +57,25 @@ def discover(params: dict, logical_date, run_after) -> dict[str, Any]:
     }
 
 
-def validate_and_stage(batch: dict, run_id: str, try_number: int | None, ti: Any = None) -> dict[str, Any]:
+def validate_and_stage(
+    batch: dict, run_id: str, try_number: int | None, ti: Any = None, *, publish: bool = True
+) -> dict[str, Any]:
     """Read, coerce, fingerprint, GX-check and stage (or quarantine) the discovered batch.
 
-    The rule for what reaches training (README, "From validated batch to training"): a batch that
-    changed the staging partition publishes the ``validated_data`` event (the task succeeds); a batch
-    identical to what another run already staged changes nothing, so the task ends *skipped* (no event,
-    no train run) with the reason in the log, the XCom ``skip_reason`` and the audit record
-    ``ingest.unchanged``. A retry of the run that staged it still publishes (its first attempt may have
-    died before the event was sent).
+    The rule for what reaches training (README, "From validated batch to training"): a batch whose
+    content no run has handed to training yet is published: the manifest records this run as its
+    publisher and the task succeeds, which emits the ``validated_data`` event. A batch identical to what
+    another run already published changes nothing, so the task ends *skipped* (no event, no train run)
+    with the reason in the log, the XCom ``skip_reason`` and the audit record ``ingest.unchanged``. A retry
+    of the publishing run publishes again (its first attempt may have died before the event was sent);
+    content staged but never published (a backfill that held training) is published by the next ingest.
+    ``publish=False`` (the backfill DAG) stages without publishing.
     """
     from mlops_bundle import ingest
     from mlops_bundle.storage import ObjectInfo
 
     cfg = runtime.bundle_config()
+    me = f"{ti.dag_id}/{run_id}" if ti is not None else run_id
     # defence in depth: the hand-over from discover_files is re-checked, not trusted
     source_uri = _allowed_source(cfg, batch.get("source"))
     try:
@@ -90,33 +95,40 @@ def validate_and_stage(batch: dict, run_id: str, try_number: int | None, ti: Any
             source_prefix=prefix,
             files=[ObjectInfo(f["key"], f["size"]) for f in batch["files"]],
             attempt=runtime.attempt_label(run_id, try_number),
-            staged_by=run_id,
+            staged_by=me,
         )
     except ingest.BatchRejected as exc:
         # bad data does not get better by retrying: fail now, with the whole explanation
         raise AirflowFailException(str(exc)) from None
     if result.data_docs_url:
         log.info("Data Docs: %s", result.data_docs_url)
-    if result.unchanged and result.staged_by != run_id:
-        _unchanged(cfg, result, run_id, ti)
+    if result.unchanged and result.published_by not in (None, me):
+        _unchanged(cfg, result, me, ti)
+    if publish:
+        ingest.mark_published(store, cfg, result.date, result.fingerprint, me)
     return result.to_xcom()
 
 
-def _unchanged(cfg: BundleConfig, result: Any, run_id: str, ti: Any) -> None:
+def _unchanged(cfg: BundleConfig, result: Any, me: str, ti: Any) -> None:
     """Record why an identical re-ingest publishes nothing, then end the task skipped (no asset event)."""
     from mlops_bundle.audit import record_event
 
-    by = result.staged_by or "an earlier run"
     reason = (
         f"batch {result.dataset}/{result.date} is identical to the staged partition (fingerprint "
-        f"{result.fingerprint[:19]}..., staged by {by}): nothing new to train on, no validated_data event"
+        f"{result.fingerprint[:19]}...), which {result.published_by} already handed to training: nothing "
+        "new to train on, no validated_data event"
     )
     record_event(
         cfg,
         "ingest.unchanged",
         actor="ingest",
         subject=f"{result.dataset}/{result.date}",
-        payload={"run_id": run_id, "staged_by": result.staged_by, "fingerprint": result.fingerprint},
-        once=f"ingest.unchanged/{result.dataset}/{result.date}/{run_id}",
+        payload={
+            "run": me,
+            "published_by": result.published_by,
+            "staged_by": result.staged_by,
+            "fingerprint": result.fingerprint,
+        },
+        once=f"ingest.unchanged/{result.dataset}/{result.date}/{result.fingerprint}/{me}",
     )
     raise runtime.skip(ti, reason)

@@ -61,27 +61,45 @@ def _end_date(params: dict, dag_run: Any, validated: list[str]) -> str:
 
     if params.get("end_date"):
         return parse_date(params["end_date"])
-    if validated:
-        return validated[-1]
+    today = dag_run.run_after.date().isoformat()
+    future = [d for d in validated if d > today]
+    if future:  # a mis-dated delivery must not move every default window past the real batches
+        log.warning("ignoring validated partition(s) dated after today (%s): %s", today, future[-5:])
+    past = [d for d in validated if d <= today]
+    if past:
+        return past[-1]
     return (dag_run.run_after.date() - dt.timedelta(days=1)).isoformat()
 
 
 def _triggering_batches(dag_run: Any) -> list[dict[str, Any]]:
-    """The validated batches (dataset, date, fingerprint, source run) among the run's consumed events."""
-    from mlops_airflow.names import VALIDATED_DATA
+    """The validated batches (dataset, date, fingerprint, source run) among the run's consumed events.
+
+    Only events the ingest DAG emitted, with a well-formed date: anyone allowed to create asset events
+    through the REST API can add others, and those are not batches (ignored, with a warning)."""
+    from mlops_airflow.names import INGEST_DAG, VALIDATED_DATA
+    from mlops_bundle.names import DATE_RE
 
     out = []
     for e in dag_run.consumed_asset_events or []:
         extra = e.extra or {}
-        if _asset_name(e) == VALIDATED_DATA and extra.get("date"):
-            out.append(
-                {
-                    "dataset": extra.get("dataset"),
-                    "date": extra["date"],
-                    "fingerprint": extra.get("fingerprint"),
-                    "source_run": f"{e.source_dag_id}/{e.source_run_id}",
-                }
+        if _asset_name(e) != VALIDATED_DATA:
+            continue
+        date = extra.get("date")
+        if e.source_dag_id != INGEST_DAG or not isinstance(date, str) or not DATE_RE.match(date):
+            log.warning(
+                "ignoring a validated_data event not emitted by the ingest DAG (source %s/%s)",
+                e.source_dag_id,
+                e.source_run_id,
             )
+            continue
+        out.append(
+            {
+                "dataset": str(extra.get("dataset")),
+                "date": date,
+                "fingerprint": str(extra.get("fingerprint")),
+                "source_run": f"{e.source_dag_id}/{e.source_run_id}",
+            }
+        )
     return out
 
 
@@ -117,7 +135,7 @@ def _record_untrained(cfg: Any, dag_run: Any, batches: list[dict[str, Any]], rea
             actor=actor(dag_run),
             subject=f"{b['dataset']}/{b['date']}",
             payload={**b, "run_id": dag_run.run_id, "reason": reason},
-            once=f"train.batch_not_trained/{dag_run.dag_id}/{dag_run.run_id}/{b['date']}",
+            once=f"train.batch_not_trained/{dag_run.dag_id}/{dag_run.run_id}/{b['date']}/{b['fingerprint']}",
         )
 
 

@@ -82,7 +82,8 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     part = LAKE / "staging" / "churn" / f"ds={date}"
     dr1, _ = _run(dagbag, date)
     first = (part / "_manifest.json").read_text()
-    assert json.loads(first)["staged_by"] == dr1.run_id
+    manifest = json.loads(first)
+    assert manifest["staged_by"] == manifest["published_by"] == f"ingest/{dr1.run_id}"
     assert len(_asset_events(date)) == 1
     dr2, states2 = _run(dagbag, date)
     assert dr1.state == dr2.state == "success"
@@ -98,9 +99,12 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     [record] = [
         r
         for r in audit.iter_records(load_config().audit_uri)
-        if r["event"] == "ingest.unchanged" and r["payload"]["run_id"] == dr2.run_id
+        if r["event"] == "ingest.unchanged" and r["payload"]["run"] == f"ingest/{dr2.run_id}"
     ]
-    assert record["subject"] == f"churn/{date}" and record["payload"]["staged_by"] == dr1.run_id
+    assert (
+        record["subject"] == f"churn/{date}" and record["payload"]["published_by"] == f"ingest/{dr1.run_id}"
+    )
+
     # a corrected re-delivery replaces the partition, it never adds a second copy, and is published
     _land(date, rows=900)
     dr3, states3 = _run(dagbag, date)
@@ -152,3 +156,40 @@ def test_encrypted_staging_is_read_transparently(dagbag, monkeypatch):
     assert any(o.endswith(f"staging/churn/ds={date}/part-0.parquet") for o in objects), objects
     assert all(r["payload"]["key_id"].startswith("local:") for r in uses)
     assert keyset not in json.dumps([r["payload"] for r in uses])
+
+
+class _TaskInstance:
+    """What validate_and_stage reads of Airflow's task instance: its DAG id and the XCom it pushes."""
+
+    dag_id = "ingest"
+
+    def __init__(self):
+        self.xcom = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+def test_content_staged_but_never_published_is_published_by_the_next_ingest_and_a_retry_publishes_again():
+    """A backfill that held training (publish=False) stages without publishing: the next ingest of the
+    same content publishes it (no skip); the publishing run's retry publishes again (its first attempt may
+    have died before the event); only another run is then told "unchanged"."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mlops_airflow import ingest_tasks
+
+    date = "2026-03-06"
+    _land(date)
+    batch = ingest_tasks.discover({"date": date}, None, None)
+    held = ingest_tasks.validate_and_stage(batch, "backfill-run", 1, _TaskInstance(), publish=False)
+    manifest = LAKE / "staging" / "churn" / f"ds={date}" / "_manifest.json"
+    assert not held["unchanged"] and "published_by" not in json.loads(manifest.read_text())
+
+    first = ingest_tasks.validate_and_stage(batch, "run-a", 1, _TaskInstance())
+    assert first["unchanged"] and json.loads(manifest.read_text())["published_by"] == "ingest/run-a"
+    retry = ingest_tasks.validate_and_stage(batch, "run-a", 2, _TaskInstance())
+    assert retry["unchanged"] and retry["published_by"] == "ingest/run-a"
+    other = _TaskInstance()
+    with pytest.raises(AirflowSkipException, match="ingest/run-a already handed to training"):
+        ingest_tasks.validate_and_stage(batch, "run-b", 1, other)
+    assert "identical to the staged partition" in other.xcom["skip_reason"]

@@ -142,6 +142,8 @@ def test_batches_validated_while_train_is_busy_reach_a_train_run_that_includes_t
     records = load_history(LocalStorage(af.lake), history_key(cfg))
     assert records and records[-1]["status"] == "started" and records[-1]["train_run"].startswith("train/")
 
+    for dag_id in ("ingest", "train"):
+        af.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     # forced promotions of new versions (other windows than the champion's) wait for a second person
     holders = [
         _trigger(

@@ -301,22 +301,23 @@ def test_decide_retrain_records_the_retrain_and_a_run_starts_at_most_one(tmp_pat
 
 
 def test_a_drift_retrain_that_never_started_does_not_use_up_the_cooldown(tmp_path, cfg):
-    """Train paused or its run never created: the trigger stays pending and the next drift may trigger
-    again; pending triggers count for neither the cooldown nor the daily maximum."""
+    """Train paused or its run never created: the trigger stays pending; after an hour it no longer counts,
+    so the next drift may trigger again; pending triggers count for neither the cooldown nor the daily
+    maximum. Within that hour it holds repeated monitor runs back (one queued retrain, not one each)."""
     store = LocalStorage(tmp_path / "lake")
     day = {**DRIFT, "date": "2026-02-01"}
     first = decide_retrain(cfg, store, day, NOW, decision_key="monitor/run-1")
-    later = NOW + dt.timedelta(hours=1)
-    second = decide_retrain(cfg, store, day, later, decision_key="monitor/run-2")
-    assert first.retrain and second.retrain, second.reason
-    assert "first trigger" in second.reason, "the pending trigger is not the last retrain"
-    for i in range(3, 3 + cfg.monitoring.max_retrains_per_day):
-        assert decide_retrain(cfg, store, day, later, decision_key=f"monitor/run-{i}").retrain
+    assert first.retrain
+    soon = decide_retrain(cfg, store, day, NOW + dt.timedelta(minutes=10), decision_key="monitor/run-2")
+    assert not soon.retrain and "has not started yet" in soon.reason
+    later = NOW + dt.timedelta(hours=2)
+    second = decide_retrain(cfg, store, day, later, decision_key="monitor/run-3")
+    assert second.retrain and "first trigger" in second.reason, "the pending trigger is not the last retrain"
     history = load_history(store, history_key(cfg))
-    assert [r["status"] for r in history] == ["pending"] * len(history)
+    assert [r["status"] for r in history] == ["pending", "pending"]
     # the train run consumed both events: both started now, so the cooldown and the daily count apply
-    mark_started(cfg, store, ["monitor/run-1", "monitor/run-2"], "train/run-a", later)
-    held = decide_retrain(cfg, store, day, later, decision_key="monitor/run-9")
+    mark_started(cfg, store, ["monitor/run-1", "monitor/run-3"], "train/run-a", later)
+    held = decide_retrain(cfg, store, day, later + dt.timedelta(minutes=5), decision_key="monitor/run-9")
     assert not held.retrain and "cooldown" in held.reason
 
 

@@ -61,9 +61,10 @@ class IngestResult:
     gx_successful: int
     data_docs_url: str | None
     unchanged: bool
-    # the run that staged the partition's current content (``staged_by`` of ``ingest_batch``; the
-    # previous one when ``unchanged``): an unchanged re-ingest by another run publishes nothing new
+    # who staged the partition's current content (``staged_by`` of ``ingest_batch``; the earlier one when
+    # ``unchanged``) and who published it to training (:func:`mark_published`; None: nobody yet)
     staged_by: str | None = None
+    published_by: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_xcom(self) -> dict[str, Any]:
@@ -105,12 +106,25 @@ def write_staging(store: Storage, cfg: BundleConfig, date: str, df: pd.DataFrame
     return store.uri(prefix)
 
 
+def mark_published(store: Storage, cfg: BundleConfig, date: str, fingerprint: str, by: str) -> bool:
+    """Record in the partition's manifest that ``by`` hands this content to training (an asset event, or
+    one train run over a backfilled range). Only the first publisher of a content is kept (a retry of it
+    finds itself); False when the partition holds other content now or was published already."""
+    manifest = read_manifest(store, cfg, date)
+    if manifest is None or manifest.get("fingerprint") != fingerprint or manifest.get("published_by"):
+        return False
+    manifest["published_by"] = by
+    key = join(staging_prefix(cfg, date), MANIFEST_FILE)
+    store.write_bytes(key, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return True
+
+
 def validated_dates(store: Storage, cfg: BundleConfig) -> list[str]:
     """Every date with a complete validated partition (one with a manifest), oldest first."""
     import re
 
     base = join(cfg.storage.staging_prefix, cfg.dataset.name)
-    found = re.compile(r"(?:^|/)ds=(\d{4}-\d{2}-\d{2})/" + re.escape(MANIFEST_FILE) + r"\Z")
+    found = re.compile(r"(?:^|/)ds=([0-9]{4}-[0-9]{2}-[0-9]{2})/" + re.escape(MANIFEST_FILE) + r"\Z")
     return sorted({m.group(1) for obj in store.list(base) if (m := found.search(obj.key))})
 
 
@@ -171,9 +185,10 @@ def ingest_batch(
 ) -> IngestResult:
     """Ingest one day's batch end to end; raise BatchRejected (after quarantining) or NoLandingFiles.
 
-    ``staged_by`` (e.g. the orchestrator's run id) is written into a new partition's manifest and returned
-    as ``IngestResult.staged_by``; for an unchanged batch the result carries the manifest's value, so the
-    caller can tell a retry of the staging run from a re-ingest by another run.
+    ``staged_by`` (e.g. ``dag_id/run_id``) is written into a new partition's manifest and returned as
+    ``IngestResult.staged_by``; for an unchanged batch the result carries the manifest's ``staged_by`` and
+    ``published_by`` (:func:`mark_published`), so the caller can tell a batch already handed to training
+    from one that never was (a retry of the run that staged it, a backfill that held training).
     """
     date = parse_date(date)
     t0 = time.perf_counter()
@@ -252,8 +267,9 @@ def ingest_batch(
     timings["fingerprint_s"] = round(time.perf_counter() - t2, 3)
     previous = read_manifest(store, cfg, date)
     unchanged = bool(previous and previous.get("fingerprint") == fp)
-    if unchanged:
-        staged_by = (previous or {}).get("staged_by")
+    published_by = None
+    if unchanged and previous:
+        staged_by, published_by = previous.get("staged_by"), previous.get("published_by")
         staging_uri = store.uri(staging_prefix(cfg, date))
         log.info("partition %s already holds this exact batch (%s): nothing rewritten", staging_uri, fp)
     else:
@@ -292,5 +308,6 @@ def ingest_batch(
         data_docs_url=outcome.data_docs_url,
         unchanged=unchanged,
         staged_by=staged_by,
+        published_by=published_by,
         timings=timings,
     )

@@ -13,8 +13,9 @@ leaves a reason in the log and no retrain (trigger train by hand).
 A record is written ``"status": "pending"``; the train run that consumes the drift event marks it
 ``"started"`` (:func:`mark_started`). Only started retrains count against the cooldown and the daily
 maximum: a retrain that never starts (train paused, the run never created) does not use them up, so
-the next drift verdict may trigger again (Airflow keeps one queued trigger per DAG, so pending triggers
-never pile up into several runs). Records from before this rule have no status and count as started.
+a later drift verdict may trigger again. A pending trigger holds the next one back for ``PENDING_GRACE``
+(one hour) while its run may still be starting, so repeated monitor runs cannot queue a retrain each.
+Records from before this rule have no status and count as started.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 HISTORY_KEEP = 500  # retrain history records kept (the guard only needs the last day)
 PENDING, STARTED = "pending", "started"
+# A pending trigger younger than this holds the next one back (its train run may still be starting: repeated
+# monitor runs must not queue a retrain each); older and still not started, it no longer counts at all.
+PENDING_GRACE = dt.timedelta(hours=1)
 # What a history record keeps of the day's drift result (besides when, and the decision key).
 RECORD_FIELDS = ("date", "drift_share", "drifted_columns", "champion_version", "report_html")
 
@@ -93,6 +97,17 @@ def should_trigger_retrain(
     if not summary.get("dataset_drift"):
         return False, f"no dataset drift: drift share {share:.2f} < threshold {threshold:.2f}"
     now = _parse_at(now, "now")
+    waiting = [
+        _parse_at(r.get("at"), f"retrain history record #{i}")
+        for i, r in enumerate(history)
+        if r.get("status") == PENDING
+    ]
+    waiting = [t for t in waiting if now - PENDING_GRACE <= t <= now]
+    if waiting:
+        return False, (
+            f"a drift-triggered retrain from {max(waiting).isoformat()} has not started yet: waiting up to "
+            f"{PENDING_GRACE.total_seconds() / 3600:g} h for it before triggering again"
+        )
     times = sorted(
         _parse_at(r.get("started_at") or r.get("at"), f"retrain history record #{i}")
         for i, r in enumerate(history)
