@@ -20,6 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlops_bundle.features import PROBA_PREFIX, RESERVED_COLUMNS
 from mlops_bundle.names import DATASET_NAME_PATTERN
 from mlops_bundle.task_types import TASKS, TaskName, task_type
 
@@ -72,6 +73,13 @@ class DatasetConfig(_Strict):
             raise ValueError(f"id_column, timestamp_column and target must be different columns, got {roles}")
         if self.timestamp_column is not None and self.column(self.timestamp_column).dtype != "datetime":
             raise ValueError(f"timestamp_column {self.timestamp_column!r} must have dtype 'datetime'")
+        reserved = [n for n in names if n in RESERVED_COLUMNS or n.startswith(PROBA_PREFIX)]
+        if reserved:
+            raise ValueError(
+                f"column(s) {reserved} take a name reserved for the scores (prediction, prediction_proba and "
+                f"the per-class {PROBA_PREFIX}<label> columns score_batch adds): rename them in dataset.columns "
+                "(and in the delivered batches)"
+            )
         if self.task == "regression" and self.column(self.target).dtype not in ("int", "float"):
             raise ValueError(
                 f"target {self.target!r} has dtype {self.column(self.target).dtype!r}: task 'regression' "
@@ -255,6 +263,9 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _trusted_types_are_allowed(self) -> TrainingConfig:
+        """The text check only (config parsing runs at DAG parse: no imports here). That each entry is a
+        class defined at that path is checked when training builds the candidate and before every load
+        (mlops_bundle.training.models.check_trusted_types)."""
         for spec in self.candidates:
             outside = [t for t in spec.trusted_types if not self.module_allowed(t)]
             if outside:

@@ -45,6 +45,7 @@ from mlops_bundle.config import (
     DatasetConfig,
     load_config,
 )
+from mlops_bundle.features import proba_collisions
 from mlops_bundle.locks import file_lock
 from mlops_bundle.names import DATASET_NAME_RE
 from mlops_bundle.task_types import TASKS
@@ -351,6 +352,7 @@ class ColumnProfile:
     maximum: float | None = None
     values: list | None = None  # category / bool / class-label value set
     range_rule: tuple[float, float] | None = None  # inferred [lo, hi] with margins
+    range_note: str | None = None  # why a numeric column has no range rule (values too large to widen)
     mostly: float | None = None  # nullable: at least this share must be non-null (None: no rule)
 
     @property
@@ -442,10 +444,16 @@ def infer_task(series: pd.Series, dtype: str) -> tuple[str, str]:
 
 def widen(lo: float, hi: float, *, integer: bool) -> tuple[float, float]:
     """[lo, hi] widened by RANGE_MARGIN of the span on each side (of |value| for a constant column),
-    rounded outward to a readable step; a column never negative in the sample stays >= 0; ints stay ints."""
+    rounded outward to a readable step; a column never negative in the sample stays >= 0; ints stay ints.
+    OnboardingError when the sample's values (inf, or so large that the margin overflows: +-1e308) leave no
+    finite range."""
     span = hi - lo
     pad = span * RANGE_MARGIN if span > 0 else max(abs(hi) * RANGE_MARGIN, 1.0)
     new_lo, new_hi = lo - pad, hi + pad
+    if not all(math.isfinite(v) for v in (lo, hi, pad, new_lo, new_hi)):
+        raise OnboardingError(
+            f"the sample's values {_num(lo)}..{_num(hi)} are infinite or too large to widen into a finite range"
+        )
     if lo >= 0 > new_lo:
         new_lo = 0.0
     step = 10.0 ** math.floor(math.log10(pad))
@@ -455,6 +463,14 @@ def widen(lo: float, hi: float, *, integer: bool) -> tuple[float, float]:
     if integer:
         return float(math.floor(new_lo)), float(math.ceil(new_hi))
     return new_lo, new_hi
+
+
+def _finite_spread(series: pd.Series) -> bool:
+    """The column's standard deviation is a finite number (no inf, no overflow at +-1e308)."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        return math.isfinite(float(series.std()))
 
 
 def profile_sample(
@@ -474,7 +490,10 @@ def profile_sample(
             if name not in (id_column, timestamp_column):
                 # integers read as float because of nulls keep integer bounds too
                 integral = dtype == "int" or bool((values == values.round()).all())
-                p.range_rule = widen(p.minimum, p.maximum, integer=integral)
+                try:
+                    p.range_rule = widen(p.minimum, p.maximum, integer=integral)
+                except OnboardingError as exc:
+                    p.range_note = str(exc)
         if dtype == "category" or dtype == "bool":
             p.values = sorted(_plain(v) for v in values.unique())
         if p.nullable:
@@ -569,7 +588,7 @@ def _num(v: float | None) -> float | int | None:
     """A bound or sample value as written and shown: ints as ints, floats to 6 significant digits."""
     if v is None:
         return None
-    return int(v) if float(v).is_integer() else float(f"{v:.6g}")
+    return int(v) if float(v).is_integer() and abs(v) < 1e15 else float(f"{v:.6g}")
 
 
 # ------------------------------------------------------------------------------------------- the config
@@ -648,7 +667,9 @@ def render_config(
         roles.append(f"  timestamp_column: {_q(timestamp_column)}")
     cand_text = "\n".join(f"    - {c}" for c in _candidates(task))
     lines = [
-        f"# Data set {name!r}, onboarded with `python -m mlops_bundle new-dataset` from {sample.name}.",
+        # the file name as a Python literal: a line break in it (\n, \r, U+0085, U+2028...) is escaped, so it
+        # cannot end the comment and inject YAML lines
+        f"# Data set {name!r}, onboarded with `python -m mlops_bundle new-dataset` from {sample.name!r}.",
         "# Review the dtypes, the task and (in the GX suite) the ranges and value sets: they are guesses from",
         "# one sample. Every relative path here resolves against this file's folder.",
         "dataset:",
@@ -834,6 +855,12 @@ def new_dataset(
             raise OnboardingError(
                 f"--task binary needs exactly 2 target values; {target!r} has {tp.distinct} in {sample}"
             )
+    if task == "regression" and not _finite_spread(df[target]):
+        raise OnboardingError(
+            f"target {target!r} in {sample.name!r} holds infinite values or values too large to train on (its "
+            f"standard deviation overflows; sample {_num(tp.minimum)}..{_num(tp.maximum)}): a regressor needs a "
+            "finite target; fix the sample (or the export) and rerun"
+        )
     if task == "regression" and tp.range_rule is None:
         tp.range_rule = widen(tp.minimum, tp.maximum, integer=tp.dtype == "int")  # type: ignore[arg-type]
     if task != "regression":
@@ -847,6 +874,14 @@ def new_dataset(
                 f"{tp.values[-1]!r} (the larger)"
             )
         else:
+            same = proba_collisions(tp.values)
+            if same:
+                raise OnboardingError(
+                    f"target {target!r} in {sample.name!r}: the classes "
+                    f"{sorted(t for texts in same.values() for t in texts)} would share the probability "
+                    f"column(s) {sorted(same)} (features.proba_column), so the model could not be monitored; "
+                    "make those labels distinct in the data"
+                )
             review.append(f"target classes {tp.values}: a class never seen here is rejected by the suite")
     if tp.nullable:
         review.append(f"target {target!r} is {tp.null_fraction:.1%} null in the sample: unlabelled rows")
@@ -856,6 +891,11 @@ def new_dataset(
             review.append(
                 f"range {p.name}: [{_num(p.range_rule[0])}, {_num(p.range_rule[1])}] "
                 f"(sample {_num(p.minimum)}..{_num(p.maximum)})"
+            )
+        if p.range_note is not None and p.name != target:
+            review.append(
+                f"no range rule for {p.name}: {p.range_note}; add one to the suite by hand if the column has "
+                "real bounds"
             )
         if p.values is not None and p.name != target:
             shown = p.values if len(p.values) <= 12 else p.values[:12] + ["..."]

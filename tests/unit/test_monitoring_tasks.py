@@ -10,6 +10,7 @@ checked against scikit-learn on the same rows; a shifted batch must be flagged f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,15 @@ CASES = {
     "cancer": ("load_breast_cancer", "binary", "int"),
     "wine": ("load_wine", "multiclass", "text"),
     "wine_int": ("load_wine", "multiclass", "int"),
+    # labels that sanitise to one text ("a b", "a_b") or to nothing safe at all (高/中/低), and a feature
+    # whose name is no valid MLflow metric key ("income ($)")
+    "wine_ab": ("load_wine", "multiclass", "ab"),
+    "wine_cjk": ("load_wine", "multiclass", "cjk"),
     "diabetes": ("load_diabetes", "regression", "float"),
 }
+
+
+ODD_LABELS = {"ab": ["a b", "a_b", "c"], "cjk": ["高", "中", "低"]}
 
 
 def _frame(loader: str, style: str) -> tuple[pd.DataFrame, list[str]]:
@@ -55,6 +63,10 @@ def _frame(loader: str, style: str) -> tuple[pd.DataFrame, list[str]]:
     df = X.astype("float64")
     if style == "text":  # "cultivar 0" ... : a space, so the probability columns are sanitised
         y = y.map(lambda v: f"cultivar {v}")
+    elif style in ODD_LABELS:
+        y = y.map(dict(enumerate(ODD_LABELS[style])))
+        X = X.rename(columns={X.columns[0]: "income ($)"})
+        df = X.astype("float64")
     df.insert(0, "row_id", np.arange(len(df), dtype="int64"))
     df.insert(1, "ts", pd.date_range("2026-01-01", periods=len(df), freq="h", tz="UTC"))
     df["y"] = y.to_numpy()
@@ -63,7 +75,7 @@ def _frame(loader: str, style: str) -> tuple[pd.DataFrame, list[str]]:
 
 def _config(root: Path, name: str, task: str, features: list[str], style: str):
     data = yaml.safe_load((REPO / "config" / "churn.yaml").read_text())
-    target_dtype = {"int": "int", "text": "string", "float": "float"}[style]
+    target_dtype = {"int": "int", "text": "string", "float": "float", "ab": "string", "cjk": "string"}[style]
     data["dataset"] = {
         "name": name,
         "task": task,
@@ -145,8 +157,12 @@ def test_scoring_columns_per_task(setup):
             assert added == ["prediction"], name
             assert slim["prediction"].dtype == "float64"
             np.testing.assert_allclose(slim["prediction"], model.predict(rest[features]))
-    assert proba_column("cultivar 0") == "proba__cultivar_0"
-    assert proba_column(2) == "proba__2" and proba_column("a/b:c") == "proba__a_b_c"
+    # a safe label as is; any other sanitised, plus a hash of the label, so the name is one per label
+    assert proba_column(2) == "proba__2" and proba_column("a_b") == "proba__a_b"
+    assert re.fullmatch(r"proba__cultivar_0_[0-9a-f]{8}", proba_column("cultivar 0"))
+    assert re.fullmatch(r"proba__a_b_c_[0-9a-f]{8}", proba_column("a/b:c"))
+    odd = ["a b", "a_b", "a/b", "高", "中", "低", "Ä", "Ö", ""]
+    assert len({proba_column(v) for v in odd}) == len(odd)
 
 
 def test_scoring_refuses_what_it_cannot_name_or_fit(setup):
@@ -156,10 +172,13 @@ def test_scoring_refuses_what_it_cannot_name_or_fit(setup):
 
     _, cases = setup
     cfg, _model, train, rest, features = cases["wine"]
-    # two labels that sanitise to one column name
-    y = np.where(train["y"] == "cultivar 0", "a b", np.where(train["y"] == "cultivar 1", "a_b", "c"))
+    # two labels whose columns collide: only a label spelled like another's hashed column can do that
+    forged = proba_column("a b")[len("proba__") :]
+    y = np.where(train["y"] == "cultivar 0", "a b", np.where(train["y"] == "cultivar 1", forged, "c"))
     clashing = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(train[features], y)
-    with pytest.raises(MonitoringError, match=r"give the same probability column\(s\) \['proba__a_b'\]"):
+    with pytest.raises(
+        MonitoringError, match=rf"give the same probability column\(s\) \['{proba_column('a b')}'\]"
+    ):
         score_batch(clashing, rest, cfg)
     # a regressor where the config says multiclass
     _, regressor, *_ = cases["diabetes"]
@@ -288,6 +307,33 @@ def test_report_per_task_through_report_day(setup, days, name):
     for metric, value in cur.items():
         assert logged[f"quality.current.{metric}"] == pytest.approx(value)
     assert "prediction_drift_score" in logged
+
+
+def test_odd_labels_and_column_names_get_their_own_columns_and_metric_keys(setup, days, tmp_path):
+    """F5/F7: labels 高/中/低 and "a b"/"a_b" get one probability column each (scored and reported above
+    like every case); a column MLflow cannot name ("income ($)") is logged under a safe key that the
+    run's summary.json maps back to the column."""
+    from mlops_bundle.monitoring.runs import metric_key
+
+    _, cases = setup
+    for name in ("wine_ab", "wine_cjk"):
+        _cfg, model, _train, _rest, _ = cases[name]
+        day, client, scored = days[name]
+        cols = class_proba_columns(scored)
+        assert cols == [proba_column(c) for c in model.classes_] and len(set(cols)) == 3, cols
+        assert sorted(map(str, model.classes_)) == sorted(ODD_LABELS[name[len("wine_") :]])
+        assert day.result.quality is not None and day.result.quality["current"]["f1_macro"] > 0.9
+        run = client.get_run(day.mlflow_run_id)
+        key = metric_key("drift.", "income ($)")
+        assert re.fullmatch(r"drift\.income ____[0-9a-f]{8}", key)
+        score = day.result.summary()["column_scores"]["income ($)"]["score"]
+        assert run.data.metrics[key] == pytest.approx(score)
+        summary = json.loads(
+            Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text()
+        )
+        assert summary["metric_columns"] == {key: "income ($)"}
+        assert "income ($)" in summary["column_scores"]
+        tmp_path.joinpath("summary.json").unlink()
 
 
 @pytest.mark.parametrize("name", list(CASES))

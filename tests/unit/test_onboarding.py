@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -379,3 +380,87 @@ def test_gx_init_check_is_clean_and_reproduces_churn(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert _hashes(fresh) == _hashes(REPO_GX)
+
+
+def _small_sample(rows: int = 300, **columns) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    data = {"label": rng.integers(0, 2, rows), "x": rng.random(rows)}
+    data.update({k: v(rng, rows) if callable(v) else v for k, v in columns.items()})
+    return pd.DataFrame(data)
+
+
+def test_a_line_break_in_the_sample_file_name_cannot_inject_yaml(tmp_path):
+    """F7: the file name goes into the config's first comment as a Python literal, so \\n, \\r, U+2028 and
+    friends are escaped instead of ending the comment (a Linux file name may hold a newline)."""
+    from mlops_bundle.onboarding import new_dataset
+
+    for i, evil in enumerate(
+        ["s\u2028source: injected\u2028#.csv", "s\nsource: injected\n#.csv", "s\r\x85x: 1\u2029.csv"]
+    ):
+        sample = tmp_path / evil
+        _small_sample().to_csv(sample, index=False)
+        report = new_dataset(
+            f"fn{i}", sample, target="label", config_dir=tmp_path / "cfg", gx_root=tmp_path / "gx"
+        )
+        text = report.config_path.read_text(encoding="utf-8")
+        first, second = text.split("\n", 2)[:2]
+        assert first.startswith("# Data set") and repr(evil) in first, first
+        assert second.startswith("# Review"), second
+        for brk in ("\r", "\x85", "\u2028", "\u2029"):
+            assert brk not in text
+        data = yaml.safe_load(text)
+        assert "source" not in data and "x" not in data
+        assert load_config(report.config_path, environ={}).dataset.name == f"fn{i}"
+
+
+def test_infinite_or_huge_numbers_skip_the_range_rule_with_a_review_line(tmp_path):
+    """F7: inf or +-1e308 in a feature cannot be widened into a finite range: no range rule for that
+    column (said in the review), not an OverflowError; a regression target like that is refused clearly."""
+    from mlops_bundle.onboarding import new_dataset
+
+    def inf(rng, n):
+        return np.where(np.arange(n) == 3, np.inf, rng.random(n))
+
+    def huge(rng, n):
+        return np.where(np.arange(n) % 2 == 1, 1e308, -1e308)
+
+    _small_sample(y=inf, z=huge).to_csv(tmp_path / "s.csv", index=False)
+    report = new_dataset(
+        "infy", tmp_path / "s.csv", target="label", config_dir=tmp_path / "c", gx_root=tmp_path / "g"
+    )
+    for col in ("y", "z"):
+        line = next(r for r in report.review if r.startswith(f"no range rule for {col}:"))
+        assert "infinite or too large to widen" in line, line
+    assert any(r.startswith("range x: [") for r in report.review)
+    suite = (tmp_path / "g" / "expectations" / "infy_batch.json").read_text()
+    assert "Infinity" not in suite and "NaN" not in suite
+    exps = json.loads(suite)["expectations"]
+    ranged = [e["kwargs"].get("column") for e in exps if e["type"] == "expect_column_values_to_be_between"]
+    assert "x" in ranged and "y" not in ranged and "z" not in ranged
+    with pytest.raises(
+        OnboardingError, match=r"target 'z' in 's.csv' holds infinite values or values too large"
+    ):
+        new_dataset(
+            "infz",
+            tmp_path / "s.csv",
+            target="z",
+            task="regression",
+            config_dir=tmp_path / "c",
+            gx_root=tmp_path / "g",
+        )
+
+
+def test_multiclass_labels_sharing_a_probability_column_are_refused(tmp_path):
+    from mlops_bundle.features import proba_column
+    from mlops_bundle.onboarding import new_dataset
+
+    forged = proba_column("a b")[len("proba__") :]
+    labels = ["a b", forged, "c"]
+    _small_sample(label=lambda rng, n: np.array(labels)[np.arange(n) % 3]).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    with pytest.raises(OnboardingError, match=r"the classes \['a b', '" + forged + r"'\] would share"):
+        new_dataset(
+            "clash", tmp_path / "s.csv", target="label", config_dir=tmp_path / "c", gx_root=tmp_path / "g"
+        )
+    assert not (tmp_path / "c" / "clash.yaml").exists()

@@ -260,6 +260,56 @@ def test_estimator_skops_cannot_load_safely_is_refused_unless_its_types_are_list
     assert not set(types) & set(training.trusted_types(cfg))
 
 
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        # subprocess.check_output, re-exported by sklearn: trusting it would let a skops file run commands
+        ("sklearn.utils._testing.check_output", "is a function, not a class (it is subprocess.check_output)"),
+        # a real class, but named through a re-export: skops names types where they are defined
+        ("sklearn.neighbors.KDTree", "is the class sklearn.neighbors._kd_tree.KDTree re-exported"),
+        ("sklearn.neighbors._kd_tree.NoSuchTree", "cannot be imported"),
+    ],
+)
+def test_trusted_types_must_name_a_class_where_it_is_defined(regression, entry, expected):
+    """The config accepts these (its check is on the text, no import at parse time); training and loading
+    import each entry and refuse anything but a class defined at that very path."""
+    cfg = regression[0]
+    types = ["sklearn.neighbors._kd_tree.KDTree", entry]
+    bad = with_candidates(
+        cfg, [{"name": "knn", "estimator": "sklearn.neighbors.KNeighborsRegressor", "trusted_types": types}]
+    )
+    for refuse in (training.resolve_candidates, training.trusted_types):
+        with pytest.raises(training.TrainingError) as err:
+            refuse(bad)
+        msg = str(err.value)
+        assert f"candidate 'knn': trusted_types entry {entry!r}" in msg and expected in msg, msg
+    # load_model refuses before it downloads (or loads) anything: no MLflow is reachable at this URI
+    with pytest.raises(training.TrainingError, match="check_output|re-exported|cannot be imported"):
+        training.load_model(bad, "models:/nothing-here/1", client=object())
+    # the real, defining path is accepted by both
+    ok = with_candidates(
+        cfg,
+        [{"name": "knn", "estimator": "sklearn.neighbors.KNeighborsRegressor", "trusted_types": types[:1]}],
+    )
+    assert training.resolve_candidates(ok)[0].name == "knn"
+    assert "sklearn.neighbors._kd_tree.KDTree" in training.trusted_types(ok)
+
+
+def test_estimator_must_be_a_class_defined_under_the_allowlist(regression):
+    """A public re-export by the class's own package is fine (sklearn.ensemble.X is defined in
+    sklearn.ensemble._forest); a class an allowed module imports from elsewhere is not."""
+    cfg = regression[0]
+    ok = with_candidates(cfg, [{"name": "est", "estimator": "sklearn.ensemble.ExtraTreesRegressor"}])
+    assert training.resolve_candidates(ok)[0].estimator == "sklearn.ensemble.ExtraTreesRegressor"
+    # sklearn.utils._testing imports collections.defaultdict: a class, but defined outside 'sklearn.'
+    foreign = with_candidates(cfg, [{"name": "est", "estimator": "sklearn.utils._testing.defaultdict"}])
+    with pytest.raises(training.TrainingError) as err:
+        training.resolve_candidates(foreign)
+    msg = str(err.value)
+    assert "candidate 'est': estimator 'sklearn.utils._testing.defaultdict'" in msg
+    assert "is the class collections.defaultdict, defined outside training.estimator_modules" in msg
+
+
 def test_trusted_types_outside_the_allowlist_and_spec_shape_are_config_errors(tmp_path):
     bad = [
         ({"name": "a", "estimator": "sklearn.svm.SVR", "trusted_types": ["builtins.eval"]}, "outside training.estimator_modules"),
@@ -409,3 +459,33 @@ def test_dataset_config_roles(tmp_path):
     )
     with pytest.raises(ConfigError, match="task 'regression' needs a numeric target"):
         load_config(path, environ={})
+
+
+def test_score_column_names_are_reserved(tmp_path):
+    """F5: a column named like a score (proba__<x>, prediction, prediction_proba) is refused by the config,
+    naming it: scoring would overwrite it, and monitoring would read proba__x as a class probability."""
+    for reserved in ("proba__x", "prediction", "prediction_proba"):
+        path = sk_data.write_config(tmp_path, "wine", [{"name": "x", "family": "logistic_regression"}])
+        text = path.read_text()
+        first = text.split("- name: ", 2)[1].split("\n", 1)[0]  # the first declared column
+        path.write_text(text.replace(f"- name: {first}\n", f"- name: {reserved}\n", 1))
+        with pytest.raises(
+            ConfigError, match=rf"column\(s\) \['{reserved}'\] take a name reserved for the scores"
+        ):
+            load_config(path, environ={})
+
+
+def test_multiclass_labels_sharing_a_probability_column_are_refused_at_training(tmp_path):
+    """F5: only a label spelled like another label's hashed column collides; training refuses it (before a
+    model that could never be monitored is registered), naming both labels and the column."""
+    from mlops_bundle.features import proba_column
+    from mlops_bundle.training.window import _check_classes
+
+    cfg = load_config(sk_data.write_config(tmp_path, "wine", [{"name": "x", "family": "ridge"}]), environ={})
+    target = cfg.dataset.target
+    _check_classes(pd.DataFrame({target: ["高", "中", "低", "a b", "a_b"]}), cfg, "the train set")
+    forged = proba_column("a b")[len("proba__") :]
+    with pytest.raises(training.TrainingError) as err:
+        _check_classes(pd.DataFrame({target: ["a b", forged, "c"]}), cfg, "the train set")
+    msg = str(err.value)
+    assert f"the classes ['a b', '{forged}'] of {target!r}" in msg and proba_column("a b") in msg, msg

@@ -25,15 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlops_bundle import names
+from mlops_bundle.features import PROBA_PREFIX, proba_column
 from mlops_bundle.jsonsafe import json_safe
 from mlops_bundle.monitoring import drift
-from mlops_bundle.monitoring.scoring import (
-    PROBA_PREFIX,
-    MonitoringError,
-    class_proba_columns,
-    proba_column,
-    sample,
-)
+from mlops_bundle.monitoring.scoring import MonitoringError, class_proba_columns, sample
 from mlops_bundle.task_types import task_type
 
 if TYPE_CHECKING:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlops_bundle.features import safe_name
 from mlops_bundle.monitoring.calibration import CalibrationCache
 from mlops_bundle.monitoring.report import MonitoringResult, build_report, reports_prefix, write_report
 from mlops_bundle.monitoring.scoring import load_reference, read_predictions, score_batch, write_predictions
@@ -23,6 +26,27 @@ if TYPE_CHECKING:
     from mlops_bundle.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# what an MLflow metric key may hold (mlflow.utils.validation, the Windows-safe set: no ':')
+_METRIC_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
+_METRIC_KEY_MAX = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
+
+
+def metric_key(prefix: str, column: str) -> str:
+    """The MLflow metric key for a column's number: ``<prefix><column>`` when MLflow accepts that as is,
+    else the column's text made safe by :func:`mlops_bundle.features.safe_name` (characters outside
+    letters, digits, ``_ - . space /`` become ``_``, plus a hash of the name, so two columns never share a
+    key); a key MLflow would read as a path (``a//b``, ``../x``, a trailing ``/``) or longer than 250
+    characters gets the same treatment with ``/`` replaced too. ``income ($)`` -> ``drift.income ___<8 hex>``.
+    """
+    key = prefix + safe_name(column, _METRIC_UNSAFE)
+    if posixpath.normpath(key) == key and len(key) <= _METRIC_KEY_MAX:
+        return key
+    safe = safe_name(column, re.compile(r"[^0-9A-Za-z_\-. ]"))
+    if safe == column:  # only the length was wrong
+        safe = safe_name(column + "/", re.compile(r"/"))  # forces the hash suffix
+    key = prefix + safe
+    return key if len(key) <= _METRIC_KEY_MAX else key[: _METRIC_KEY_MAX - 9] + key[-9:]
 
 
 @dataclass(frozen=True)
@@ -174,7 +198,9 @@ def log_monitoring_run(
 
     Drift share, per-column scores, prediction drift and quality (when labels exist) sit next to the
     operational figures (rows scored/rejected, scoring throughput, task durations), so one MLflow chart
-    shows whether the model, the data or the pipeline changed. Returns the MLflow run id.
+    shows whether the model, the data or the pipeline changed. A column's drift score is logged as
+    ``drift.<column>``, under :func:`metric_key` when the name is not a valid MLflow key (``income ($)``);
+    the run's summary.json maps such keys to their columns (``metric_columns``). Returns the MLflow run id.
     """
     from mlflow.entities import Metric
 
@@ -190,9 +216,13 @@ def log_monitoring_run(
         "rows_reference": float(summary["rows_reference"]),
         "rows_current": float(summary["rows_current"]),
     }
+    renamed: dict[str, str] = {}  # metric key -> the column it measures, where the two differ
     for col, score in summary["column_scores"].items():
         if score.get("score") is not None:
-            metrics[f"drift.{col}"] = float(score["score"])
+            key = metric_key("drift.", col)
+            metrics[key] = float(score["score"])
+            if key != f"drift.{col}":
+                renamed[key] = col
     for side, values in (summary.get("quality") or {}).items():
         for k, v in (values or {}).items():
             if v is not None:
@@ -200,6 +230,7 @@ def log_monitoring_run(
     metrics.update({k: float(v) for k, v in operations.items()})
     stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
-    client.log_dict(run.info.run_id, dict(summary), "summary.json")
+    # summary.json keeps the real column names; metric_columns maps the keys that had to differ back to them
+    client.log_dict(run.info.run_id, {**summary, "metric_columns": renamed}, "summary.json")
     client.set_terminated(run.info.run_id)
     return run.info.run_id

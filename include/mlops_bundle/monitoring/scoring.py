@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
-from mlops_bundle.features import positive_class_index, predict_positive
+# PROBA_PREFIX and proba_column live in features (one home for model outputs); re-exported here
+from mlops_bundle.features import (
+    PROBA_PREFIX,
+    positive_class_index,
+    predict_positive,
+    proba_collisions,
+    proba_column,
+)
 from mlops_bundle.task_types import task_type
 
 if TYPE_CHECKING:
@@ -26,9 +32,6 @@ REFERENCE_FILE = "reference.parquet"
 # Rows per predict_proba call: bounds the model's intermediate matrices (one-hot encodings...) on huge
 # batches, large enough that the fixed per-call overhead stays negligible (benchmarks/README.md).
 SCORE_CHUNK_ROWS = 1_000_000
-# multiclass: the probability of class <label> is stored as column proba__<label> (see proba_column)
-PROBA_PREFIX = "proba__"
-_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]")
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +57,9 @@ def sample(df: pd.DataFrame, cap: int, seed: int = 0) -> pd.DataFrame:
     return df.iloc[idx]
 
 
-def proba_column(label: Any) -> str:
-    """The column ``score_batch`` stores a multiclass model's probability of class ``label`` in:
-    ``proba__<label>``, the label's text with every character outside ``[A-Za-z0-9_.-]`` replaced by
-    ``_`` (class 2 -> ``proba__2``, "high risk" -> ``proba__high_risk``), so it is a safe column, file
-    and MLflow name whatever the label."""
-    return PROBA_PREFIX + _UNSAFE.sub("_", str(label))
-
-
 def class_proba_columns(df: pd.DataFrame) -> list[str]:
-    """The per-class probability columns (``proba__<label>``) of a scored multiclass frame, in order."""
+    """The per-class probability columns (``proba__<label>``) of a scored multiclass frame, in order
+    (no data set column starts with ``proba__``: DatasetConfig reserves the prefix)."""
     return [c for c in df.columns if isinstance(c, str) and c.startswith(PROBA_PREFIX)]
 
 
@@ -149,12 +145,11 @@ def _score_multiclass(model: Any, X: pd.DataFrame, step: int, prediction_col: st
             "a classifier with predict_proba; check dataset.task and retrain"
         )
     names = [proba_column(c) for c in classes]
-    same = sorted({n for n in names if names.count(n) > 1})
+    same = proba_collisions(classes)
     if same:
         raise MonitoringError(
-            f"class labels {[c for c, n in zip(classes, names, strict=True) if n in same]} give the same "
-            f"probability column(s) {same} (labels are sanitised to [A-Za-z0-9_.-]); make the labels of the "
-            "target distinct after that and retrain"
+            f"class labels {sorted(t for texts in same.values() for t in texts)} give the same probability "
+            f"column(s) {sorted(same)} (features.proba_column); make the target's labels distinct and retrain"
         )
     proba = np.empty((len(X), len(classes)), dtype="float64")
     for start in range(0, len(X), step):

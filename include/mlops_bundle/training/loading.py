@@ -26,7 +26,7 @@ from typing import Any
 from mlops_bundle import provenance, tracking
 from mlops_bundle.config import BundleConfig, CandidateSpec
 from mlops_bundle.provenance import ProvenanceError
-from mlops_bundle.training.models import FAMILIES
+from mlops_bundle.training.models import FAMILIES, check_trusted_types
 
 # skops trusts scikit-learn's estimators and numpy arrays by default; a fitted pipeline also holds dtypes
 BASE_TRUSTED_TYPES = ("numpy.dtype",)
@@ -38,9 +38,11 @@ def candidate_trusted_types(spec: CandidateSpec) -> list[str]:
 
     A family candidate: the base list + its family's fitted types. An estimator candidate (import path):
     the base list + the built-in families' fitted types (scikit-learn's own tree internals) + the types
-    its config entry lists in ``trusted_types`` (each under ``training.estimator_modules``). Never what
-    the fitted model itself asks for: training refuses a model that needs more
-    (:func:`~mlops_bundle.training.runs.check_saveable`), so everything registered loads with this list.
+    its config entry lists in ``trusted_types`` (each a class defined under ``training.estimator_modules``
+    at that very path: :func:`~mlops_bundle.training.models.check_trusted_types`, run when training builds
+    the candidate and by :func:`trusted_types` before every load). Never what the fitted model itself asks
+    for: training refuses a model that needs more (:func:`~mlops_bundle.training.runs.check_saveable`), so
+    everything registered loads with this list.
     """
     types = set(BASE_TRUSTED_TYPES)
     if spec.family:
@@ -55,9 +57,17 @@ def candidate_trusted_types(spec: CandidateSpec) -> list[str]:
 
 
 def trusted_types(cfg: BundleConfig) -> list[str]:
-    """What skops may instantiate beyond its defaults: the union of the configured candidates' lists."""
+    """What skops may instantiate beyond its defaults: the union of the configured candidates' lists.
+
+    Each estimator candidate's ``trusted_types`` entry is imported and checked to be a class defined at
+    that path first (:func:`~mlops_bundle.training.models.check_trusted_types`, TrainingError naming the
+    entry): a function such as ``sklearn.utils._testing.check_output`` (``subprocess.check_output``) passes
+    the config's prefix check but must never be trusted. Not at config parse time: parsing stays import-free.
+    """
     types = set(BASE_TRUSTED_TYPES)
     for spec in cfg.training.candidates:
+        if spec.trusted_types:
+            check_trusted_types(spec, cfg)
         types.update(candidate_trusted_types(spec))
     return sorted(types)
 
@@ -100,14 +110,15 @@ def load_model(cfg: BundleConfig, model_uri: str, client: Any = None):
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
+    trusted = trusted_types(cfg)  # checks the configured trusted_types before anything is downloaded
     with checked_version(cfg, model_uri, client) as (name, mv, path):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # skops' notes about modules Airflow answers getattr() for
-                return skops.io.load(path, trusted=trusted_types(cfg))
+                return skops.io.load(path, trusted=trusted)
         except UntrustedTypesFoundException as exc:
             raise ProvenanceError(
                 f"{name} version {mv.version} holds types the bundle does not trust ({exc}); trusted: "
-                f"{trusted_types(cfg)} (the families/estimators of training.candidates). Not loaded: if it is an "
+                f"{trusted} (the families/estimators of training.candidates). Not loaded: if it is an "
                 "older model of a family or estimator removed from the config, add that candidate back"
             ) from None

@@ -107,32 +107,68 @@ def families_for(cfg: BundleConfig) -> list[str]:
     return sorted(n for n, f in FAMILIES.items() if f.kind == kind)
 
 
-def _estimator_family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
-    """A :class:`Family` for a candidate naming an estimator by import path, after checking the path.
+def import_class(path: str, cfg: BundleConfig, what: str, *, exact: bool) -> type:
+    """The class ``path`` names, after checking it may be imported and is what it claims to be.
 
-    An import path is code execution: importing a module runs its top-level code, so nothing outside
-    ``training.estimator_modules`` is ever imported (the check is on the dotted name, before the import).
+    ``path`` must be a dotted name under ``training.estimator_modules`` (checked on the text, before any
+    import: importing a module runs its code). The object must be a class whose own name is the last
+    segment and which is *defined* under ``estimator_modules`` (its ``__module__``), so a function or a
+    foreign class that an allowed module merely re-exports (``sklearn.utils._testing.check_output`` is
+    ``subprocess.check_output``) is refused. With ``exact`` (skops trusted types, which skops names by
+    where the type is defined) ``path`` must be the class's ``__module__.__qualname__`` itself; without it
+    (an estimator) a public re-export of the same class by its own package (``sklearn.ensemble.X`` for
+    ``sklearn.ensemble._forest.X``) is accepted. ``what`` starts the TrainingError message.
     """
-    path = str(spec.estimator)
     allowed = cfg.training.estimator_modules
     if not _DOTTED.fullmatch(path) or not cfg.training.module_allowed(path):
         raise TrainingError(
-            f"candidate {spec.name!r}: estimator {path!r} is not a dotted import path under "
-            f"training.estimator_modules {allowed} (importing a module runs its code, so only those "
-            f"modules are allowed); fix {_where(cfg)} or, if you trust that library, add its prefix there"
+            f"{what} {path!r} is not a dotted import path under training.estimator_modules {allowed} "
+            f"(importing a module runs its code, so only those modules are allowed); fix {_where(cfg)} or, if "
+            "you trust that library, add its prefix there"
         )
     module, _, name = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
+        raise TrainingError(f"{what} {path!r} cannot be imported ({exc}); fix {_where(cfg)}") from None
+    if not inspect.isclass(obj):
         raise TrainingError(
-            f"candidate {spec.name!r}: estimator {path!r} cannot be imported ({exc}); fix {_where(cfg)}"
-        ) from None
-    if not inspect.isclass(cls):
-        raise TrainingError(
-            f"candidate {spec.name!r}: estimator {path!r} is a {type(cls).__name__}, not a class; name an "
-            f"estimator class (e.g. sklearn.ensemble.ExtraTreesRegressor) in {_where(cfg)}"
+            f"{what} {path!r} is a {type(obj).__name__}, not a class (it is {_defined_as(obj)}); name a class "
+            f"defined under training.estimator_modules in {_where(cfg)}"
         )
+    defined = _defined_as(obj)
+    if exact and defined != path:
+        raise TrainingError(
+            f"{what} {path!r} is the class {defined} re-exported under another name: name it where it is "
+            f"defined ({defined!r}, if that is under training.estimator_modules {allowed}) in {_where(cfg)}"
+        )
+    if obj.__qualname__ != name or not cfg.training.module_allowed(obj.__module__):
+        raise TrainingError(
+            f"{what} {path!r} is the class {defined}, defined outside training.estimator_modules {allowed} or "
+            f"under another name (an allowed module re-exports it); name a class defined under those modules "
+            f"in {_where(cfg)}"
+        )
+    return obj
+
+
+def _defined_as(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def check_trusted_types(spec: CandidateSpec, cfg: BundleConfig) -> None:
+    """Each of an estimator candidate's ``trusted_types`` names a real class where it says it is defined
+    (:func:`import_class` with ``exact``): skops instantiates what the list trusts, so a function or a
+    re-exported alias there would make loading run whatever it is. TrainingError naming the entry."""
+    for entry in spec.trusted_types:
+        import_class(entry, cfg, f"candidate {spec.name!r}: trusted_types entry", exact=True)
+
+
+def _estimator_family(spec: CandidateSpec, cfg: BundleConfig) -> Family:
+    """A :class:`Family` for a candidate naming an estimator by import path, after checking the path
+    (:func:`import_class`) and its ``trusted_types`` (:func:`check_trusted_types`)."""
+    path = str(spec.estimator)
+    cls = import_class(path, cfg, f"candidate {spec.name!r}: estimator", exact=False)
+    check_trusted_types(spec, cfg)
     try:
         from sklearn.base import is_classifier, is_regressor
 

@@ -28,13 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_bundle.config import BundleConfig
-from mlops_bundle.ingest import MANIFEST_FILE
-from mlops_bundle.names import DATE_PATTERN, parse_date
+from mlops_bundle.features import proba_collisions
+from mlops_bundle.ingest import MANIFEST_FILE, validated_dates
+from mlops_bundle.names import parse_date
 from mlops_bundle.storage import Storage, join
 
 log = logging.getLogger(__name__)
-
-_DS_RE = re.compile(r"ds=(" + DATE_PATTERN[1:-1] + ")/" + re.escape(MANIFEST_FILE) + r"\Z")
 
 
 class TrainingError(ValueError):
@@ -98,10 +97,18 @@ def _read_parquet(store: Storage, key: str) -> pd.DataFrame:
 
 
 def _check_classes(df: pd.DataFrame, cfg: BundleConfig, what: str) -> None:
-    """The target can be learnt from ``df``: binary needs both classes, multiclass at least two,
-    regression at least two distinct values (a constant target leaves nothing to learn)."""
+    """The target can be learnt from ``df``: binary needs both classes, multiclass at least two, each with
+    a probability column of its own (features.proba_column), regression at least two distinct values (a
+    constant target leaves nothing to learn)."""
     target, task = cfg.dataset.target, cfg.dataset.task
     values = df[target].dropna().unique().tolist()
+    same = proba_collisions(values) if task == "multiclass" else {}
+    if same:
+        raise TrainingError(
+            f"{what}: the classes {sorted(t for texts in same.values() for t in texts)} of {target!r} would share "
+            f"the probability column(s) {sorted(same)} (features.proba_column), so the model could not be "
+            f"monitored; make those labels distinct in the data before training"
+        )
     if len(values) >= 2 and not (task == "binary" and len(values) > 2):
         return
     widen = "widen the window (training.window_days or the window_days param) or ingest more days"
@@ -132,18 +139,14 @@ def assemble_window(
     quarantined batch is never trained on. The holdout is the most recent ``holdout_fraction`` of rows by
     ``dataset.timestamp_column`` (without one: by batch date, so whole days go to the holdout); rows
     sharing the boundary instant all go to the holdout so no instant is on both sides. Rows are ordered
-    by that instant, then ``dataset.id_column`` (without one: the file's row order). Raises TrainingError for an empty window, too few rows, or a side with one class.
+    by that instant, then ``dataset.id_column`` (without one: the file's row order). Raises TrainingError
+    for an empty window, too few rows, or a side with one class.
     """
     days = window_days or cfg.training.window_days
     start, end = _dates(end_date, days)
     base = join(cfg.storage.staging_prefix, cfg.dataset.name)
     base_uri = store.uri(base)
-    dates = []
-    for obj in store.list(base):
-        m = _DS_RE.search(obj.key)
-        if m and start.isoformat() <= m.group(1) <= end.isoformat():
-            dates.append(m.group(1))
-    dates.sort()
+    dates = [d for d in validated_dates(store, cfg) if start.isoformat() <= d <= end.isoformat()]
     log.info("window %s..%s: %d validated partition(s) under %s", start, end, len(dates), base_uri)
     if not dates:
         raise TrainingError(
