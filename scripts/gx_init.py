@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from mlops_bundle.config import PROJECT_ROOT, BundleConfig, load_config
-from mlops_bundle.onboarding import write_gx_files
+from mlops_bundle.onboarding import MAX_ROWS_PER_BATCH, write_gx_files
 from mlops_bundle.sample import CONTRACT_TYPES, PAYMENT_METHODS, REGIONS
 
 COMMITTED = (
@@ -59,7 +59,7 @@ def build_expectations(cfg: BundleConfig) -> list:
         ),
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1,
-            max_value=20_000_000,
+            max_value=MAX_ROWS_PER_BATCH,
             notes="An empty batch is an upstream failure; more than 20M rows is not a daily batch.",
         ),
         gxe.ExpectColumnValuesToBeUnique(

@@ -42,7 +42,6 @@ from mlops_bundle.config import (
     PROJECT_ROOT,
     BundleConfig,
     ConfigError,
-    DatasetConfig,
     load_config,
 )
 from mlops_bundle.features import proba_collisions
@@ -806,12 +805,6 @@ def new_dataset(
             f"set's files are touched), or pick another name"
         )
 
-    for role, col, option in (
-        ("id_column", id_column, "--id-column"),
-        ("timestamp_column", timestamp_column, "--timestamp-column"),
-    ):
-        if col is None and DatasetConfig.model_fields[role].is_required():
-            raise OnboardingError(f"this version of the config requires dataset.{role}: pass {option}")
     df = read_sample(sample)
     for role, col in (
         ("--target", target),
