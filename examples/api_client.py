@@ -214,6 +214,14 @@ def gate_numbers(api: af.ApiClient, run_id: str) -> None:
             say(f"  {text}")
 
 
+def _past(tis: af.TaskInstanceApi, run_id: str, task_id: str) -> bool:
+    """The train run's ``task_id`` has been scheduled at least (or the run ended without it)."""
+    try:
+        return _value(tis.get_task_instance("train", run_id, task_id).state) is not None
+    except NotFoundException:
+        return False
+
+
 def approve(api: af.ApiClient, run_id: str) -> bool:
     """Wait for the approval request of a train run and approve it; False if the gate rejected the model.
 
@@ -231,7 +239,9 @@ def approve(api: af.ApiClient, run_id: str) -> bool:
             state = _value(ti.state)
         except NotFoundException:
             ti, state = None, None  # not created yet
-        if state == "success" and answered is not None:
+        if state == "success" and answered is not None and _past(tis, run_id, "promote"):
+            # Airflow 3.3 can report the answered attempt "success" for a moment and then put it up for
+            # retry (and ask again): done only once the next step has started
             return True
         if state == "awaiting_input" and ti.try_number != answered:
             if answered is None:
