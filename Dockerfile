@@ -19,7 +19,7 @@ RUN pip install --require-hashes -r /opt/airflow/requirements.lock
 
 # 2. The library, installed editable from /opt/airflow/include: docker-compose.yaml mounts ./include over
 #    it, so library edits are live; without the mount the copied sources are used. With the project root
-#    at /opt/airflow the library finds config/churn.yaml and great_expectations/ where compose mounts them.
+#    at /opt/airflow the library finds config/datasets/ and great_expectations/ where compose mounts them.
 COPY --chown=airflow:0 pyproject.toml README.m[d] /opt/airflow/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 RUN pip install --no-deps -e /opt/airflow

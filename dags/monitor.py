@@ -1,7 +1,7 @@
 """
 ### Monitor: score with the champion -> Evidently drift report -> guarded retrain trigger
 
-Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
+One per data set (`<dataset>__monitor`). Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
 
 1. **score_batch** scores the day's validated partition with `models:/<registered model>@champion`
    and writes `predictions/<dataset>/ds=<date>/predictions.parquet` (a rerun replaces it). No champion
@@ -12,7 +12,7 @@ Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
    categories), and the task's quality metrics (classification or regression) when labels exist. HTML, JSON and a summary go to
    `reports/<dataset>/<date>/`; the numbers and operational figures go to the MLflow experiment
    `<dataset>-monitoring`. The task's **Drift report** link opens the HTML.
-3. **decide_retrain** emits **`mlops.drift_detected`** (which schedules the train DAG) only if the share
+3. **decide_retrain** emits **`mlops.<dataset>.drift_detected`** (which schedules the data set's train DAG) only if the share
    of drifted features reaches `monitoring.drift_share_threshold`, the cooldown since the last
    drift-triggered retrain has passed and the daily maximum is not reached (a retry keeps the first
    attempt's verdict). Only validated partitions are scored, so a batch the GX gate rejected never gets
@@ -23,39 +23,49 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from mlops_airflow.assets import DRIFT_DETECTED
+from mlops_airflow import assets, names
 from mlops_airflow.dag_defaults import dag_args, date_param
+from mlops_airflow.factory import DatasetDags, datasets
 
 
-@dag(
-    schedule="0 6 * * *",
-    max_active_runs=1,  # the retrain history is read-modify-write
-    params={"date": date_param("Day to monitor YYYY-MM-DD; empty = the day before the run's logical date")},
-    doc_md=__doc__,
-    **dag_args("monitor", "evidently"),
-)
-def monitor():
-    @task
-    def score_batch(params=None, logical_date=None, dag_run=None, ti=None) -> dict:
-        from mlops_airflow.monitor_tasks import score
+def build(ds: DatasetDags) -> None:
+    drift_detected = assets.drift_detected(ds.name)
 
-        return score(params, logical_date, dag_run.run_after, ti)
+    @dag(
+        dag_id=ds.dag_id(names.MONITOR),
+        schedule="0 6 * * *",
+        max_active_runs=1,  # the retrain history is read-modify-write
+        params={
+            "date": date_param("Day to monitor YYYY-MM-DD; empty = the day before the run's logical date")
+        },
+        doc_md=ds.doc(__doc__),
+        **dag_args("monitor", "evidently", dataset=ds.name),
+    )
+    def monitor():
+        @task
+        def score_batch(params=None, logical_date=None, dag_run=None, ti=None) -> dict:
+            from mlops_airflow.monitor_tasks import score
 
-    @task
-    def drift_report(scored: dict, dag_run=None, ti=None) -> dict:
-        from mlops_airflow.monitor_tasks import report
+            return score(params, logical_date, dag_run.run_after, ti)
 
-        return report(scored, dag_run, ti)
+        @task
+        def drift_report(scored: dict, dag_run=None, ti=None) -> dict:
+            from mlops_airflow.monitor_tasks import report
 
-    @task(outlets=[DRIFT_DETECTED])
-    def decide_retrain(result: dict, outlet_events=None, dag_run=None, ti=None) -> dict:
-        from mlops_airflow.monitor_tasks import decide_retrain as decide
+            return report(scored, dag_run, ti)
 
-        record = decide(result, dag_run, ti)
-        outlet_events[DRIFT_DETECTED].extra = record
-        return record
+        @task(outlets=[drift_detected])
+        def decide_retrain(result: dict, outlet_events=None, dag_run=None, ti=None) -> dict:
+            from mlops_airflow.monitor_tasks import decide_retrain as decide
 
-    decide_retrain(drift_report(score_batch()))
+            record = decide(result, dag_run, ti)
+            outlet_events[drift_detected].extra = record
+            return record
+
+        decide_retrain(drift_report(score_batch()))
+
+    monitor()
 
 
-monitor()
+for _ds in datasets():
+    build(_ds)

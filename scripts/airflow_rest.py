@@ -117,6 +117,16 @@ def candidate_dag_files(folder: Path) -> set[str]:
     return out
 
 
+def list_all(api: Api, path: str, key: str, page: int = 100) -> list[dict]:
+    """Every item of a paged Airflow list endpoint (a deployment of many data sets has > 100 DAGs)."""
+    out: list[dict] = []
+    while True:
+        items = api.get(path, limit=page, offset=len(out))[key]
+        out += items
+        if len(items) < page:
+            return out
+
+
 def wait_for_dags(api: Api, procs: Processes, need: set[str], timeout: float = 180) -> list[dict]:
     """Wait until every DAG file was parsed (a DAG or an import error for it) and `need` DAGs exist."""
     folder = Path(procs.env["AIRFLOW__CORE__DAGS_FOLDER"])
@@ -124,7 +134,7 @@ def wait_for_dags(api: Api, procs: Processes, need: set[str], timeout: float = 1
     state: dict[str, Any] = {}
 
     def check():
-        dags = api.get("/api/v2/dags", limit=100)["dags"]
+        dags = list_all(api, "/api/v2/dags", "dags")
         errors = api.get("/api/v2/importErrors", limit=100)["import_errors"]
         seen = {str(Path(d["fileloc"]).resolve()) for d in dags}
         seen |= {str((folder / e["filename"]).resolve()) for e in errors}
@@ -165,37 +175,58 @@ def unpause_all(api: Api, dags: list[dict]) -> None:
     say(f"unpaused        {', '.join(sorted(d['dag_id'] for d in dags)) or '(no DAGs)'}")
 
 
-def bundle_config() -> Any:
-    """The bundle's config (MLOPS_CONFIG and MLOPS_* overrides of this process's environment)."""
+def import_bundle() -> None:
+    """Make the checkout's library and plugins importable (before `pip install -e .` too)."""
     try:
-        from mlops_bundle.config import load_config
+        import mlops_bundle  # noqa: F401
     except ImportError:  # not pip-installed yet: use the checkout
         sys.path.insert(0, str(al.PROJECT_ROOT / "include"))
-        from mlops_bundle.config import load_config
-    return load_config()
+    if str(al.PLUGINS_FOLDER) not in sys.path:
+        sys.path.insert(0, str(al.PLUGINS_FOLDER))
 
 
-def ensure_pool(api: Api) -> None:
-    """The pool that bounds concurrently training candidates; slots from training.pool_slots."""
-    cfg = bundle_config()
-    sys.path.insert(0, str(al.PLUGINS_FOLDER))
-    from mlops_airflow.names import TRAINING_POOL
+def bundle_configs() -> list[Any]:
+    """The valid data sets of the catalog (MLOPS_CONFIG and MLOPS_* overrides of this environment)."""
+    import_bundle()
+    from mlops_bundle.catalog import scan
 
-    # the whole pool every time: Airflow 3.3 validates a PATCH body as a complete pool (include_deferred is
-    # required there, so a second `make up` would get 422 without it)
-    body = {
-        "name": TRAINING_POOL,
-        "slots": cfg.training.pool_slots,
-        "description": "mlops: training",
-        "include_deferred": False,
-    }
-    try:
-        api.call("POST", "/api/v2/pools", body)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 409:
-            raise
-        api.call("PATCH", f"/api/v2/pools/{q(TRAINING_POOL)}", body)
-    say(f"pool            {TRAINING_POOL} ({cfg.training.pool_slots} slots)")
+    entries = scan()
+    for e in entries:
+        if e.error:
+            say(f"config error    {e.error} (its data set gets only the DAG {e.name}__config_error)")
+    return [e.config for e in entries if e.config is not None]
+
+
+def bundle_config(dataset: str) -> Any:
+    """The config of one data set of the catalog."""
+    import_bundle()
+    from mlops_bundle.catalog import dataset_config
+
+    return dataset_config(dataset)
+
+
+def ensure_pools(api: Api) -> None:
+    """Each data set's pool that bounds its concurrently training candidates (training.pool_slots)."""
+    import_bundle()
+    from mlops_airflow.names import training_pool
+
+    for cfg in bundle_configs():
+        pool = training_pool(cfg.dataset.name)
+        # the whole pool every time: Airflow 3.3 validates a PATCH body as a complete pool (include_deferred
+        # is required there, so a second `make up` would get 422 without it)
+        body = {
+            "name": pool,
+            "slots": cfg.training.pool_slots,
+            "description": f"mlops: training of {cfg.dataset.name}",
+            "include_deferred": False,
+        }
+        try:
+            api.call("POST", "/api/v2/pools", body)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+            api.call("PATCH", f"/api/v2/pools/{q(pool)}", body)
+        say(f"pool            {pool} ({cfg.training.pool_slots} slots)")
 
 
 # --------------------------------------------------------------------------------------------- runs

@@ -1,7 +1,9 @@
 """Run the bundle through real Airflow processes on this machine (the README's `make demo` / `make up`).
 
-  python scripts/demo.py demo   set up, start Airflow, ingest a good and a corrupt sample batch through the
-                                REST API, follow every run they cause, print a summary, stop Airflow
+  python scripts/demo.py demo   set up, start Airflow, run the two sample data sets side by side through
+                                the REST API (churn: binary classification, a good and a corrupt batch,
+                                then a drifted one; diabetes: regression, three days backfilled, then a
+                                fourth), follow every run they cause, print a summary, stop Airflow
   python scripts/demo.py up     set up, start Airflow, unpause the DAGs, keep running until Ctrl-C
 
 Setup is idempotent: the metadata DB is migrated only when Airflow changed, the sample landing batches
@@ -48,9 +50,11 @@ from airflow_procs import (  # noqa: E402
 from airflow_rest import (  # noqa: E402
     Api,
     bundle_config,
-    ensure_pool,
+    bundle_configs,
+    ensure_pools,
     follow,
     http_detail,
+    import_bundle,
     parse_ts,
     q,
     run_key,
@@ -62,28 +66,59 @@ from airflow_rest import (  # noqa: E402
 )
 
 MLFLOW_PORT = int(os.environ.get("DEMO_MLFLOW_PORT") or 5000)
-TRAIN_DAG = "train"
+# the demo's data sets (config/datasets/): the generated churn sample and sklearn's load_diabetes
+CHURN = "churn"
+DIABETES = "diabetes"
+DIABETES_LOADER = "load_diabetes"
+DIABETES_PARTS = 6  # 442 rows -> six daily batches of ~74 (four demo days + the two scheduled days)
 GOOD_DATE = "2026-01-05"
 CORRUPT_DATE = "2026-01-06"
 CORRUPTION = "unknown_category"
 SAMPLE_ROWS = 5000
-INGEST_DAG = "ingest"
 GATE_TASK = "validate_and_stage"
 DRIFT_DATE = "2026-01-07"
-MONITOR_DAG = "monitor"
-# What the demo does, in order; each phase waits until its runs and the runs they trigger have finished.
+DIABETES_DAYS = ("2026-01-04", "2026-01-05", "2026-01-06", "2026-01-07")
+
+
+def dag_id(dataset: str, kind: str) -> str:
+    import_bundle()
+    from mlops_airflow.names import dag_id as make
+
+    return make(dataset, kind)
+
+
+def kind_of(dag_id_: str) -> str:
+    return dag_id_.rpartition("__")[2]
+
+
+def dataset_of(dag_id_: str) -> str:
+    """The data set of a DAG (a deployment DAG such as audit_verify: churn's config speaks for it)."""
+    import_bundle()
+    from mlops_airflow.names import dataset_of as find
+
+    return find(dag_id_) or CHURN
+
+
+# What the demo does, in order: (title, ((data set, DAG kind, conf), ...)); each phase waits until its
+# runs and the runs they trigger have finished.
 PHASES = (
     (
-        "day 1: a good and a corrupt batch arrive (the good one trains the first champion)",
-        ((INGEST_DAG, GOOD_DATE), (INGEST_DAG, CORRUPT_DATE)),
+        "day 1: churn gets a good and a corrupt batch (the good one trains the first champion); diabetes is "
+        "onboarded: three days backfilled, then one train run on them",
+        (
+            (CHURN, "ingest", {"date": GOOD_DATE}),
+            (CHURN, "ingest", {"date": CORRUPT_DATE}),
+            (DIABETES, "backfill", {"start_date": DIABETES_DAYS[0], "end_date": DIABETES_DAYS[2]}),
+        ),
     ),
     (
-        "day 3: a batch with drifted customers arrives (validated, so it retrains; the gate judges)",
-        ((INGEST_DAG, DRIFT_DATE),),
+        "day 3: churn gets drifted customers, diabetes a fourth day (both validated, so both retrain; the "
+        "gates judge, lower rmse wins for diabetes)",
+        ((CHURN, "ingest", {"date": DRIFT_DATE}), (DIABETES, "ingest", {"date": DIABETES_DAYS[3]})),
     ),
     (
-        "monitoring day 3 against the champion's reference: drift report, guarded retrain trigger",
-        ((MONITOR_DAG, DRIFT_DATE),),
+        "monitoring day 3 against each champion's reference: drift reports, guarded retrain triggers",
+        ((CHURN, "monitor", {"date": DRIFT_DATE}), (DIABETES, "monitor", {"date": DIABETES_DAYS[3]})),
     ),
 )
 
@@ -105,46 +140,68 @@ def migrate_db(env: dict[str, str]) -> None:
     say(f"metadata DB     {db} (migrated in {time.monotonic() - t0:.1f}s)")
 
 
-def lake_root() -> tuple[Any, Path | None]:
-    """The bundle config and the local path of its storage root (None for s3:// roots)."""
-    cfg = bundle_config()
+def lake_root(dataset: str = CHURN) -> tuple[Any, Path | None]:
+    """A data set's config and the local path of its storage root (None for s3:// roots)."""
+    cfg = bundle_config(dataset)
     uri = cfg.root_uri
     if not uri.startswith("file://"):
         return cfg, None
     return cfg, Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
 
 
-def seed_landing() -> None:
-    """Write the demo's sample batches into landing/ unless they are already there."""
-    cfg, root = lake_root()
-    if root is None:
-        say(
-            f"sample data     skipped: storage root is {cfg.root_uri}; upload batches to its landing/ yourself"
+def demo_datasets() -> list[str]:
+    """The demo's data sets, as configured; the demo needs both (MLOPS_CONFIG may name another catalog)."""
+    names = {cfg.dataset.name for cfg in bundle_configs()}
+    missing = [n for n in (CHURN, DIABETES) if n not in names]
+    if missing:
+        raise RunnerError(
+            f"the demo runs the data sets {CHURN} and {DIABETES}; the catalog has {sorted(names)}, not {missing} "
+            "(unset MLOPS_CONFIG, or use `make up` for your own data sets)"
         )
-        return
-    if cfg.dataset.name != "churn":
-        say(
-            f"sample data     skipped: the sample generator makes 'churn' data, config is {cfg.dataset.name!r}"
-        )
-        return
-    from mlops_bundle.sample import generate_batch, write_landing
+    return [CHURN, DIABETES]
 
-    # Unpausing the daily ingest DAG makes the scheduler run it once for its latest interval, which
-    # ingests the day before: seed that batch too (either of the last two days, depending on the hour).
+
+def seed_landing(datasets: list[str]) -> None:
+    """Write the demo's sample batches into landing/ unless they are already there."""
+    from mlops_bundle.sample import generate_batch, sklearn_batch, write_landing
+
+    # Unpausing a daily ingest DAG makes the scheduler run it once for its latest interval, which ingests
+    # the day before: seed that batch too (either of the last two days, depending on the hour).
     today = now_utc().date()
-    scheduled = [(str(today - dt.timedelta(days=n)), None) for n in (1, 2)]
-    for day, corrupt in ((GOOD_DATE, None), (CORRUPT_DATE, CORRUPTION), (DRIFT_DATE, "drift"), *scheduled):
-        folder = root / cfg.storage.landing_prefix / cfg.dataset.name / day
-        label = {None: "good", "drift": "good, drifted customers"}.get(corrupt, f"corrupt: {corrupt}")
-        if folder.is_dir() and any(folder.iterdir()):
-            say(f"sample data     {folder} (already there, {label})")
+    scheduled = [str(today - dt.timedelta(days=n)) for n in (1, 2)]
+    batches = {
+        CHURN: [
+            (GOOD_DATE, None),
+            (CORRUPT_DATE, CORRUPTION),
+            (DRIFT_DATE, "drift"),
+            *((d, None) for d in scheduled),
+        ],
+        DIABETES: [(day, part) for part, day in enumerate((*DIABETES_DAYS, *scheduled))],
+    }
+    for dataset in datasets:
+        cfg, root = lake_root(dataset)
+        if root is None:
+            say(
+                f"sample data     skipped: storage root is {cfg.root_uri}; upload batches to its landing/ yourself"
+            )
             continue
-        if corrupt == "drift":
-            df = generate_batch(day, rows=SAMPLE_ROWS, drift=1.0)
-        else:
-            df = generate_batch(day, rows=SAMPLE_ROWS, corrupt=corrupt)
-        path = write_landing(df, folder, fmt="csv")
-        say(f"sample data     {path} ({len(df)} rows, {label})")
+        for day, kind in batches.get(dataset, []):
+            folder = root / cfg.storage.landing_prefix / cfg.dataset.name / day
+            if dataset == DIABETES:
+                label = f"{DIABETES_LOADER} part {kind + 1}/{DIABETES_PARTS}"
+            else:
+                label = {None: "good", "drift": "good, drifted customers"}.get(kind, f"corrupt: {kind}")
+            if folder.is_dir() and any(folder.iterdir()):
+                say(f"sample data     {folder} (already there, {label})")
+                continue
+            if dataset == DIABETES:
+                df = sklearn_batch(DIABETES_LOADER, kind, DIABETES_PARTS, day)
+            elif kind == "drift":
+                df = generate_batch(day, rows=SAMPLE_ROWS, drift=1.0)
+            else:
+                df = generate_batch(day, rows=SAMPLE_ROWS, corrupt=kind)
+            path = write_landing(df, folder, fmt="csv")
+            say(f"sample data     {path} ({len(df)} rows, {label})")
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -160,7 +217,7 @@ def fmt_duration(run: dict) -> str:
 def result_task(api: Api, run: dict, tis: list[dict]) -> tuple[str | None, Any]:
     """The run's headline result: validate_and_stage for ingest, else the last task that returned one."""
     dag_id, run_id = run_key(run)
-    if dag_id == INGEST_DAG:
+    if kind_of(dag_id) == "ingest":
         return GATE_TASK, xcom_return(api, dag_id, run_id, GATE_TASK)
     done = [t for t in tis if t["state"] == "success" and t.get("end_date")]
     for ti in sorted(done, key=lambda t: t["end_date"], reverse=True):
@@ -173,9 +230,14 @@ def result_task(api: Api, run: dict, tis: list[dict]) -> tuple[str | None, Any]:
 def expected_state(run: dict, mine: set[tuple[str, str]]) -> str | None:
     """What the demo expects of a run; None = not judged (e.g. the scheduled run Airflow creates for
     the latest interval when a DAG is unpaused)."""
-    if run_key(run) not in mine and run["run_type"] not in ("asset_triggered", "asset_materialization"):
+    triggered = str(run["dag_run_id"]).startswith("backfill__")  # the train run a backfill started
+    if (
+        run_key(run) not in mine
+        and not triggered
+        and run["run_type"] not in ("asset_triggered", "asset_materialization")
+    ):
         return None
-    if run["dag_id"] == INGEST_DAG and (run.get("conf") or {}).get("date") == CORRUPT_DATE:
+    if run["dag_id"] == dag_id(CHURN, "ingest") and (run.get("conf") or {}).get("date") == CORRUPT_DATE:
         return "failed"
     return "success"
 
@@ -193,7 +255,7 @@ def summarize_train(api: Api, dag_id: str, run_id: str) -> None:
     """MLflow run, registered version, the gate's decision and how to load the champion."""
     reg = xcom_return(api, dag_id, run_id, "register_best")
     decision = xcom_return(api, dag_id, run_id, "promote", key="decision")
-    cfg, _ = lake_root()
+    cfg, _ = lake_root(dataset_of(dag_id))
     mlflow_url = os.environ.get("DEMO_MLFLOW_URL") or f"http://localhost:{MLFLOW_PORT}"
     if isinstance(reg, dict):
         metrics = reg.get("metrics") or {}
@@ -246,7 +308,7 @@ def summarize_monitor(api: Api, dag_id: str, run_id: str, tis: list[dict]) -> No
     if quality:
         from mlops_bundle.task_types import task_type
 
-        cfg, _ = lake_root()
+        cfg, _ = lake_root(dataset_of(dag_id))
         headline = task_type(cfg.dataset.task).metrics[:2]  # binary: roc_auc, f1; regression: rmse, mae
         shown = ", ".join(f"{k} {quality[k]:.3f}" for k in headline if isinstance(quality.get(k), float))
         say(f"  quality       : {shown} on the day's labels")
@@ -255,16 +317,17 @@ def summarize_monitor(api: Api, dag_id: str, run_id: str, tis: list[dict]) -> No
     if link:
         say(f"  in Airflow    : {link if str(link).startswith('http') else al.ui_url() + str(link)}")
     if states.get("decide_retrain") == "success":
-        say("  retrain       : triggered (asset mlops.drift_detected -> train DAG)")
+        ds = dataset_of(dag_id)
+        say(f"  retrain       : triggered (asset mlops.{ds}.drift_detected -> {ds}__train)")
     elif states.get("decide_retrain") == "skipped":
         say(
             f"  retrain       : not triggered - {xcom_return(api, dag_id, run_id, 'decide_retrain', key='skip_reason')}"
         )
 
 
-def champion_line() -> None:
-    """The champion after the demo, read from the MLflow REST API."""
-    cfg, _ = lake_root()
+def champion_line(dataset: str) -> None:
+    """A data set's champion after the demo, read from the MLflow REST API."""
+    cfg, _ = lake_root(dataset)
     url = os.environ.get("DEMO_MLFLOW_URL", "")
     if not url.startswith("http"):
         return
@@ -282,7 +345,6 @@ def champion_line() -> None:
 
 
 def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]]) -> bool:
-    cfg, root = lake_root()
     say("")
     say("=" * 100)
     say("SUMMARY")
@@ -304,22 +366,24 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
         say(f"\n{dag_id}  {run_id}  [{run['run_type']}{', date ' + date if date else ''}]")
         say(f"  state: {run['state']}  duration: {fmt_duration(run)}  -> {verdict}")
         task_id, value = result_task(api, run, tis)
+        kind = kind_of(dag_id)
+        cfg, root = lake_root(dataset_of(dag_id))
         gate_state = {t["task_id"]: t["state"] for t in tis}.get(GATE_TASK)
-        if dag_id == INGEST_DAG and gate_state == "skipped":
+        if kind == "ingest" and gate_state == "skipped":
             # the batch is identical to what an earlier run staged (e.g. a second `make demo`)
             reason = xcom_return(api, dag_id, run_id, GATE_TASK, key="skip_reason")
             say(f"  unchanged     : {reason}")
             say("  training      : not triggered (nothing new; README: From validated batch to training)")
-        elif dag_id == INGEST_DAG and isinstance(value, dict):
+        elif kind == "ingest" and isinstance(value, dict):
             say(f"  rows ingested : {value.get('rows')}")
             gx = value.get("gx_success")
             say(f"  GX verdict    : {'passed' if gx else 'FAILED' if gx is not None else '-'}")
             say(f"  fingerprint   : {value.get('fingerprint')}")
             say(f"  staging       : {value.get('staging_uri')}")
             say(f"  Data Docs     : {value.get('data_docs_url')}")
-        elif dag_id == TRAIN_DAG:
+        elif kind == "train":
             summarize_train(api, dag_id, run_id)
-        elif dag_id == MONITOR_DAG:
+        elif kind == "monitor":
             summarize_monitor(api, dag_id, run_id, tis)
         elif value is not None:
             say(f"  result of {task_id}:")
@@ -329,7 +393,7 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
             say(f"  failed task {ti['task_id']} (try {ti['try_number']}), log tail:")
             for line in task_log_tail(api, dag_id, run_id, ti):
                 say(f"    | {line}")
-        if dag_id == INGEST_DAG and run["state"] == "failed" and date and root is not None:
+        if kind == "ingest" and run["state"] == "failed" and date and root is not None:
             quarantine = root / cfg.storage.quarantine_prefix / cfg.dataset.name / f"ds={date}"
             where = quarantine if quarantine.exists() else f"{quarantine} (not created)"
             say(f"  quarantine    : {where}")
@@ -356,7 +420,7 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     Every Airflow task then talks to one server (no SQLite writers racing each other) and the MLflow UI
     is there to look at. The server's store is the configured folder, so runs survive between demos.
     """
-    cfg, _ = lake_root()
+    cfg, _ = lake_root(CHURN)  # the demo's data sets share the local tracking store
     uri = cfg.tracking_uri
     os.environ["DEMO_MLFLOW_URL"] = uri
     if not uri.startswith("sqlite:///"):
@@ -375,14 +439,16 @@ def mlflow_service(env: dict[str, str]) -> tuple[dict[str, list[str]], str | Non
     return {"mlflow": argv}, url
 
 
-def trigger(api: Api, dag_id: str, date: str) -> tuple[str, str]:
-    run_id = f"demo__{date}__{now_utc().strftime('%Y%m%dT%H%M%S')}"
-    body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": date}}
+def trigger(api: Api, dag_id: str, conf: dict[str, Any]) -> tuple[str, str]:
+    label = "__".join(str(v) for v in conf.values())
+    run_id = f"demo__{label}__{now_utc().strftime('%Y%m%dT%H%M%S')}"
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+    shown = ", ".join(f"{k}={v}" for k, v in conf.items())
     try:
         api.call("POST", f"/api/v2/dags/{q(dag_id)}/dagRuns", body)
     except urllib.error.HTTPError as exc:
-        raise RunnerError(f"triggering {dag_id} for {date} failed: {http_detail(exc)}") from None
-    say(f"triggered       {dag_id} {run_id} (conf date={date})")
+        raise RunnerError(f"triggering {dag_id} ({shown}) failed: {http_detail(exc)}") from None
+    say(f"triggered       {dag_id} {run_id} (conf {shown})")
     return dag_id, run_id
 
 
@@ -424,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         migrate_db(env)
         extra, mlflow_url = mlflow_service(env)
         with airflow_running(env, extra) as procs:
+            datasets = demo_datasets() if args.mode == "demo" else [c.dataset.name for c in bundle_configs()]
             if not args.no_seed:
-                seed_landing()
+                seed_landing(datasets)
             api = Api(al.api_url(), "admin", al.USERS["admin"])
             t_api = time.monotonic()
             wait_for("api-server", api.ready, 180, procs)
@@ -434,10 +501,13 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for("mlflow server", lambda: http_ok(mlflow_url + "/health"), 120, procs)
                 say(f"mlflow server   ready ({mlflow_url})")
             api.login()
-            need = {INGEST_DAG, TRAIN_DAG, MONITOR_DAG} if args.mode == "demo" else set()
+            need = (
+                {dag_id(d, k) for _, steps in PHASES for d, k, _ in steps} if args.mode == "demo" else set()
+            )
+            need |= {dag_id(d, "train") for d in datasets} if args.mode == "demo" else set()
             dags = wait_for_dags(api, procs, need)
             since = now_utc() - dt.timedelta(seconds=1)
-            ensure_pool(api)
+            ensure_pools(api)
             if not args.paused:
                 unpause_all(api, dags)
             if args.mode == "up":
@@ -463,15 +533,16 @@ def main(argv: list[str] | None = None) -> int:
                 say("")
                 say(f"--- {title}")
                 phase_since = since if not runs else now_utc() - dt.timedelta(seconds=1)
-                started_now = {trigger(api, dag_id, date) for dag_id, date in triggers}
-                if (INGEST_DAG, CORRUPT_DATE) in triggers:
+                started_now = {trigger(api, dag_id(ds, kind), conf) for ds, kind, conf in triggers}
+                if (CHURN, "ingest", {"date": CORRUPT_DATE}) in triggers:
                     say(
                         f"(the {CORRUPT_DATE} batch is corrupt on purpose: its run is EXPECTED to fail at the gate)"
                     )
                 mine |= started_now
                 runs.update(follow(api, procs, phase_since, started_now, args.timeout, args.settle))
             ok = summarize(api, runs, mine)
-            champion_line()
+            for dataset in datasets:
+                champion_line(dataset)
             say(f"demo took {time.monotonic() - started:.0f}s")
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlops_bundle.config import PROJECT_ROOT, BundleConfig, load_config
+from mlops_bundle.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, BundleConfig, load_config
 from mlops_bundle.onboarding import MAX_ROWS_PER_BATCH, write_gx_files
 from mlops_bundle.sample import CONTRACT_TYPES, PAYMENT_METHODS, REGIONS
 
@@ -55,7 +55,7 @@ def build_expectations(cfg: BundleConfig) -> list:
         gxe.ExpectTableColumnsToMatchSet(
             column_set=ds.column_names,
             exact_match=True,
-            notes="The batch has exactly the columns declared in config/churn.yaml: none missing, none extra.",
+            notes="The batch has exactly the columns declared in config/datasets/churn.yaml: none missing, none extra.",
         ),
         gxe.ExpectTableRowCountToBeBetween(
             min_value=1,
@@ -135,12 +135,14 @@ def _committed_files(root: Path) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="config file (default: $MLOPS_CONFIG or config/churn.yaml)")
+    parser.add_argument(
+        "--config", help="the churn sample's config file (default: config/datasets/churn.yaml)"
+    )
     parser.add_argument("--target", help="GX folder to write (default: the config's validation.gx_root)")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if the files differ")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config or DEFAULT_CONFIG_PATH)
     target = Path(args.target).resolve() if args.target else cfg.gx_root
     if (target / "__init__.py").exists():
         print(f"{target}/__init__.py shadows the great_expectations package: delete it", file=sys.stderr)

@@ -299,12 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         accounts = {role.lower(): _account(role, env) for role in ("ADMIN", "SERVICE", "READER")}
         experiments, models = [], []
-        if args.bundle_config:
-            from mlops_bundle.config import load_config
+        if args.bundle_config:  # every data set of the catalog (MLOPS_CONFIG: the folder or one file)
+            from mlops_bundle.catalog import configs
 
-            cfg = load_config()
-            experiments = [cfg.experiment_name, cfg.monitoring_experiment_name]
-            models = [cfg.model_name]
+            cfgs = configs()
+            experiments = [n for c in cfgs for n in (c.experiment_name, c.monitoring_experiment_name)]
+            models = [c.model_name for c in cfgs]
         wait_healthy(url, args.wait)
         provision(url, **accounts, experiments=experiments, models=models)
     except ProvisionError as exc:

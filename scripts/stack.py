@@ -85,7 +85,7 @@ from airflow_procs import (  # noqa: E402
     wait_http,
     wait_log,
 )
-from airflow_rest import Api, ensure_pool, unpause_all, wait_for_dags  # noqa: E402
+from airflow_rest import Api, ensure_pools, unpause_all, wait_for_dags  # noqa: E402
 
 PG_HOST = os.environ.get("STACK_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("STACK_PG_PORT") or 5432)
@@ -440,7 +440,7 @@ def stack_env(
                     "password": mlflow_service.password,
                 }
             ),
-            "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "churn.yaml"),
+            "MLOPS_CONFIG": str(al.PROJECT_ROOT / "config" / "datasets"),
             "MLOPS_STORAGE__ROOT_URI": f"s3://{bucket}/lake",
             "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
             "MLOPS_MLFLOW__TRACKING_URI": mlflow_url,
@@ -450,7 +450,7 @@ def stack_env(
             "MLOPS_AUDIT__STORE_URI": uri("audit", "audit"),
             "MLOPS_AUDIT_HMAC_KEY": secrets.token_urlsafe(32),  # a new chain per stack, keyed
             # the verified head anchored under Object Lock (a day's retention: moto keeps it in memory)
-            "MLOPS_AUDIT__ANCHOR_URI": f"s3://{anchors}/churn/",
+            "MLOPS_AUDIT__ANCHOR_URI": f"s3://{anchors}/deployment/",
             "MLOPS_AUDIT__ANCHOR_RETENTION_DAYS": "1",
             "MLOPS_AUDIT__GAP_DIR": str(home / "audit-gaps"),
             "MLOPS_PROMOTION__LOCK_URI": uri("state", "lock"),
@@ -463,11 +463,11 @@ def stack_env(
     return env
 
 
-def load_bundle_config(env: dict[str, str]):
-    """The bundle's config as the stack's Airflow processes see it (MLOPS_* of `env`)."""
-    from mlops_bundle.config import load_config
+def load_bundle_configs(env: dict[str, str]) -> list:
+    """The data sets' configs as the stack's Airflow processes see them (MLOPS_* of `env`)."""
+    from mlops_bundle.catalog import configs
 
-    return load_config(environ=env)
+    return configs(environ=env)
 
 
 def worker_node_names(workers: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -520,7 +520,7 @@ def start_stack(
     worker_concurrency: int = 2,
     keep: bool = False,
     timeout: float = 300,
-    need_dags: tuple[str, ...] = ("ingest", "train", "monitor"),
+    need_dags: tuple[str, ...] = ("churn__ingest", "churn__train", "churn__monitor"),
     dags_folder: str | os.PathLike[str] | None = None,
 ) -> Iterator[Stack]:
     """Start the stack under `tmp_dir` (a fresh temp folder if None); stop it and drop its databases on exit.
@@ -641,13 +641,13 @@ def start_stack(
         api = Api(stack.api_url, "admin", al.USERS["admin"])
         wait_for("api-server", api.ready, timeout, airflow)
         wait_http(mlflow_url + "/health", "mlflow server", timeout, infra)
-        # compose's mlflow-init: the accounts, the reader's grants, the bundle's experiments and model
-        cfg = load_bundle_config(env)
+        # compose's mlflow-init: the accounts, the reader's grants, every data set's experiments and model
+        cfgs = load_bundle_configs(env)
         mlflow_accounts.provision(
             mlflow_url,
             **accounts,
-            experiments=[cfg.experiment_name, cfg.monitoring_experiment_name],
-            models=[cfg.model_name],
+            experiments=[n for c in cfgs for n in (c.experiment_name, c.monitoring_experiment_name)],
+            models=[c.model_name for c in cfgs],
         )
         for w in workers:
             wait_log(airflow.log(f"worker-{w}"), " ready.", f"celery worker {w}", timeout, airflow)
@@ -656,9 +656,9 @@ def start_stack(
         if need_dags:
             wait_for_dags(api, airflow, set(need_dags), timeout)
         old_env = dict(os.environ)
-        try:  # ensure_pool reads pool_slots from the bundle config in this process
+        try:  # ensure_pools reads pool_slots from the data sets' configs in this process
             os.environ.update({k: v for k, v in env.items() if k.startswith("MLOPS_")})
-            ensure_pool(api)
+            ensure_pools(api)
         finally:
             os.environ.clear()
             os.environ.update(old_env)

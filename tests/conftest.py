@@ -57,7 +57,7 @@ os.environ.update(
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
+        "MLOPS_CONFIG": str(REPO / "config" / "datasets" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": LAKE.as_uri(),
         "MLOPS_VALIDATION__GX_ROOT": str(GX_ROOT),
         "MLOPS_AUDIT__STORE_URI": f"sqlite:///{_SESSION_DIR / 'audit.db'}",

@@ -1,12 +1,12 @@
 """The bundle's one validated configuration.
 
-A data set is declared once, in a YAML file (``config/churn.yaml`` by default): its columns and dtypes,
+A data set is declared once, in a YAML file (``config/datasets/<name>.yaml``): its columns and dtypes,
 its id/timestamp/target columns, where data lives (a storage root URI) and the thresholds every lifecycle
-stage reads. Pointing the bundle at a new tabular data set means a new config file plus a GX suite, never
-DAG code.
-
-Resolution order for the file: the ``path`` argument, then ``$MLOPS_CONFIG``, then the default file of
-this checkout. Any scalar field can be overridden with an environment variable
+stage reads. Pointing the bundle at a new tabular data set means a new config file plus its GX files
+(``python -m mlops_bundle new-dataset`` writes both), never DAG code. Relative paths in a config file are
+relative to that file's folder. The folder of config files is the data set catalog
+(``mlops_bundle.catalog``): ``$MLOPS_CONFIG`` names that folder or a single config file, default
+``config/datasets/`` of this checkout. Any scalar field can be overridden with an environment variable
 ``MLOPS_<SECTION>__<FIELD>`` (for example ``MLOPS_STORAGE__ROOT_URI=s3://bucket/prefix``); values are
 parsed as YAML scalars so ``true``/``42``/``0.5`` keep their types.
 """
@@ -27,7 +27,10 @@ from mlops_bundle.task_types import TASKS, TaskName, task_type
 ENV_PREFIX = "MLOPS_"
 CONFIG_ENV = "MLOPS_CONFIG"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "churn.yaml"
+# the data set catalog: one config file per data set
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
+# the sample data set's config (scripts and tests that want "the churn sample" use it)
+DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "churn.yaml"
 
 DType = Literal["int", "float", "string", "category", "bool", "datetime"]
 
@@ -105,7 +108,7 @@ class DatasetConfig(_Strict):
 
 class StorageConfig(_Strict):
     # file:///abs/path, a path relative to the config file's folder, or s3://bucket/prefix
-    root_uri: str = "../var/lake"
+    root_uri: str = "../../var/lake"
     # Airflow connection used for s3:// roots; credentials never live in this file
     aws_conn_id: str = "aws_default"
     landing_prefix: str = "landing"
@@ -181,7 +184,7 @@ def _source_entry_problem(entry: str) -> str:
 
 class ValidationConfig(_Strict):
     # a folder relative to the config file's folder (the one rule for every relative path), or absolute
-    gx_root: str = "great_expectations"
+    gx_root: str = "../../great_expectations"
     suite_name: str
     validation_definition: str
     checkpoint_name: str
@@ -193,7 +196,7 @@ class ValidationConfig(_Strict):
 class MlflowConfig(_Strict):
     # a folder (relative to the config file) -> local SQLite tracking store + artifacts in it;
     # or http(s)://host:port of an MLflow server; or a database URI (postgresql://...)
-    tracking_uri: str = "../var/mlflow"
+    tracking_uri: str = "../../var/mlflow"
     experiment: str = "{dataset}-training"
     monitoring_experiment: str = "{dataset}-monitoring"
     # {dataset} and {kind} (classifier or regressor, from dataset.task) are filled in
@@ -355,7 +358,7 @@ class AuditConfig(_Strict):
     enabled: bool = True
     # SQLAlchemy-style URL of the shared audit store: sqlite:///path (embedded) or postgresql://... (stack);
     # a plain path is relative to the config file's folder
-    store_uri: str = "../var/audit/audit.db"
+    store_uri: str = "../../var/audit/audit.db"
     # Airflow connection whose password is the HMAC key of the chain (optional but recommended)
     hmac_conn_id: str = ""
     # where verified heads are anchored out of the tasks' reach: s3://bucket/prefix/ of a bucket created
@@ -369,7 +372,7 @@ class AuditConfig(_Strict):
     anchor_retention_days: int = Field(default=400, ge=1, le=36500)
     # per-host folder (relative to the config file's folder) where a listener counts the events it could
     # not write while the store was down; the next successful write turns them into an audit.gap record
-    gap_dir: str = "../var/audit/gaps"
+    gap_dir: str = "../../var/audit/gaps"
 
     @model_validator(mode="after")
     def _anchor_uri_is_s3(self) -> AuditConfig:
@@ -484,6 +487,32 @@ class BundleConfig(_Strict):
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
 
+def config_location(environ: dict[str, str] | None = None) -> Path:
+    """The catalog: the folder (or single config file) ``$MLOPS_CONFIG`` names, else config/datasets/."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CONFIG_ENV) or DEFAULT_CONFIG_DIR)
+
+
+def config_files(location: Path) -> list[Path]:
+    """The config files of a catalog location, sorted: the file itself, or a folder's ``*.yaml``/``*.yml``
+    (hidden files and ``_``-prefixed ones, e.g. drafts, are not data sets)."""
+    if not location.is_dir():
+        return [location]
+    found = [*location.glob("*.yaml"), *location.glob("*.yml")]
+    return sorted(p for p in found if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def _single_config_file(location: Path) -> Path:
+    files = config_files(location)
+    if len(files) == 1:
+        return files[0]
+    raise ConfigError(
+        f"{location} holds {len(files)} data set config files ({', '.join(p.stem for p in files) or 'none'}): "
+        "name the data set (mlops_bundle.catalog.dataset_config(name)) or set "
+        f"{CONFIG_ENV} to one config file"
+    )
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for key, raw in environ.items():
@@ -497,13 +526,17 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
 def load_config(
     path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
 ) -> BundleConfig:
-    """Read, merge env overrides into and validate the config; raise ConfigError naming what is wrong."""
+    """Read, merge env overrides into and validate one config file; raise ConfigError naming what is wrong.
+
+    Without ``path``: ``$MLOPS_CONFIG`` if it names a file, else the catalog folder's only data set (a
+    folder of several needs the data set's name: ``mlops_bundle.catalog.dataset_config``).
+    """
     environ = dict(os.environ if environ is None else environ)
-    cfg_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    cfg_path = Path(path) if path else _single_config_file(config_location(environ))
     if not cfg_path.is_file():
         raise ConfigError(
-            f"config file {cfg_path} not found: set {CONFIG_ENV} to your data set's config file "
-            f"(see config/churn.yaml for an example)"
+            f"config file {cfg_path} not found: set {CONFIG_ENV} to your data set's config file or to the "
+            f"folder of them (see config/datasets/churn.yaml for an example)"
         )
     try:
         data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mlops_bundle.config import (
+    DEFAULT_CONFIG_DIR,
     PROJECT_ROOT,
     BundleConfig,
     ConfigError,
@@ -59,7 +60,6 @@ BATCH_DEFINITION = "whole_dataframe"
 # ids of every data set derive from it
 ID_NAMESPACE = uuid.UUID("6f1d2a7e-3b0c-5e55-9b1e-6d6c0b5e1a00")
 PROJECT_YML_FILE = "great_expectations.yml"
-DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
 DEFAULT_GX_ROOT = PROJECT_ROOT / "great_expectations"
 DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
 
@@ -760,8 +760,10 @@ class OnboardingReport:
         out += [f"  - {line}" for line in self.review]
         out.append(
             f"Next: edit {_show(self.config_path)} and the suite if a guess is wrong (or rerun with changed "
-            f"options and --force); then deliver batches to landing/{self.name}/<YYYY-MM-DD>/ in the lake and "
-            f"run the pipeline with this config (MLOPS_CONFIG={_show(self.config_path)})."
+            f"options and --force); then deliver batches to landing/{self.name}/<YYYY-MM-DD>/ in the lake. "
+            f"A file in the catalog folder (config/datasets/, or the folder MLOPS_CONFIG names) gets its DAGs "
+            f"{self.name}__ingest, {self.name}__train, ... at Airflow's next DAG parse; create its pool "
+            f"{self.name}__training (make up does) and unpause them, or load history with {self.name}__backfill."
         )
         return "\n".join(out)
 

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     import getpass
     import sys
 
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.config import load_config
 
     parser = argparse.ArgumentParser(
@@ -199,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "adopt", help="sign a version registered before provenance checks, after confirming it"
     )
-    p.add_argument("--model", help="registered model (default: the config's)")
+    p.add_argument("--dataset", help="the data set whose config to use (needed when the catalog has several)")
+    p.add_argument("--model", help="registered model (default: the data set's)")
     p.add_argument("--version", required=True)
     p.add_argument("--actor", help="who vouches for it (default: the OS user)")
     args = parser.parse_args(argv)
-    cfg = load_config()
+    cfg = dataset_config(args.dataset) if args.dataset else load_config()
     name = args.model or cfg.model_name
     actor = args.actor or getpass.getuser()
 

@@ -162,3 +162,36 @@ def write_landing(
     else:
         raise ValueError(f"unknown landing format {fmt!r}; use csv, csv.gz or parquet")
     return path
+
+
+# ------------------------------------------------------------------- scikit-learn's bundled data sets
+# The demo's second data set (and the task-type tests' data): one of sklearn's ``load_*`` sets, which ship
+# with scikit-learn (no download), cut into daily batches. They have neither an id nor a timestamp column.
+SKLEARN_TARGET = "target"
+
+
+def sklearn_frame(loader: str, seed: int = 7) -> pd.DataFrame:
+    """sklearn's ``loader`` (e.g. ``load_diabetes``) as one frame: feature names made identifiers, the
+    label in column ``target``, rows shuffled once with ``seed``."""
+    import re
+
+    import sklearn.datasets
+
+    df = getattr(sklearn.datasets, loader)(as_frame=True).frame
+    df.columns = [re.sub(r"\W+", "_", str(c)).strip("_") for c in df.columns]
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def sklearn_batch(loader: str, part: int, parts: int, day: dt.date | str, seed: int = 7) -> pd.DataFrame:
+    """Batch ``part`` (0-based) of ``parts`` equal slices of :func:`sklearn_frame`, as delivered on ``day``:
+    an ``event_ts`` column (UTC, spread over the day) comes first, so a window of one day still splits
+    into train and holdout by time."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in 0..{parts - 1}")
+    df = sklearn_frame(loader, seed)
+    bounds = np.linspace(0, len(df), parts + 1).astype(int)
+    df = df.iloc[bounds[part] : bounds[part + 1]].reset_index(drop=True)
+    start = pd.Timestamp(str(day), tz="UTC")
+    seconds = np.linspace(0, 86_399, len(df)).astype(int) if len(df) else np.array([], dtype=int)
+    df.insert(0, "event_ts", start + pd.to_timedelta(seconds, unit="s"))
+    return df

@@ -1,9 +1,10 @@
-"""The Assets that carry the data flow between the bundle's DAGs (one definition each, imported by DAGs).
+"""The Assets that carry a data set's data flow between its DAGs (one definition each, used by the DAG files).
 
-They are declared by name only (the URI defaults to the name): an Asset URI with a scheme makes Airflow
-load every provider's URI normalizers at parse time, which imports boto3 through the amazon provider
-(the cost is in benchmarks/README.md, "DAG parse"). The storage location of each event travels in its
-`extra`; the keys below are the ones the DAG files set.
+Each data set has its own three, ``mlops.<dataset>.<event>`` (names in mlops_airflow.names): an ingest
+of one data set triggers only its own train DAG. They are declared by name only (the URI defaults to the
+name): an Asset URI with a scheme makes Airflow load every provider's URI normalizers at parse time, which
+imports boto3 through the amazon provider (the cost is in benchmarks/README.md, "DAG parse"). The storage
+location of each event travels in its `extra`; the keys below are the ones the DAG files set.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 from mlops_airflow import names
-from mlops_airflow.names import TRAINING_POOL  # noqa: F401  (re-exported for the DAG files)
 
-# Emitted by ingest when a batch passed the quality gate;
-# extra: dataset, date, rows, fingerprint, staging_uri, gx_success.
-VALIDATED_DATA = Asset(name=names.VALIDATED_DATA, group="mlops")
 
-# Emitted when the champion alias moves (promotion or rollback);
-# extra: model, version, previous, verdict, decision_id.
-CHAMPION_MODEL = Asset(name=names.CHAMPION_MODEL, group="mlops")
+def validated_data(dataset: str) -> Asset:
+    """Emitted by ingest when a batch passed the quality gate;
+    extra: dataset, date, rows, fingerprint, staging_uri, gx_success."""
+    return Asset(name=names.asset_name(dataset, names.VALIDATED_DATA), group="mlops")
 
-# Emitted by monitor when drift passed the guard rails; extra: dataset, date, at, drift_share,
-# drifted_columns, champion_version, report_html, reason.
-DRIFT_DETECTED = Asset(name=names.DRIFT_DETECTED, group="mlops")
+
+def champion_model(dataset: str) -> Asset:
+    """Emitted when the champion alias moves (promotion or rollback);
+    extra: model, version, previous, verdict, decision_id."""
+    return Asset(name=names.asset_name(dataset, names.CHAMPION_MODEL), group="mlops")
+
+
+def drift_detected(dataset: str) -> Asset:
+    """Emitted by monitor when drift passed the guard rails; extra: dataset, date, at, drift_share,
+    drifted_columns, champion_version, report_html, reason."""
+    return Asset(name=names.asset_name(dataset, names.DRIFT_DETECTED), group="mlops")

@@ -21,12 +21,13 @@ START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 TAG = "mlops"
 
 
-def dag_args(*tags: str, retry_delay_s: int = 20) -> dict[str, Any]:
-    """The ``@dag`` keyword arguments shared by the bundle's DAGs; ``tags`` follow the common 'mlops' tag."""
+def dag_args(*tags: str, dataset: str | None = None, retry_delay_s: int = 20) -> dict[str, Any]:
+    """The ``@dag`` keyword arguments shared by the bundle's DAGs; ``tags`` follow the common 'mlops' tag
+    and the data set's name (filter the UI's DAG list by it)."""
     return {
         "start_date": START_DATE,
         "catchup": False,
-        "tags": [TAG, *tags],
+        "tags": [TAG, *([dataset] if dataset else []), *tags],
         "default_args": {
             "owner": OWNER,
             "retries": RETRIES,

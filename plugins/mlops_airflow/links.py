@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 # reserved prefixes /api/v2, /ui, /execution, /auth, /pluginsv2).
 URL_PREFIX = "/mlops"
 # REPORT_FILES (imported above): the files of one report and their media types, the only names served.
-# The DAG that writes the reports: reading a report requires read access to its task instances.
-MONITOR_DAG_ID = "monitor"
 
 REPORT_URL_KEY = "report_url"
 MLFLOW_URL_KEY = "mlflow_url"

@@ -7,7 +7,7 @@ Airflow 3 mounts plugin apps as-is, without any authentication of its own, so th
   root (a local folder or S3 through the configured Airflow AWS connection). 400 for a malformed
   dataset/date/name, 404 (JSON ``detail``) when the report does not exist.
 - ``GET /mlops/reports/{dataset}``: the report dates of a data set, newest first (HTML with links;
-  ``?format=json`` for scripts). ``GET /mlops/reports``: the data sets that have reports.
+  ``?format=json`` for scripts). ``GET /mlops/reports``: the configured data sets the user may read.
 
 Pages that show data run sandboxed. A report is built from ingested data, and a data value can end up
 as markup or script in it (Evidently writes its data into an inline ``<script>`` without escaping
@@ -21,8 +21,10 @@ with it (never the session). Every other response of this app
 (the list pages, JSON listings and every error) gets :data:`APP_PAGE_HEADERS`: no script at all. Both sets
 are added by :class:`SecurityHeaders`, around the whole app, so error answers carry them too.
 
-Every route requires an Airflow user allowed to read task instances of the ``monitor`` DAG (the DAG
-that writes the reports), checked by Airflow's own ``requires_access_dag`` dependency. The identity comes
+Every route of a data set requires an Airflow user allowed to read task instances of that data set's
+``<dataset>__monitor`` DAG (the DAG that writes its reports), checked by Airflow's own
+``requires_access_dag``; the list of data sets shows only those the user may read. A data set with no
+config is a 404 after that check (its name is validated first: it is never a path). The identity comes
 from ``Authorization: Bearer <JWT from POST /auth/token>`` (REST clients) or from the UI's ``_token``
 session cookie, which the browser sends when a user clicks the extra link in the UI. Path parameters are
 validated (``mlops_bundle.names`` through ``links``) before anything is read; where reports live and which
@@ -187,21 +189,38 @@ def _report_headers(dataset: str, date: str, name: str) -> dict[str, str]:
 def create_report_app() -> FastAPI:
     """The FastAPI app mounted at ``/mlops`` (built on first request in the api-server)."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-    from fastapi import Depends, FastAPI, Request
+    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+    from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from mlops_airflow import runtime
+    from mlops_airflow.names import MONITOR, dag_id
     from mlops_bundle import monitoring
+    from mlops_bundle.config import ConfigError
     from mlops_bundle.storage import StorageError
+
+    def may_read(dataset: str, request: Request, user: Any) -> bool:
+        check = requires_access_dag(
+            "GET", DagAccessEntity.TASK_INSTANCE, param_dag_id=dag_id(dataset, MONITOR)
+        )
+        try:
+            check(request, user)
+        except HTTPException as exc:
+            if exc.status_code == 403:
+                return False
+            raise
+        return True
+
+    def authorized(request: Request, user: GetUserDep) -> None:
+        # a data set's routes: read access to its monitor DAG's task instances; the list filters instead
+        dataset = request.path_params.get("dataset")
+        if dataset is not None and not may_read(_check_dataset(dataset), request, user):
+            raise HTTPException(403, "Forbidden")
+        request.state.user = user
 
     app = FastAPI(
         title="MLOps bundle",
-        dependencies=[
-            Depends(
-                requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE, param_dag_id=links.MONITOR_DAG_ID)
-            )
-        ],
+        dependencies=[Depends(authorized)],
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -222,23 +241,33 @@ def create_report_app() -> FastAPI:
             },
         )
 
-    def _store() -> tuple[Any, Any]:
-        cfg = runtime.bundle_config()
+    @app.exception_handler(ConfigError)
+    async def _no_dataset(request: Request, exc: ConfigError) -> JSONResponse:
+        # the config error (file paths) goes to the api-server log, not to the page
+        log.warning("report request %s: %s", request.url.path, exc)
+        dataset = request.path_params.get("dataset")
+        return JSONResponse(
+            status_code=404, content={"detail": f"no data set {dataset!r} is configured: see /mlops/reports"}
+        )
+
+    def _store(dataset: str) -> tuple[Any, Any]:
+        cfg = runtime.bundle_config(dataset)
         return cfg, runtime.storage(cfg)
 
     @app.get("/reports")
-    def list_datasets(format: str = "html") -> Response:
-        cfg, store = _store()
-        names = monitoring.report_datasets(store, cfg)
+    def list_datasets(request: Request, format: str = "html") -> Response:
+        from mlops_bundle.catalog import configs
+
+        user = request.state.user
+        names = [c.dataset.name for c in configs() if may_read(c.dataset.name, request, user)]
         if format == "json":
             return JSONResponse({"datasets": names})
         items = [(f"reports/{n}", n) for n in names]
-        return HTMLResponse(_page("Drift reports", items, "No reports yet: run the monitor DAG."))
+        return HTMLResponse(_page("Drift reports", items, "No data set you may read is configured."))
 
     @app.get("/reports/{dataset}")
     def list_reports(dataset: str, format: str = "html") -> Response:
-        _check_dataset(dataset)
-        cfg, store = _store()
+        cfg, store = _store(_check_dataset(dataset))
         dates = monitoring.report_dates(store, cfg, dataset)
         if format == "json":
             return JSONResponse(
@@ -247,7 +276,9 @@ def create_report_app() -> FastAPI:
         # relative links: from .../reports/<dataset>, "<dataset>/<date>/report.html" is the report
         items = [(f"{dataset}/{d}/report.html", d) for d in dates]
         return HTMLResponse(
-            _page(f"Drift reports: {dataset}", items, f"No reports for {dataset!r} yet: run the monitor DAG.")
+            _page(
+                f"Drift reports: {dataset}", items, f"No reports for {dataset!r} yet: run {dataset}__monitor."
+            )
         )
 
     @app.get("/reports/{dataset}/{date}/{name}")
@@ -255,14 +286,14 @@ def create_report_app() -> FastAPI:
         _check_dataset(dataset)
         _check_date(date)
         _check_name(name)
-        cfg, store = _store()
+        cfg, store = _store(dataset)
         key = monitoring.report_key(cfg, dataset, date, name)
         if not store.exists(key):
             return JSONResponse(
                 status_code=404,
                 content={
                     "detail": f"no {name} for data set {dataset!r} on {date}: "
-                    f"run the monitor DAG for that date, or see /mlops/reports/{dataset} for the dates "
+                    f"run the data set's monitor DAG for that date, or see /mlops/reports/{dataset} for the dates "
                     "that have a report"
                 },
             )

@@ -25,10 +25,30 @@ def skip(ti: Any, reason: str) -> AirflowSkipException:
     return AirflowSkipException(reason)
 
 
-def bundle_config() -> BundleConfig:
-    from mlops_bundle.config import load_config
+def current_dataset() -> str | None:
+    """The data set of the running task, from its DAG id (``churn__train`` -> ``churn``); None outside a
+    task or in a deployment DAG (audit_verify). Never from a Param: whoever triggers a run chooses those."""
+    from airflow.sdk import get_current_context
 
-    return load_config()
+    from mlops_airflow.names import dataset_of
+
+    try:
+        context = get_current_context()
+    except Exception:  # no task is running in this process
+        return None
+    dag = context.get("dag")
+    return dataset_of(getattr(dag, "dag_id", None))
+
+
+def bundle_config(dataset: str | None = None) -> BundleConfig:
+    """The config of ``dataset`` (default: the running task's data set); where no data set is in play, the
+    deployment's (mlops_bundle.catalog.deployment_config: the audit chain every data set shares)."""
+    from mlops_bundle import catalog
+
+    dataset = dataset or current_dataset()
+    if dataset is None:
+        return catalog.deployment_config()
+    return catalog.dataset_config(dataset)
 
 
 def storage(cfg: BundleConfig, uri: str | None = None) -> Storage:

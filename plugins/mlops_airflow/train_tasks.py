@@ -74,20 +74,23 @@ def _end_date(params: dict, dag_run: Any, validated: list[str]) -> str:
 def _triggering_batches(dag_run: Any) -> list[dict[str, Any]]:
     """The validated batches (dataset, date, fingerprint, source run) among the run's consumed events.
 
-    Only events the ingest DAG emitted, with a well-formed date: anyone allowed to create asset events
-    through the REST API can add others, and those are not batches (ignored, with a warning)."""
-    from mlops_airflow.names import INGEST_DAG, VALIDATED_DATA
+    Only events the data set's own ingest DAG emitted, with a well-formed date: anyone allowed to create
+    asset events through the REST API can add others, and those are not batches (ignored, with a warning)."""
+    from mlops_airflow import names
     from mlops_bundle.names import DATE_RE
 
+    dataset = names.dataset_of(dag_run.dag_id)
+    ingest_dag = names.dag_id(str(dataset), names.INGEST)
     out = []
     for e in dag_run.consumed_asset_events or []:
         extra = e.extra or {}
-        if _asset_name(e) != VALIDATED_DATA:
+        if _asset_name(e) != names.asset_name(str(dataset), names.VALIDATED_DATA):
             continue
         date = extra.get("date")
-        if e.source_dag_id != INGEST_DAG or not isinstance(date, str) or not DATE_RE.match(date):
+        if e.source_dag_id != ingest_dag or not isinstance(date, str) or not DATE_RE.match(date):
             log.warning(
-                "ignoring a validated_data event not emitted by the ingest DAG (source %s/%s)",
+                "ignoring a validated_data event not emitted by %s (source %s/%s)",
+                ingest_dag,
                 e.source_dag_id,
                 e.source_run_id,
             )
@@ -105,13 +108,14 @@ def _triggering_batches(dag_run: Any) -> list[dict[str, Any]]:
 
 def _drift_retrains_started(cfg: Any, store: Any, dag_run: Any) -> None:
     """The drift triggers this run consumed now count against the retrain cooldown (they started)."""
-    from mlops_airflow.names import DRIFT_DETECTED
+    from mlops_airflow import names
     from mlops_bundle.monitoring.guard import mark_started
 
+    drift = names.asset_name(cfg.dataset.name, names.DRIFT_DETECTED)
     keys = [
         f"{e.source_dag_id}/{e.source_run_id}"
         for e in dag_run.consumed_asset_events or []
-        if _asset_name(e) == DRIFT_DETECTED
+        if _asset_name(e) == drift
     ]
     marked = mark_started(cfg, store, keys, f"{dag_run.dag_id}/{dag_run.run_id}", dt.datetime.now(dt.UTC))
     if marked:

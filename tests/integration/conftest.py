@@ -20,6 +20,14 @@ from tests import services
 from tests.conftest import REPO
 from tests.polling import wait_for
 
+# the data set the local Airflow runs (MLOPS_CONFIG is its one config file, so only its DAGs exist)
+DATASET = "churn"
+
+
+def dag(kind: str, dataset: str = DATASET) -> str:
+    """The DAG id of a data set's DAG of ``kind`` (``churn__train``): the names REST clients use."""
+    return f"{dataset}__{kind}"
+
 
 @dataclass
 class LocalAirflow:
@@ -58,12 +66,13 @@ class LocalAirflow:
         tis = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         return {(t["task_id"], t["map_index"]): t["state"] for t in tis["task_instances"]}
 
-    def bundle_config(self):
-        """The bundle config the Airflow processes run with (the test module's LOCAL_AIRFLOW_ENV)."""
-        from mlops_bundle.config import load_config
+    def bundle_config(self, dataset: str = DATASET):
+        """A data set's bundle config as the Airflow processes run with it (the test module's
+        LOCAL_AIRFLOW_ENV)."""
+        from mlops_bundle.catalog import dataset_config
 
         env = {k: v for k, v in self.env.items() if k.startswith("MLOPS_")}
-        return load_config(environ={**env, "MLOPS_MLFLOW__TRACKING_URI": self.mlflow_url})
+        return dataset_config(dataset, environ={**env, "MLOPS_MLFLOW__TRACKING_URI": self.mlflow_url})
 
     def stage(self, days, rows: int = 1500) -> None:
         """Validated staging partitions of generated churn batches for `days` (what ingest would write)."""
@@ -82,7 +91,7 @@ class LocalAirflow:
     def await_approval(self, run_id: str, alive=None) -> dict:
         """Wait until train run `run_id`'s `approve` task awaits input; its task-instance states."""
         return wait_for(
-            lambda: self.task_states("train", run_id),
+            lambda: self.task_states(dag("train"), run_id),
             lambda states: states.get(("approve", -1)) == "awaiting_input",
             timeout=400,
             describe=lambda states: f"approve not awaiting input: {states}",
@@ -102,7 +111,7 @@ def local_airflow(request, tmp_path_factory, gx_root, mlflow_server):
         "DEMO_PORT": str(services.free_port()),
         "DEMO_WORKER_LOG_PORT": str(services.free_port()),
         "DEMO_TRIGGER_LOG_PORT": str(services.free_port()),
-        "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
+        "MLOPS_CONFIG": str(REPO / "config" / "datasets" / "churn.yaml"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
         "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
         "MLOPS_MLFLOW__TRACKING_URI": mlflow_server,

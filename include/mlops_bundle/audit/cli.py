@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 
 def _config() -> BundleConfig:
-    from mlops_bundle.config import load_config
+    # one audit chain per deployment: every data set's config names it (mlops_bundle.catalog)
+    from mlops_bundle.catalog import deployment_config
 
-    return load_config()
+    return deployment_config()
 
 
 def _bucket(args: argparse.Namespace) -> S3Anchors | None:

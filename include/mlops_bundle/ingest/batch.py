@@ -48,7 +48,7 @@ class BatchRejected(RuntimeError):
 @dataclass
 class IngestResult:
     """What a staged batch returns to the task (XCom); the ingest DAG copies dataset, date, rows,
-    fingerprint, staging_uri and gx_success into the ``mlops.validated_data`` Asset event's extra."""
+    fingerprint, staging_uri and gx_success into the ``mlops.<dataset>.validated_data`` Asset event's extra."""
 
     dataset: str
     date: str

@@ -488,17 +488,6 @@ def report_key(cfg: BundleConfig, dataset: str, date: str, name: str) -> str:
     return join(cfg.storage.reports_prefix, dataset, date, name)
 
 
-def report_datasets(store: Storage, cfg: BundleConfig) -> list[str]:
-    """The data sets that have at least one report, sorted."""
-    prefix = cfg.storage.reports_prefix
-    found = set()
-    for obj in store.list(prefix):
-        parts = obj.key[len(prefix) :].strip("/").split("/")
-        if len(parts) > 1 and names.DATASET_NAME_RE.match(parts[0]):
-            found.add(parts[0])
-    return sorted(found)
-
-
 def report_dates(store: Storage, cfg: BundleConfig, dataset: str) -> list[str]:
     """The dates of ``dataset`` that hold a report.html, newest first."""
     from mlops_bundle.storage import join

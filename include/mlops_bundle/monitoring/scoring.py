@@ -95,7 +95,7 @@ def score_batch(
     if missing:
         raise MonitoringError(
             f"batch to score lacks columns {missing} that the champion was trained on; "
-            f"check the batch against config {cfg.source or 'config/churn.yaml'} (dataset.columns)"
+            f"check the batch against config {cfg.source or 'config/datasets/<name>.yaml'} (dataset.columns)"
         )
     X = df[features]
     step = max(1, int(chunk_rows))
