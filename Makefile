@@ -80,6 +80,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_crypto.py
 	$(BIN)/python benchmarks/bench_stack.py
 	$(BIN)/python benchmarks/bench_local_preload.py
+	$(BIN)/python benchmarks/bench_demo.py
 
 clean:
 	rm -rf .airflow var great_expectations/uncommitted .pytest_cache .ruff_cache

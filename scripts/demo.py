@@ -344,7 +344,10 @@ def champion_line(dataset: str) -> None:
     )
 
 
-def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]]) -> bool:
+def summarize(
+    api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, str]], timings: dict[str, float]
+) -> bool:
+    """Print every run's outcome; add to ``timings`` the task instances' summed duration (task_s)."""
     say("")
     say("=" * 100)
     say("SUMMARY")
@@ -354,6 +357,8 @@ def summarize(api: Api, runs: dict[tuple[str, str], dict], mine: set[tuple[str, 
     for run in ordered:
         dag_id, run_id = run_key(run)
         tis = task_instances(api, dag_id, run_id)
+        timings["task_s"] = timings.get("task_s", 0.0) + sum(t.get("duration") or 0.0 for t in tis)
+        timings["tasks"] = timings.get("tasks", 0) + sum(1 for t in tis if t.get("duration"))
         want = expected_state(run, mine)
         ok = want is None or run["state"] == want
         verdict = "as expected" if ok else f"UNEXPECTED (expected {want})"
@@ -487,8 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         env = al.airflow_env()
         say(f"AIRFLOW_HOME    {al.AIRFLOW_HOME}")
         say(f"DAGs folder     {env['AIRFLOW__CORE__DAGS_FOLDER']}")
+        timings: dict[str, float] = {}
+        t_step = time.monotonic()
         migrate_db(env)
+        timings["migrate_s"] = time.monotonic() - t_step
         extra, mlflow_url = mlflow_service(env)
+        t_step = time.monotonic()
         with airflow_running(env, extra) as procs:
             datasets = demo_datasets() if args.mode == "demo" else [c.dataset.name for c in bundle_configs()]
             if not args.no_seed:
@@ -510,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_pools(api)
             if not args.paused:
                 unpause_all(api, dags)
+            timings["start_s"] = time.monotonic() - t_step  # processes up, DAGs parsed, pools, unpaused
             if args.mode == "up":
                 say("")
                 say(
@@ -529,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 0
             mine: set[tuple[str, str]] = set()
             runs: dict[tuple[str, str], dict] = {}
-            for title, triggers in PHASES:
+            for phase, (title, triggers) in enumerate(PHASES, 1):
+                t_step = time.monotonic()
                 say("")
                 say(f"--- {title}")
                 phase_since = since if not runs else now_utc() - dt.timedelta(seconds=1)
@@ -540,10 +551,15 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 mine |= started_now
                 runs.update(follow(api, procs, phase_since, started_now, args.timeout, args.settle))
-            ok = summarize(api, runs, mine)
+                # includes the `--settle` wait for runs the phase's runs trigger
+                timings[f"phase{phase}_s"] = time.monotonic() - t_step
+            ok = summarize(api, runs, mine, timings)
             for dataset in datasets:
                 champion_line(dataset)
-            say(f"demo took {time.monotonic() - started:.0f}s")
+            timings["total_s"] = time.monotonic() - started
+            say(f"demo took {timings['total_s']:.0f}s")
+            # one machine-readable line for benchmarks/bench_demo.py
+            say("demo timings: " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
         return 0 if ok else 1
     except KeyboardInterrupt:
         say("\ninterrupted")

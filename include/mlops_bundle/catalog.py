@@ -13,12 +13,14 @@ file and the field (the DAG factory turns it into a placeholder DAG that says so
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_bundle.config import (
     CONFIG_ENV,
+    ENV_PREFIX,
     BundleConfig,
     ConfigError,
     config_files,
@@ -36,6 +38,24 @@ class Entry:
     path: Path
     config: BundleConfig | None = None
     error: str | None = None
+
+
+def _load(path: Path, environ: dict[str, str]) -> BundleConfig:
+    """load_config, cached on the file's identity (inode, mtime, size) and the MLOPS_* environment: the
+    audit listener asks for the deployment's config on every event, and a config is frozen (safe to
+    share). An edited file has a new mtime, so the next call reads it again."""
+    try:
+        st = path.stat()
+        stamp: tuple = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return load_config(path, environ)  # raises the ConfigError naming the file
+    env = tuple(sorted((k, v) for k, v in environ.items() if k.startswith(ENV_PREFIX)))
+    return _load_cached(str(path), stamp, env)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_cached(path: str, stamp: tuple, env: tuple) -> BundleConfig:
+    return load_config(path, dict(env))
 
 
 def _audit_key(cfg: BundleConfig) -> tuple:
@@ -69,7 +89,7 @@ def scan(location: Path | None = None, environ: dict[str, str] | None = None) ->
     for path in config_files(location):
         stem_name = path.stem if DATASET_NAME_RE.match(path.stem) else placeholder_name(path.stem)
         try:
-            cfg = load_config(path, environ)
+            cfg = _load(path, environ)
         except ConfigError as exc:
             entries.append(Entry(stem_name if folder else placeholder_name(path.stem), path, error=str(exc)))
             continue
@@ -127,7 +147,7 @@ def dataset_config(
             raise ConfigError(f"no data set {name!r}: {location} has no {name}.yaml")
     else:
         path = location
-    cfg = load_config(path, environ)
+    cfg = _load(path, environ)
     if cfg.dataset.name != name:
         raise ConfigError(
             f"config file {path} is invalid: dataset.name: {cfg.dataset.name!r} is not the data set {name!r} "

@@ -32,6 +32,8 @@ DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
 # the sample data set's config (scripts and tests that want "the churn sample" use it)
 DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "churn.yaml"
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DType = Literal["int", "float", "string", "category", "bool", "datetime"]
 
 
@@ -539,7 +541,8 @@ def load_config(
             f"folder of them (see config/datasets/churn.yaml for an example)"
         )
     try:
-        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        # libyaml's safe loader where PyYAML has it: ~10x faster, and every DAG file parses every config
+        data = yaml.load(cfg_path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
