@@ -14,6 +14,7 @@ file and the field (the DAG factory turns it into a placeholder DAG that says so
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,41 +42,89 @@ class Entry:
 
 
 def _load(path: Path, environ: dict[str, str]) -> BundleConfig:
-    """load_config, cached on the file's identity (inode, mtime, size) and the MLOPS_* environment: the
-    audit listener asks for the deployment's config on every event, and a config is frozen (safe to
-    share). An edited file has a new mtime, so the next call reads it again."""
+    """load_config, cached on the file's bytes and the MLOPS_<SECTION>__<FIELD> overrides: the audit
+    listener asks for the deployment's config on every event, and a config is frozen (safe to share)."""
     try:
-        st = path.stat()
-        stamp: tuple = (st.st_ino, st.st_mtime_ns, st.st_size)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return load_config(path, environ)  # raises the ConfigError naming the file
-    env = tuple(sorted((k, v) for k, v in environ.items() if k.startswith(ENV_PREFIX)))
-    return _load_cached(str(path), stamp, env)
+    overrides = tuple(sorted((k, v) for k, v in environ.items() if k.startswith(ENV_PREFIX) and "__" in k))
+    return _load_cached(str(path), digest, overrides)
 
 
 @functools.lru_cache(maxsize=256)
-def _load_cached(path: str, stamp: tuple, env: tuple) -> BundleConfig:
-    return load_config(path, dict(env))
+def _load_cached(path: str, digest: str, overrides: tuple) -> BundleConfig:
+    return load_config(path, dict(overrides))
 
 
 def _audit_key(cfg: BundleConfig) -> tuple:
     a = cfg.audit
-    return (a.enabled, cfg.audit_uri, a.hmac_conn_id, a.anchor_uri)
+    return (a.enabled, cfg.audit_uri, a.hmac_conn_id, a.anchor_uri, a.gap_dir)
 
 
 def placeholder_name(stem: str) -> str:
     """A valid data-set name for a file whose stem is not one (the placeholder DAG's id needs one)."""
-    text = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem.lower())
-    if not text or not text[0].isalpha() or not text.isascii():
-        text = "x_" + text.encode("ascii", "replace").decode().replace("?", "_")
+    text = "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else "_" for ch in stem.lower())
+    if not text or not text[0].isalpha():
+        text = "x_" + text
     return text[:63]
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` cut to fit plus ``_2``, ``_3``... so that it is not in ``taken``."""
+    n = 1
+    candidate = name
+    while candidate in taken:
+        n += 1
+        suffix = f"_{n}"
+        candidate = name[: 63 - len(suffix)] + suffix
+    return candidate
+
+
+# names that must differ between data sets (they key MLflow objects, the promotion lock, the decision
+# ledger and the GX files), with the field that sets each; an MLOPS_* override applies to every data set
+_UNIQUE_FIELDS = {
+    "mlflow.registered_model": lambda c: c.model_name,
+    "mlflow.experiment": lambda c: c.experiment_name,
+    "mlflow.monitoring_experiment": lambda c: c.monitoring_experiment_name,
+    "validation.suite_name": lambda c: (str(c.gx_root), "suite", c.validation.suite_name),
+    "validation.validation_definition": lambda c: (str(c.gx_root), "vd", c.validation.validation_definition),
+    "validation.checkpoint_name": lambda c: (str(c.gx_root), "cp", c.validation.checkpoint_name),
+}
+
+
+def _owns_names(cfg: BundleConfig | None) -> bool:
+    if cfg is None:
+        return True
+    values = [get(cfg) for get in _UNIQUE_FIELDS.values()]
+    return all(str(v[-1] if isinstance(v, tuple) else v).startswith(cfg.dataset.name) for v in values)
+
+
+def _read(path: Path, environ: dict[str, str], folder: bool) -> tuple[BundleConfig | None, str | None]:
+    """One file's config, or the error that names the file and the field (never raises: one broken file
+    must not take the other data sets' DAGs down)."""
+    try:
+        cfg = _load(path, environ)
+    except ConfigError as exc:
+        return None, str(exc)
+    except Exception as exc:  # anything else a file can provoke is that file's error too
+        return None, f"config file {path} cannot be loaded: {type(exc).__name__}: {exc}"
+    if folder and cfg.dataset.name != path.stem:
+        return None, (
+            f"config file {path} is invalid: dataset.name: {cfg.dataset.name!r} must be the file's name "
+            f"{path.stem!r} (rename the file to {cfg.dataset.name}.yaml or change dataset.name)"
+        )
+    return cfg, None
 
 
 def scan(location: Path | None = None, environ: dict[str, str] | None = None) -> list[Entry]:
     """Every config file of the catalog, sorted by name, each loaded and validated (env overrides applied).
 
-    Errors are per entry and name the file and the field; the audit store of every data set must be the
-    first valid one's (one chain per deployment).
+    Errors are per entry and name the file and the field: a file that does not load, a data set declared
+    twice, a name another data set already uses (registered model, experiments, GX suite, validation
+    definition, checkpoint: see ``_UNIQUE_FIELDS``), or audit settings that differ from the other data
+    sets' (one chain per deployment: the settings most data sets share win, ties to the first name).
+    Valid data sets keep their names; a placeholder gets a name no other placeholder has.
     """
     environ = dict(os.environ if environ is None else environ)
     location = Path(location) if location is not None else config_location(environ)
@@ -84,48 +133,61 @@ def scan(location: Path | None = None, environ: dict[str, str] | None = None) ->
             f"{CONFIG_ENV}={location} does not exist: point it at the folder of data set configs (or one file)"
         )
     folder = location.is_dir()
-    entries: list[Entry] = []
-    audit: tuple | None = None
-    for path in config_files(location):
-        stem_name = path.stem if DATASET_NAME_RE.match(path.stem) else placeholder_name(path.stem)
-        try:
-            cfg = _load(path, environ)
-        except ConfigError as exc:
-            entries.append(Entry(stem_name if folder else placeholder_name(path.stem), path, error=str(exc)))
+    loaded = [(path, *_read(path, environ, folder)) for path in config_files(location)]
+    valid: dict[str, Entry] = {}
+    errors: list[Entry] = []
+
+    def refuse(path: Path, error: str) -> None:
+        stem = path.stem if DATASET_NAME_RE.match(path.stem) else placeholder_name(path.stem)
+        errors.append(Entry(stem, path, error=error))
+
+    # audit: the settings most valid files share (ties: the one of the first name)
+    votes: dict[tuple, list[str]] = {}
+    for _, cfg, _ in loaded:
+        if cfg is not None:
+            votes.setdefault(_audit_key(cfg), []).append(cfg.dataset.name)
+    audit = min(votes, key=lambda k: (-len(votes[k]), min(votes[k])), default=None)
+    used: dict[str, dict[object, str]] = {field: {} for field in _UNIQUE_FIELDS}
+    # on a clash the data set whose names start with its own name keeps them (a copied file that still
+    # names the original's suite or model is the one refused), then the first name
+    for path, cfg, error in sorted(loaded, key=lambda item: (not _owns_names(item[1]), item[0].name)):
+        if cfg is None:
+            refuse(path, error or "unknown error")
             continue
-        if folder and cfg.dataset.name != path.stem:
-            entries.append(Entry(stem_name, path, error=(
-                f"config file {path} is invalid: dataset.name: {cfg.dataset.name!r} must be the file's name "
-                f"{path.stem!r} (rename the file to {cfg.dataset.name}.yaml or change dataset.name)"
-            )))  # fmt: skip
-            continue
-        twin = next((e for e in entries if e.name == cfg.dataset.name), None)
+        twin = valid.get(cfg.dataset.name)
         if twin is not None:
-            entries.append(Entry(f"{stem_name}_{len(entries) + 1}", path, error=(
+            refuse(path, (
                 f"config file {path} is invalid: dataset.name: data set {cfg.dataset.name!r} is already "
                 f"declared by {twin.path.name}: remove one of the two files"
-            )))  # fmt: skip
+            ))  # fmt: skip
             continue
-        if audit is None:
-            audit = _audit_key(cfg)
-        elif _audit_key(cfg) != audit:
-            entries.append(Entry(cfg.dataset.name, path, error=(
+        if _audit_key(cfg) != audit:
+            refuse(path, (
                 f"config file {path} is invalid: audit: the deployment has one audit chain, and this file's "
-                f"audit settings (store {cfg.audit_uri}) differ from the other data sets' (store "
-                f"{audit[1]}): give every data set the same audit section, or set MLOPS_AUDIT__STORE_URI"
-            )))  # fmt: skip
+                f"audit settings (store {cfg.audit_uri}) differ from the other data sets' (store {audit[1]}): "
+                "give every data set the same audit section, or set MLOPS_AUDIT__STORE_URI"
+            ))  # fmt: skip
             continue
-        entries.append(Entry(cfg.dataset.name, path, config=cfg))
-    # a placeholder's name must not take another file's (a.yaml and a.yml both broken)
-    seen: set[str] = set()
-    unique = []
-    for e in entries:
-        name = e.name
-        while name in seen:
-            name = f"{name}_2"[:63]
-        seen.add(name)
-        unique.append(e if name == e.name else Entry(name, e.path, e.config, e.error))
-    return sorted(unique, key=lambda e: e.name)
+        clash = next(
+            ((f, used[f][get(cfg)]) for f, get in _UNIQUE_FIELDS.items() if get(cfg) in used[f]), None
+        )
+        if clash is not None:
+            refuse(path, (
+                f"config file {path} is invalid: {clash[0]}: data set {clash[1]!r} already uses this name "
+                "(registered models, experiments and GX files are per data set): choose another"
+            ))  # fmt: skip
+            continue
+        for field, get in _UNIQUE_FIELDS.items():
+            used[field][get(cfg)] = cfg.dataset.name
+        valid[cfg.dataset.name] = Entry(cfg.dataset.name, path, config=cfg)
+    # a placeholder's DAG id <name>__config_error must be unique among placeholders (a.yaml + a.yml)
+    taken: set[str] = set()
+    placeholders = []
+    for e in errors:
+        name = _unique(e.name, taken)
+        taken.add(name)
+        placeholders.append(e if name == e.name else Entry(name, e.path, e.config, e.error))
+    return sorted([*valid.values(), *placeholders], key=lambda e: (e.name, e.config is None))
 
 
 def configs(location: Path | None = None, environ: dict[str, str] | None = None) -> list[BundleConfig]:

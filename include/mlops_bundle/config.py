@@ -541,8 +541,12 @@ def load_config(
             f"folder of them (see config/datasets/churn.yaml for an example)"
         )
     try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {cfg_path} cannot be read as UTF-8 text: {exc}") from None
+    try:
         # libyaml's safe loader where PyYAML has it: ~10x faster, and every DAG file parses every config
-        data = yaml.load(cfg_path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
+        data = yaml.load(text, Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -553,7 +557,9 @@ def load_config(
                 f"environment override names unknown section {section!r}; "
                 f"sections are {sorted(k for k in BundleConfig.model_fields if k != 'source')}"
             )
-        data.setdefault(section, {}).update(fields)
+        if not isinstance(data.get(section) or {}, dict):
+            raise ConfigError(f"config file {cfg_path} is invalid: {section}: must be a mapping of fields")
+        data[section] = {**(data.get(section) or {}), **fields}  # an empty `section:` header is None
     data["source"] = str(cfg_path.resolve())
     try:
         return BundleConfig.model_validate(data)

@@ -118,7 +118,9 @@ def _append(event: str, actor: str, subject: str, payload: dict[str, Any]) -> No
     try:
         from mlops_airflow import runtime
 
-        cfg = runtime.bundle_config()
+        # the deployment's audit chain (every data set names the same one; mlops_bundle.catalog), never the
+        # running task's data set: a DAG of another file whose id merely looks like ours is recorded too
+        cfg = runtime.deployment_config()
         if not cfg.audit.enabled:
             return
     except Exception as exc:
@@ -217,22 +219,29 @@ def _task_event(name: str, previous_state: Any, ti: Any, error: Any = None) -> N
     _append(event, actor, subject, payload)
 
 
-def _share_key_with_library() -> None:
+def _share_key_with_library(task_instance: Any = None) -> None:
     """In the task process: give the library the chain's key (so its decision records match the chain),
     the model provenance key (plugins/mlops_airflow/connections.py) and the MLflow account's credentials
     (plugins/mlops_airflow/mlflow_auth.py); each independently of the others."""
-    try:
-        from mlops_airflow import runtime
+    from mlops_airflow import runtime
+    from mlops_airflow.names import dataset_of
 
-        cfg = runtime.bundle_config()
+    try:
+        deployment = runtime.deployment_config()
     except Exception as exc:
         log.warning("audit listener could not load the bundle config: %s", exc)
         return
+    try:  # the task's data set names the provenance key and MLflow account; else the deployment's
+        dataset = dataset_of(getattr(task_instance, "dag_id", None))
+        cfg = runtime.bundle_config(dataset) if dataset else deployment
+    except Exception as exc:
+        log.warning("audit listener could not load the config of this task's data set: %s", exc)
+        cfg = deployment
     try:
         from mlops_bundle import audit
 
-        if cfg.audit.enabled and cfg.audit.hmac_conn_id:
-            audit.set_hmac_key(hmac_key(cfg))
+        if deployment.audit.enabled and deployment.audit.hmac_conn_id:
+            audit.set_hmac_key(hmac_key(deployment))
     except Exception as exc:
         log.warning("audit listener could not load the audit HMAC key for library records: %s", exc)
     try:
@@ -254,7 +263,7 @@ def _share_key_with_library() -> None:
 
 @hookimpl
 def on_task_instance_running(previous_state, task_instance):
-    _share_key_with_library()
+    _share_key_with_library(task_instance)
     _task_event("running", previous_state, task_instance)
 
 

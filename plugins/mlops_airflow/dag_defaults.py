@@ -23,11 +23,12 @@ TAG = "mlops"
 
 def dag_args(*tags: str, dataset: str | None = None, retry_delay_s: int = 20) -> dict[str, Any]:
     """The ``@dag`` keyword arguments shared by the bundle's DAGs; ``tags`` follow the common 'mlops' tag
-    and the data set's name (filter the UI's DAG list by it)."""
+    and ``dataset:<name>`` (filter the UI's DAG list by it; prefixed, so a data set named like a kind tag
+    does not merge with it)."""
     return {
         "start_date": START_DATE,
         "catchup": False,
-        "tags": [TAG, *([dataset] if dataset else []), *tags],
+        "tags": [TAG, *([f"dataset:{dataset}"] if dataset else []), *tags],
         "default_args": {
             "owner": OWNER,
             "retries": RETRIES,

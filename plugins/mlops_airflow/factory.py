@@ -36,9 +36,13 @@ class DatasetDags:
 
 
 def _entries() -> list[Entry]:
-    from mlops_bundle.catalog import scan
+    from mlops_bundle.catalog import Entry, scan
+    from mlops_bundle.config import ConfigError, config_location
 
-    return scan()
+    try:
+        return scan()
+    except ConfigError as exc:  # no catalog at all (MLOPS_CONFIG names a missing path): say so in one DAG
+        return [Entry("catalog", config_location(), error=str(exc))]
 
 
 def datasets() -> list[DatasetDags]:

@@ -40,6 +40,13 @@ def current_dataset() -> str | None:
     return dataset_of(getattr(dag, "dag_id", None))
 
 
+def deployment_config() -> BundleConfig:
+    """The config that speaks for the deployment (the audit chain every data set shares); cached."""
+    from mlops_bundle import catalog
+
+    return catalog.deployment_config()
+
+
 def bundle_config(dataset: str | None = None) -> BundleConfig:
     """The config of ``dataset`` (default: the running task's data set); where no data set is in play, the
     deployment's (mlops_bundle.catalog.deployment_config: the audit chain every data set shares)."""
@@ -47,7 +54,7 @@ def bundle_config(dataset: str | None = None) -> BundleConfig:
 
     dataset = dataset or current_dataset()
     if dataset is None:
-        return catalog.deployment_config()
+        return deployment_config()
     return catalog.dataset_config(dataset)
 
 
