@@ -218,6 +218,11 @@ def create_report_app() -> FastAPI:
             raise HTTPException(403, "Forbidden")
         request.state.user = user
 
+    # this module has `from __future__ import annotations`, and FastAPI resolves string annotations
+    # against the module's globals, where these locally imported names are not: give it the objects
+    # (else `request` and `user` become required query parameters and every route answers 422)
+    authorized.__annotations__ = {"request": Request, "user": GetUserDep, "return": None}
+
     app = FastAPI(
         title="MLOps bundle",
         dependencies=[Depends(authorized)],
@@ -254,8 +259,7 @@ def create_report_app() -> FastAPI:
         cfg = runtime.bundle_config(dataset)
         return cfg, runtime.storage(cfg)
 
-    @app.get("/reports")
-    def list_datasets(request: Request, format: str = "html") -> Response:
+    def list_datasets(request, format: str = "html") -> Response:  # request: annotated below
         from mlops_bundle.catalog import configs
 
         user = request.state.user
@@ -264,6 +268,9 @@ def create_report_app() -> FastAPI:
             return JSONResponse({"datasets": names})
         items = [(f"reports/{n}", n) for n in names]
         return HTMLResponse(_page("Drift reports", items, "No data set you may read is configured."))
+
+    list_datasets.__annotations__["request"] = Request  # see authorized's annotations above
+    app.get("/reports")(list_datasets)
 
     @app.get("/reports/{dataset}")
     def list_reports(dataset: str, format: str = "html") -> Response:
