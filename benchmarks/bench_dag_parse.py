@@ -94,9 +94,9 @@ def write_catalog(folder: Path, count: int) -> None:
         raise RuntimeError("config/datasets/churn.yaml no longer declares '  name: churn'")
     for i in range(1, count + 1):
         name = f"ds{i:02d}"
-        (folder / f"{name}.yaml").write_text(
-            text.replace("  name: churn\n", f"  name: {name}\n"), encoding="utf-8"
-        )
+        # own GX names too: the catalog refuses two data sets sharing a suite
+        own = text.replace("  name: churn\n", f"  name: {name}\n").replace("churn_batch", f"{name}_batch")
+        (folder / f"{name}.yaml").write_text(own, encoding="utf-8")
 
 
 def child_env(airflow_home: str, catalog: Path) -> dict[str, str]:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             new = runs[0]["new_top_level"]
             dags = runs[0]["dags"]
             per_dag_ms = parse_ms / max(dags, 1)
-            ok = per_dag_ms < GOAL_MS
+            ok = per_dag_ms < GOAL_MS or dags == 0  # no DAG (config_errors.py, all configs valid): no goal
             misses += not ok
             rows.append((path.name, per_dag_ms, dags, ok))
             print(f"\n{path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
