@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "include"))
 from mlops_bundle import audit  # noqa: E402
 
 PAYLOAD = {
-    "dag_id": "train",
+    "dag_id": "churn__train",
     "run_id": "scheduled__2026-03-02T00:30:00+00:00",
     "task_id": "train_candidate",
     "map_index": 3,

@@ -53,7 +53,7 @@ def main() -> int:
 
     from tests.models import fit_logreg
 
-    cfg = load_config(REPO / "config" / "churn.yaml")
+    cfg = load_config(REPO / "config" / "datasets" / "churn.yaml")
     model = fit_logreg(generate_batch("2026-01-01", 20_000))
     build_report(
         score_batch(model, generate_batch("2026-01-02", 1_000), cfg),

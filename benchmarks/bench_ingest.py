@@ -7,7 +7,7 @@ temporary lake as ``landing/churn/2026-01-05/batch.csv`` (or ``.csv.gz`` / ``.pa
   a Parquet landing file);
 * **ours**: ``mlops_bundle.ingest.ingest_batch(cfg, "2026-01-05", LocalStorage(lake))`` with the default
   validator, i.e. the real Great Expectations checkpoint (Data Docs included, as configured), schema
-  coercion, fingerprinting and the atomic staging write. The config is the repo's ``config/churn.yaml``
+  coercion, fingerprinting and the atomic staging write. The config is the repo's ``config/datasets/churn.yaml``
   with ``MLOPS_STORAGE__ROOT_URI`` pointing at the temporary lake and ``MLOPS_VALIDATION__GX_ROOT`` at a
   temporary copy of ``great_expectations/`` (without ``uncommitted/``): nothing is written into the repo.
 
@@ -52,13 +52,14 @@ FORMATS = {"csv": "batch.csv", "csv.gz": "batch.csv.gz", "parquet": "batch.parqu
 
 
 def _config(lake: Path, gx_root: Path):
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
 
-    return load_config(
+    return dataset_config(
+        "churn",
         environ={
             "MLOPS_STORAGE__ROOT_URI": lake.resolve().as_uri(),
             "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
-        }
+        },
     )
 
 

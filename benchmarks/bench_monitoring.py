@@ -56,10 +56,10 @@ CAT = ["contract_type", "payment_method", "region"]
 def child_report(ws: Path, size: str) -> dict:
     import pandas as pd
 
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.monitoring import build_report
 
-    cfg = load_config()
+    cfg = dataset_config("churn")
     reference = pd.read_parquet(ws / f"reference_{size}.parquet")
     current = pd.read_parquet(ws / f"current_{size}.parquet")
     t0 = time.perf_counter()
@@ -91,10 +91,10 @@ def child_report(ws: Path, size: str) -> dict:
 def child_score(ws: Path, repeat: int) -> dict:
     import pandas as pd
 
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.monitoring import score_batch
 
-    cfg = load_config()
+    cfg = dataset_config("churn")
     model = pickle.loads((ws / "model.pkl").read_bytes())
     df = pd.read_parquet(ws / "batch_large.parquet")
     features = cfg.dataset.feature_columns
@@ -126,11 +126,11 @@ def child_score(ws: Path, repeat: int) -> dict:
 
 def child_noise(ws: Path, seeds: int, sizes: list[int]) -> dict:
     """Per size and kind: mean and max drift score of same-distribution pairs; shift scores at 20k rows."""
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.monitoring import build_report, score_batch
     from mlops_bundle.sample import generate_batch
 
-    cfg = load_config()
+    cfg = dataset_config("churn")
     model = pickle.loads((ws / "model.pkl").read_bytes())
 
     def scores(rows: int, seed: int, drift: float = 0.0) -> dict[str, dict[str, float]]:
@@ -170,11 +170,11 @@ def prepare(ws: Path, large: int, small: int) -> str:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.monitoring import score_batch
     from mlops_bundle.sample import generate_batch
 
-    cfg = load_config()
+    cfg = dataset_config("churn")
     t0 = time.perf_counter()
     train = pd.concat([generate_batch(f"2026-01-0{d}", 10_000) for d in range(1, 4)], ignore_index=True)
     pre = make_column_transformer(

@@ -45,7 +45,7 @@ def main() -> int:
 
     import skops.io
 
-    cfg = load_config(REPO / "config" / "churn.yaml")
+    cfg = load_config(REPO / "config" / "datasets" / "churn.yaml")
     df, _ = ingest.coerce(generate_batch("2026-01-05", rows=args.rows), cfg)
     spec = next(s for s in training.resolve_candidates(cfg) if s.family == "random_forest")
     model = training.build_pipeline(spec, cfg).fit(training.model_input(df, cfg), df[cfg.dataset.target])

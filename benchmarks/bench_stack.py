@@ -4,11 +4,11 @@ latency of an API-triggered run vs the same run under ``dag.test()``.
 Two stacks from scripts/stack.py (real api-server, scheduler, dag-processor, triggerer, Celery workers on
 Redis, PostgreSQL metadata DB, MLflow server, moto S3 + KMS), started one after the other, never at once:
 stack A with one worker (``w1``, concurrency 1), stack B with two (``w1``, ``w2``, concurrency 1 each).
-The pool ``mlops_training`` gets as many slots as there are candidates, so only the workers bound the
+The churn data set's pool ``churn__training`` gets as many slots as there are candidates, so only the workers bound the
 fan-out. Each stack's lake gets the same validated partitions (``generate_batch`` -> coerce -> staging,
 encrypted with the stack's KMS key, written by a child process through the bundle's own storage glue).
 
-1. **Fan-out**: ``POST /api/v2/dags/train/dagRuns`` with ``candidates`` = ``--candidates`` random forests
+1. **Fan-out**: ``POST /api/v2/dags/churn__train/dagRuns`` with ``candidates`` = ``--candidates`` random forests
    (``--trees`` trees, ``max_depth`` 8, ``n_jobs=1``: one core each, equal cost, different seeds) on a
    ``--days`` x ``--rows`` window. From the REST task instances: the fan-out's wall time (first
    ``train_candidate`` start -> last end), the whole run (run start -> end), per task the duration and
@@ -53,7 +53,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import stack as stack_runner  # noqa: E402 (scripts/stack.py)
 
 GOAL_SPEEDUP = 1.6
-DAG_ID = "train"
+DATASET = "churn"  # the stack's catalog (config/datasets/) also holds diabetes, which stays idle
+DAG_ID = f"{DATASET}__train"
 FANOUT_END = "2026-01-10"
 LATENCY_FIRST = dt.date(2026, 2, 1)
 IDLE_SAMPLE_S = 20.0  # CPU use of the idle stack is sampled this long before the fan-out run
@@ -82,9 +83,9 @@ def child_stage(spec: dict) -> dict:
     from bench_training import stage_lake
 
     from mlops_airflow import runtime
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
 
-    cfg = load_config()
+    cfg = dataset_config(DATASET)
     store = runtime.storage(cfg)
     rows = 0
     t = time.perf_counter()

@@ -46,6 +46,8 @@ def main() -> int:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp / 'airflow.db'}",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
+                # one data set (churn): its DAGs only, and load_config() reads its file
+                "MLOPS_CONFIG": str(REPO / "config" / "datasets" / "churn.yaml"),
                 "MLOPS_STORAGE__ROOT_URI": f"file://{tmp / 'lake'}",
                 "MLOPS_MLFLOW__TRACKING_URI": str(tmp / "mlflow"),
                 "MLOPS_MLFLOW__REGISTERED_MODEL": "bench-dag",
@@ -72,7 +74,7 @@ def main() -> int:
         from airflow.utils import db
 
         db.resetdb()
-        dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("train")
+        dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("churn__train")
         t = time.perf_counter()
         cold_start(cfg, store, END_DATE)
         print(

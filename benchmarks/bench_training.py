@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO))  # tests.lake: partitions written as ingest writes them
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# registering a version signs it (mlops_bundle.provenance): a throwaway key for the benchmark's own store
+os.environ.setdefault("MLOPS_PROVENANCE_KEY", "benchmark-key-not-a-secret")
 GOAL_LOG_REGISTER_S = 1.0
 END_DATE = "2026-01-10"
 
@@ -120,17 +122,18 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from mlops_bundle.config import load_config
+    from mlops_bundle.catalog import dataset_config
     from mlops_bundle.storage import LocalStorage
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         root = Path(tmp)
-        cfg = load_config(
+        cfg = dataset_config(
+            "churn",
             environ={
                 "MLOPS_STORAGE__ROOT_URI": (root / "lake").as_uri(),
                 "MLOPS_MLFLOW__TRACKING_URI": args.tracking_uri or str(root / "mlflow"),
                 "MLOPS_TRAINING__WINDOW_DAYS": str(args.days),
-            }
+            },
         )
         store = LocalStorage(root / "lake")
         t = time.perf_counter()

@@ -40,12 +40,15 @@ def write_config(
     *,
     id_column: bool = False,
     timestamp_column: bool = False,
+    audit: dict[str, Any] | None = None,
     **training: Any,
 ) -> Path:
     """A config file for data set ``name`` in ``folder`` (lake and MLflow store beside it); its path.
 
     ``id_column``/``timestamp_column`` add a ``row_id`` int / ``event_ts`` datetime column to the schema
-    (the staged frames then carry them, see :func:`stage_days`)."""
+    (the staged frames then carry them, see :func:`stage_days`). ``audit`` is the config's audit section
+    (default: disabled); in a catalog folder beside other data sets it must match theirs (one audit chain
+    per deployment), e.g. ``{}`` for the defaults with the session's ``MLOPS_AUDIT__*`` overrides."""
     df = frame(name)
     _, task = DATASETS[name]
     columns = [
@@ -64,7 +67,7 @@ def write_config(
         "validation": {"suite_name": name, "validation_definition": name, "checkpoint_name": name},
         "mlflow": {"tracking_uri": "mlflow"},
         "training": {"window_days": 30, "min_rows": 50, "candidates": candidates, **training},
-        "audit": {"enabled": False},
+        "audit": {"enabled": False} if audit is None else audit,
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

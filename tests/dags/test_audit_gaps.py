@@ -33,7 +33,7 @@ def gap_dir(tmp_path, monkeypatch):
 
 def _ti(task_id: str, state: str = "success") -> SimpleNamespace:
     return SimpleNamespace(
-        dag_id="ingest",
+        dag_id="churn__ingest",
         run_id="manual__gap",
         task_id=task_id,
         map_index=-1,

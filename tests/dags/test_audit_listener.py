@@ -46,7 +46,7 @@ def test_plugin_registers_the_listener():
 def test_ingest_run_is_fully_audited(dagbag, audit_store):
     date = "2026-04-02"
     _land(date)
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
+    dr = dagbag.get_dag("churn__ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "success"
     recs = _records(audit_store)
     mine = [r for r in recs if r["payload"].get("run_id") == dr.run_id or r["event"] == "asset.event"]
@@ -64,12 +64,12 @@ def test_ingest_run_is_fully_audited(dagbag, audit_store):
 
     ti_rec = next(r for r in mine if r["event"] == "task_instance.success")
     p = ti_rec["payload"]
-    assert p["dag_id"] == "ingest" and p["map_index"] == -1 and p["try_number"] == 1
+    assert p["dag_id"] == "churn__ingest" and p["map_index"] == -1 and p["try_number"] == 1
     assert p["run_type"] == "manual" and p["state"] == "success" and p["hostname"]
-    assert ti_rec["subject"] == f"ingest/{dr.run_id}/discover_files" and ti_rec["actor"]
+    assert ti_rec["subject"] == f"churn__ingest/{dr.run_id}/discover_files" and ti_rec["actor"]
 
     [asset_rec] = [r for r in mine if r["event"] == "asset.event"]
-    assert asset_rec["payload"]["asset_name"] == "mlops.validated_data"
+    assert asset_rec["payload"]["asset_name"] == "mlops.churn.validated_data"
     assert asset_rec["payload"]["extra"]["date"] == date
     assert asset_rec["payload"]["source_run_id"] == dr.run_id
 
@@ -80,7 +80,7 @@ def test_ingest_run_is_fully_audited(dagbag, audit_store):
 def test_quarantine_and_failures_are_audited(dagbag, audit_store):
     date = "2026-04-03"
     _land(date, corrupt="unknown_category")
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
+    dr = dagbag.get_dag("churn__ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "failed"
     recs = _records(audit_store)
     events = [r["event"] for r in recs]

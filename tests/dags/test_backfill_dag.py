@@ -31,7 +31,7 @@ def _train_runs(run_id: str):
     with create_session() as session:
         return [
             (r.run_id, r.conf, r.state)
-            for r in session.query(DagRun).filter(DagRun.dag_id == "train", DagRun.run_id == run_id)
+            for r in session.query(DagRun).filter(DagRun.dag_id == "churn__train", DagRun.run_id == run_id)
         ]
 
 
@@ -43,9 +43,9 @@ def test_a_range_is_ingested_with_training_held_then_one_train_run_on_the_whole_
                 day, rows=400, seed=100 + i, corrupt="unknown_category" if day == corrupt else None
             )
             write_landing(batch, LAKE / "landing" / "churn" / day)
-    events_before = len(asset_event_extras("mlops.validated_data"))
+    events_before = len(asset_event_extras("mlops.churn.validated_data"))
 
-    dag = dagbag.get_dag("backfill")
+    dag = dagbag.get_dag("churn__backfill")
     dr = dag.test(run_conf={"start_date": DAYS[0], "end_date": DAYS[-1], "train": True})
     states = {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
     assert states[("plan", -1)] == states[("summarize", -1)] == states[("start_training", -1)] == "success"
@@ -53,7 +53,7 @@ def test_a_range_is_ingested_with_training_held_then_one_train_run_on_the_whole_
     assert day_states.count("failed") == 2 and day_states[5] == day_states[9] == "failed", day_states
 
     # nothing reached training through asset events: the days were staged with training held
-    assert len(asset_event_extras("mlops.validated_data")) == events_before
+    assert len(asset_event_extras("mlops.churn.validated_data")) == events_before
     for day in DAYS:
         staged = (LAKE / "staging" / "churn" / f"ds={day}" / "_manifest.json").exists()
         assert staged == (day not in (missing, corrupt)), day
@@ -74,7 +74,7 @@ def test_a_range_is_ingested_with_training_held_then_one_train_run_on_the_whole_
 
 
 def test_bad_ranges_fail_before_any_work(dagbag, task_errors):
-    dag = dagbag.get_dag("backfill")
+    dag = dagbag.get_dag("churn__backfill")
     dr = dag.test(run_conf={"start_date": "2026-05-10", "end_date": "2026-05-01", "train": True})
     assert dr.state == "failed"
     assert "is after end_date" in task_errors["plan"]

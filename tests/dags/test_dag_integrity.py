@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import airflow  # noqa: F401  (importing Airflow puts plugins/ on sys.path, as in a worker)
 import pytest
 
+from mlops_airflow import names
 from tests.conftest import REPO
 
 DAG_FILES = sorted(p for p in (REPO / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -17,13 +19,39 @@ HEAVY = ["pandas", "sklearn", "mlflow", "great_expectations", "evidently", "boto
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}, dagbag.import_errors
-    assert len(dagbag.dags) >= len(DAG_FILES) >= 1
+
+
+def test_dag_ids_are_the_deployment_dag_or_a_data_set_dag(dagbag):
+    """Every DAG id is `audit_verify` (one per deployment) or `<dataset>__<kind>` of the configured data
+    set, and every kind exists (tests/dags/test_factory.py: a catalog of two data sets)."""
+    kinds = set()
+    for dag_id, dag in dagbag.dags.items():
+        if dag_id == names.AUDIT_VERIFY_DAG:
+            continue
+        dataset, _, kind = dag_id.rpartition(names.SEP)
+        assert names.dataset_of(dag_id) == dataset == "churn" and kind in names.DAG_KINDS, dag_id
+        assert "dataset:churn" in dag.tags, f"{dag_id}: tags must include its data set"
+        kinds.add(kind)
+    assert kinds == set(names.DAG_KINDS)
+    assert len(dagbag.dags) == len(names.DAG_KINDS) + 1
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_one_dag_per_file_named_after_it(dagbag, path):
-    ids = [d.dag_id for d in dagbag.dags.values() if d.fileloc == str(path)]
-    assert ids == [path.stem], f"{path.name} must define exactly the DAG {path.stem!r}, found {ids}"
+def test_each_dag_file_defines_its_dags(dagbag, path):
+    """Each DAG file defines the DAG of its kind for the configured data set (the session's catalog is
+    churn's one file); config_errors.py defines none while every config file is valid."""
+    ids = sorted(d.dag_id for d in dagbag.dags.values() if d.fileloc == str(path))
+    if path.stem == "config_errors":
+        expected = []
+    elif path.stem == names.AUDIT_VERIFY_DAG:
+        expected = [names.AUDIT_VERIFY_DAG]
+    else:
+        expected = [names.dag_id("churn", path.stem)]
+    assert ids == expected, f"{path.name} must define exactly {expected}, found {ids}"
+
+
+def test_every_dag_kind_has_its_file():
+    assert {p.stem for p in DAG_FILES} == {*names.DAG_KINDS, names.AUDIT_VERIFY_DAG, "config_errors"}
 
 
 def test_conventions(dagbag):

@@ -22,14 +22,14 @@ def _land(date: str, **kw) -> None:
 def _run(dagbag, date: str):
     from airflow.utils.state import DagRunState  # noqa: F401  (imported for readability of asserts)
 
-    dag = dagbag.get_dag("ingest")
+    dag = dagbag.get_dag("churn__ingest")
     dr = dag.test(run_conf={"date": date, "source": None})  # every param: dag.test() keeps them
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     return dr, states
 
 
 def _asset_events(date: str) -> list[dict]:
-    return [e for e in asset_event_extras("mlops.validated_data") if e.get("date") == date]
+    return [e for e in asset_event_extras("mlops.churn.validated_data") if e.get("date") == date]
 
 
 def _landing_snapshot(date: str) -> dict[str, bytes]:
@@ -83,7 +83,7 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     dr1, _ = _run(dagbag, date)
     first = (part / "_manifest.json").read_text()
     manifest = json.loads(first)
-    assert manifest["staged_by"] == manifest["published_by"] == f"ingest/{dr1.run_id}"
+    assert manifest["staged_by"] == manifest["published_by"] == f"churn__ingest/{dr1.run_id}"
     assert len(_asset_events(date)) == 1
     dr2, states2 = _run(dagbag, date)
     assert dr1.state == dr2.state == "success"
@@ -99,10 +99,11 @@ def test_rerun_of_same_date_is_idempotent(dagbag):
     [record] = [
         r
         for r in audit.iter_records(load_config().audit_uri)
-        if r["event"] == "ingest.unchanged" and r["payload"]["run"] == f"ingest/{dr2.run_id}"
+        if r["event"] == "ingest.unchanged" and r["payload"]["run"] == f"churn__ingest/{dr2.run_id}"
     ]
     assert (
-        record["subject"] == f"churn/{date}" and record["payload"]["published_by"] == f"ingest/{dr1.run_id}"
+        record["subject"] == f"churn/{date}"
+        and record["payload"]["published_by"] == f"churn__ingest/{dr1.run_id}"
     )
 
     # a corrected re-delivery replaces the partition, it never adds a second copy, and is published
@@ -161,7 +162,7 @@ def test_encrypted_staging_is_read_transparently(dagbag, monkeypatch):
 class _TaskInstance:
     """What validate_and_stage reads of Airflow's task instance: its DAG id and the XCom it pushes."""
 
-    dag_id = "ingest"
+    dag_id = "churn__ingest"
 
     def __init__(self):
         self.xcom = {}
@@ -186,10 +187,10 @@ def test_content_staged_but_never_published_is_published_by_the_next_ingest_and_
     assert not held["unchanged"] and "published_by" not in json.loads(manifest.read_text())
 
     first = ingest_tasks.validate_and_stage(batch, "run-a", 1, _TaskInstance())
-    assert first["unchanged"] and json.loads(manifest.read_text())["published_by"] == "ingest/run-a"
+    assert first["unchanged"] and json.loads(manifest.read_text())["published_by"] == "churn__ingest/run-a"
     retry = ingest_tasks.validate_and_stage(batch, "run-a", 2, _TaskInstance())
-    assert retry["unchanged"] and retry["published_by"] == "ingest/run-a"
+    assert retry["unchanged"] and retry["published_by"] == "churn__ingest/run-a"
     other = _TaskInstance()
-    with pytest.raises(AirflowSkipException, match="ingest/run-a already handed to training"):
+    with pytest.raises(AirflowSkipException, match="churn__ingest/run-a already handed to training"):
         ingest_tasks.validate_and_stage(batch, "run-b", 1, other)
     assert "identical to the staged partition" in other.xcom["skip_reason"]

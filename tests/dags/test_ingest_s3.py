@@ -29,7 +29,7 @@ def test_s3_good_batch_staged_in_s3(dagbag, s3_bucket):
     _put_csv(client, bucket, f"lake/landing/churn/{date}/batch.csv", df)
     raw_before = client.get_object(Bucket=bucket, Key=f"lake/landing/churn/{date}/batch.csv")["Body"].read()
 
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
+    dr = dagbag.get_dag("churn__ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "success"
     assert _keys(client, bucket, f"lake/staging/churn/ds={date}/") == [
         f"lake/staging/churn/ds={date}/_manifest.json",
@@ -54,7 +54,7 @@ def test_s3_bad_batch_quarantined_in_s3(dagbag, s3_bucket):
         f"lake/landing/churn/{date}/batch.csv",
         generate_batch(date, 300, corrupt="duplicate_ids"),
     )
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": None})
+    dr = dagbag.get_dag("churn__ingest").test(run_conf={"date": date, "source": None})
     assert dr.state == "failed"
     assert _keys(client, bucket, f"lake/staging/churn/ds={date}/") == []
     keys = _keys(client, bucket, f"lake/quarantine/churn/ds={date}/")
@@ -70,7 +70,9 @@ def test_s3_source_override(dagbag, s3_bucket, monkeypatch):
     date = "2026-04-03"
     monkeypatch.setenv("MLOPS_INGEST__ALLOWED_SOURCES", json.dumps([f"s3://{bucket}/drops/partner-a/"]))
     _put_csv(client, bucket, "drops/partner-a/export.csv", generate_batch(date, rows=250))
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": f"s3://{bucket}/drops/partner-a"})
+    dr = dagbag.get_dag("churn__ingest").test(
+        run_conf={"date": date, "source": f"s3://{bucket}/drops/partner-a"}
+    )
     assert dr.state == "success"
     assert f"lake/staging/churn/ds={date}/part-0.parquet" in _keys(client, bucket, "lake/staging/")
 
@@ -87,7 +89,7 @@ def test_s3_source_outside_the_allowlist_is_never_listed(dagbag, s3_bucket, monk
     _put_csv(client, bucket, "drops/partner-a-evil/payroll-export.csv", generate_batch(date, rows=50))
     _put_csv(client, other, "drops/partner-a/payroll-export.csv", generate_batch(date, rows=50))
     source = {"look-alike prefix": f"s3://{bucket}/drops/partner-a-evil", "other bucket": f"s3://{other}/"}
-    dr = dagbag.get_dag("ingest").test(run_conf={"date": date, "source": source[where]})
+    dr = dagbag.get_dag("churn__ingest").test(run_conf={"date": date, "source": source[where]})
     assert dr.state == "failed"
     error = task_errors["discover_files"]
     assert error.startswith("AirflowFailException: the `source` Param (s3://...) is refused"), error

@@ -51,14 +51,14 @@ def champion(mlflow_server, dagbag, airflow_db):
         "force": False,
         "justification": None,
     }
-    dr = dagbag.get_dag("train").test(run_conf=conf)
+    dr = dagbag.get_dag("churn__train").test(run_conf=conf)
     assert dr.state == "success"
     yield cfg
     mp.undo()
 
 
 def _monitor(dagbag, date):
-    dr = dagbag.get_dag("monitor").test(run_conf={"date": date})
+    dr = dagbag.get_dag("churn__monitor").test(run_conf={"date": date})
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     return dr, states
 
@@ -68,7 +68,7 @@ def _xcom(dr, task_id):
 
 
 def _drift_events():
-    return asset_event_extras("mlops.drift_detected")
+    return asset_event_extras("mlops.churn.drift_detected")
 
 
 def _queued_train_runs():
@@ -78,7 +78,9 @@ def _queued_train_runs():
 
     with create_session() as session:
         session.expire_all()
-        return session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "train").count()
+        return (
+            session.query(AssetDagRunQueue).filter(AssetDagRunQueue.target_dag_id == "churn__train").count()
+        )
 
 
 def _unpause(dag_id):
@@ -110,7 +112,7 @@ def test_drift_emits_the_asset_that_schedules_training_and_cooldown_holds_the_ne
     cfg = champion
     for day in ("2026-09-07", "2026-09-08"):
         _stage(cfg, day, generate_batch(day, rows=3000, drift=1.0))
-    _unpause("train")  # Airflow queues asset-triggered runs only for unpaused DAGs
+    _unpause("churn__train")  # Airflow queues asset-triggered runs only for unpaused DAGs
     queued_before = _queued_train_runs()
     dr, states = _monitor(dagbag, "2026-09-07")
     assert dr.state == "success", states
@@ -129,7 +131,11 @@ def test_drift_emits_the_asset_that_schedules_training_and_cooldown_holds_the_ne
     from mlops_bundle.monitoring.guard import mark_started
 
     assert mark_started(
-        cfg, LocalStorage(LAKE), [f"monitor/{dr.run_id}"], "train/manual", dt.datetime.now(dt.UTC)
+        cfg,
+        LocalStorage(LAKE),
+        [f"churn__monitor/{dr.run_id}"],
+        "churn__train/manual",
+        dt.datetime.now(dt.UTC),
     )
     dr2, states2 = _monitor(dagbag, "2026-09-08")
     assert dr2.state == "success"

@@ -42,8 +42,7 @@ CASES = {
 }
 
 
-def _train(dagbag, candidate: str) -> dict:
-    dag = dagbag.get_dag("train")
+def _train(dag, candidate: str) -> dict:
     conf = {"end_date": DAYS[-1], "window_days": 30, "candidates": [candidate], "force": False}
     dr = dag.test(run_conf={**conf, "justification": None})
     assert dr.state == "success", {ti.task_id: ti.state for ti in dr.get_task_instances()}
@@ -52,9 +51,13 @@ def _train(dagbag, candidate: str) -> dict:
 
 @pytest.mark.parametrize("task", list(CASES))
 def test_the_gate_promotes_the_better_and_rejects_the_worse_model_per_task_type(
-    task, dagbag, mlflow_server, tmp_path, monkeypatch
+    task, mlflow_server, tmp_path, monkeypatch
 ):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlops_airflow import names
     from mlops_bundle import tracking
+    from tests.conftest import REPO
 
     name, weak, strong, floor = CASES[task]
     model = f"{name}-{task}-{uuid.uuid4().hex[:6]}"
@@ -72,14 +75,22 @@ def test_the_gate_promotes_the_better_and_rejects_the_worse_model_per_task_type(
     assert cfg.dataset.task == task and cfg.dataset.id_column is None and cfg.dataset.timestamp_column is None
     sk_data.stage_days(LocalStorage(tmp_path / "lake"), cfg, DAYS)
     metric = cfg.training.metric
+    # the DAGs of this data set: the factory builds them from the catalog MLOPS_CONFIG names (set above,
+    # and kept while the runs' tasks load the config of the data set their DAG id names)
+    dagbag = DagBag(dag_folder=str(REPO / "dags"))
+    assert dagbag.import_errors == {}, dagbag.import_errors
+    assert sorted(dagbag.dag_ids) == sorted(
+        [names.AUDIT_VERIFY_DAG, *(names.dag_id(name, kind) for kind in names.DAG_KINDS)]
+    )
+    dag = dagbag.get_dag(names.dag_id(name, names.TRAIN))
 
-    first = _train(dagbag, "weak")
+    first = _train(dag, "weak")
     assert first["verdict"] == "promote" and "no champion" in first["reason"], first
-    better = _train(dagbag, "strong")
+    better = _train(dag, "strong")
     assert better["verdict"] == "promote" and better["applied"], better
     a, b = first["challenger"]["metrics"][metric], better["challenger"]["metrics"][metric]
     assert (a > b) if task == "regression" else (a < b), (metric, a, b)  # lower rmse wins
-    worse = _train(dagbag, "weak")
+    worse = _train(dag, "weak")
     assert worse["verdict"] == "reject" and not worse["applied"], worse
     # the weak model was registered once: the third run reused version 1 (the winning model's own key)
     assert worse["challenger"]["version"] == first["challenger"]["version"] == "1"

@@ -10,8 +10,10 @@ import json
 import re
 import uuid
 
+import airflow  # noqa: F401  (importing Airflow puts plugins/ on sys.path, as in a worker)
 import pytest
 
+from mlops_airflow import names
 from mlops_bundle import ingest
 from mlops_bundle.config import load_config
 from mlops_bundle.sample import generate_batch
@@ -87,9 +89,9 @@ DEFAULTS = {
 }
 
 
-def _run(dagbag, dag_id, conf):
+def _run(dagbag, kind, conf):
     # dag.test() keeps run_conf values in the (cached) DAG's params: always pass every param
-    dr = dagbag.get_dag(dag_id).test(run_conf={**DEFAULTS[dag_id], **conf})
+    dr = dagbag.get_dag(names.dag_id("churn", kind)).test(run_conf={**DEFAULTS[kind], **conf})
     return dr, {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
 
 
@@ -113,7 +115,7 @@ def test_first_run_promotes_the_first_model(dagbag, mlflow_env):
     assert _champion(cfg) == decision["challenger"]["version"] == "1"
     assert states[("publish_champion", -1)] == "success"
     run = _client(cfg).get_run(decision["challenger"]["run_id"])
-    assert run.data.tags["airflow.dag_id"] == "train" and run.data.tags["airflow.run_id"] == dr.run_id
+    assert run.data.tags["airflow.dag_id"] == "churn__train" and run.data.tags["airflow.run_id"] == dr.run_id
     artifacts = [a.path for a in _client(cfg).list_artifacts(run.info.run_id, "decisions")]
     assert len(artifacts) == 1
 

@@ -138,8 +138,12 @@ def test_missing_report_is_a_404_naming_what_to_do(api):
     detail = r.json()["detail"]
     assert "report.html" in detail and "'churn'" in detail and "2026-01-06" in detail
     assert "monitor DAG" in detail
+    # a data set that is not configured: 404 saying so (the config error with its paths stays in the log)
     r = api.get(f"/mlops/reports/other_set/{DATE}/report.html", headers=_bearer())
-    assert r.status_code == 404
+    assert r.status_code == 404 and r.json() == {
+        "detail": "no data set 'other_set' is configured: see /mlops/reports"
+    }
+    assert "/" not in r.json()["detail"].replace("/mlops/reports", "")
 
 
 @pytest.mark.parametrize(
@@ -182,8 +186,34 @@ def test_listing_shows_the_report_dates_newest_first(api):
     dates = r.json()["dates"]  # the session lake may hold other tests' reports too
     assert dates == sorted(dates, reverse=True) and {"2026-01-05", "2026-01-04"} <= set(dates)
     assert api.get("/mlops/reports?format=json", headers=_bearer()).json()["datasets"] == ["churn"]
-    assert "No reports" in api.get("/mlops/reports/nothing_here", headers=_bearer()).text
+    r = api.get("/mlops/reports/nothing_here", headers=_bearer())
+    assert r.status_code == 404 and "no data set 'nothing_here' is configured" in r.json()["detail"]
     assert api.get("/mlops/reports/churn", headers={}).status_code == 401
+
+
+def test_listing_names_every_configured_data_set_reports_or_not(api, tmp_path, monkeypatch):
+    """/mlops/reports lists the catalog's data sets (not the data sets that happen to have reports); a data
+    set without reports has an empty listing that says which DAG writes them."""
+    import shutil
+
+    from mlops_bundle.config import DEFAULT_CONFIG_PATH
+    from tests import sk_data
+
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    shutil.copy(DEFAULT_CONFIG_PATH, folder / "churn.yaml")
+    sk_data.write_config(folder, "diabetes", [{"name": "ridge", "family": "ridge"}], audit={})
+    (folder / "broken.yaml").write_text("dataset: [", encoding="utf-8")  # no data set: not listed
+    monkeypatch.setenv("MLOPS_CONFIG", str(folder))
+    r = api.get("/mlops/reports?format=json", headers=_bearer())
+    assert r.status_code == 200 and r.json() == {"datasets": ["churn", "diabetes"]}
+    page = api.get("/mlops/reports", headers=_bearer()).text
+    assert 'href="reports/churn"' in page and 'href="reports/diabetes"' in page
+    r = api.get("/mlops/reports/diabetes?format=json", headers=_bearer())
+    assert r.status_code == 200 and r.json()["dates"] == []
+    assert "run diabetes__monitor" in api.get("/mlops/reports/diabetes", headers=_bearer()).text
+    assert api.get("/mlops/reports/broken", headers=_bearer()).status_code == 404
+    assert api.get("/mlops/reports?format=json").status_code == 401
 
 
 def test_report_is_served_from_an_s3_root_through_the_airflow_connection(api, s3_bucket):
@@ -211,7 +241,7 @@ def finished_run(airflow_db):
 
     from tests.conftest import REPO
 
-    dag = DagBag(dag_folder=str(REPO / "dags" / "ingest.py")).get_dag("ingest")
+    dag = DagBag(dag_folder=str(REPO / "dags" / "ingest.py")).get_dag("churn__ingest")
     dr = dag.test(run_conf={"date": "2025-12-31", "source": None})
     return {ti.task_id: ti for ti in dr.get_task_instances()}
 
@@ -229,7 +259,8 @@ def test_links_return_the_url_the_task_pushed(finished_run, api):
     assert links.MlflowModelLink().get_link(None, ti_key=ti.key) == ""  # nothing pushed: no button
 
     # what the UI asks the api-server for (global links are evaluated there, for every task)
-    base = f"/api/v2/dags/ingest/dagRuns/{ti.run_id}/taskInstances"
+    base = f"/api/v2/dags/{ti.dag_id}/dagRuns/{ti.run_id}/taskInstances"
+    assert ti.dag_id == "churn__ingest"
     r = api.get(f"{base}/{ti.task_id}/links", headers=_bearer())
     assert r.status_code == 200, r.text
     assert r.json()["extra_links"] == {"Drift report": url, "MLflow model": None}

@@ -104,13 +104,20 @@ def wait_run(stack, token: str, dag_id: str, run_id: str, timeout: float) -> dic
     )
 
 
+def bundle_config(stack, dataset: str = "churn"):
+    """The config of one data set of the stack's catalog (MLOPS_CONFIG: config/datasets/), as its
+    Airflow processes see it (MLOPS_* of the stack's environment)."""
+    from mlops_bundle.catalog import dataset_config
+
+    return dataset_config(dataset, environ=stack.env)
+
+
 def land_batch(stack, date: str, rows: int = 2000, drift: float = 0.0) -> tuple[str, bytes]:
-    """Put one day's generated batch into the stack's S3 landing prefix, where ingest looks for it;
-    (object key, the CSV bytes written)."""
-    from mlops_bundle.config import load_config
+    """Put one day's generated churn batch into the stack's S3 landing prefix, where churn__ingest looks
+    for it; (object key, the CSV bytes written)."""
     from mlops_bundle.sample import generate_batch
 
-    cfg = load_config(environ=stack.env)
+    cfg = bundle_config(stack, "churn")
     key = f"lake/{cfg.storage.landing_prefix}/{cfg.dataset.name}/{date}/batch.csv"
     body = generate_batch(date, rows=rows, drift=drift).to_csv(index=False).encode()
     stack.s3().put_object(Bucket=stack.bucket, Key=key, Body=body)

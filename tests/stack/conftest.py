@@ -56,11 +56,15 @@ def stack(tmp_path_factory):
 
 
 CHAIN_DATE = "2026-01-05"
+# the data set the chain drives (the stack's catalog, config/datasets/, also holds diabetes)
+DATASET = "churn"
+INGEST, TRAIN, MONITOR = (f"{DATASET}__{kind}" for kind in ("ingest", "train", "monitor"))
 
 
 @dataclass
 class Chain:
-    """What the REST-driven chain left behind: run ids per DAG, the landing object, timings."""
+    """What the REST-driven chain left behind: run ids per DAG kind ("ingest", "train", "monitor" of
+    DATASET), the landing object, timings."""
 
     token: str
     batch_date: str
@@ -68,6 +72,11 @@ class Chain:
     landing_bytes: bytes
     runs: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    dataset: str = DATASET
+
+    def dag_id(self, kind: str) -> str:
+        """The DAG id of the chain's data set's DAG of `kind` (a key of `runs`): ``churn__train``."""
+        return f"{self.dataset}__{kind}"
 
 
 @pytest.fixture(scope="session")
@@ -81,34 +90,34 @@ def chain(stack) -> Chain:
     landing_key, csv = land_batch(stack, CHAIN_DATE)
     result = Chain(token=token, batch_date=CHAIN_DATE, landing_key=landing_key, landing_bytes=csv)
 
-    for dag_id in ("ingest", "train", "monitor"):
+    for dag_id in (INGEST, TRAIN, MONITOR):
         rest(stack.api_url, token, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     t0 = time.monotonic()
     run_id = f"stack__{CHAIN_DATE}__{int(time.time())}"
     body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": CHAIN_DATE}}
-    rest(stack.api_url, token, "POST", "/api/v2/dags/ingest/dagRuns", body)
-    result.runs["ingest"] = wait_run(stack, token, "ingest", run_id, timeout=300)
+    rest(stack.api_url, token, "POST", f"/api/v2/dags/{INGEST}/dagRuns", body)
+    result.runs["ingest"] = wait_run(stack, token, INGEST, run_id, timeout=300)
     assert result.runs["ingest"]["state"] == "success", f"ingest failed; task logs under {stack.log_dir}"
 
-    train = wait_new_run(stack, token, "train", since, "asset_triggered", timeout=120)
+    train = wait_new_run(stack, token, TRAIN, since, "asset_triggered", timeout=120)
     train_id = train["dag_run_id"]
-    approve_path = f"/api/v2/dags/train/dagRuns/{q(train_id)}/taskInstances/approve/-1/hitlDetails"
-    wait_task_state(stack, token, "train", train_id, "approve", "awaiting_input", timeout=480)
+    approve_path = f"/api/v2/dags/{TRAIN}/dagRuns/{q(train_id)}/taskInstances/approve/-1/hitlDetails"
+    wait_task_state(stack, token, TRAIN, train_id, "approve", "awaiting_input", timeout=480)
     # an answer within ~1 s of the pause can race the scheduler's handling of the pausing process's exit
     # (Airflow 3.3: the resumed attempt is failed and approval is asked again); a human is never that fast
     time.sleep(5)
     result.seconds["ingest_to_approval"] = round(time.monotonic() - t0, 1)
     rest(stack.api_url, token, "PATCH", approve_path, {"chosen_options": ["Approve"], "params_input": {}})
-    result.runs["train"] = wait_run(stack, token, "train", train_id, timeout=300)
+    result.runs["train"] = wait_run(stack, token, TRAIN, train_id, timeout=300)
     result.seconds["ingest_to_promote"] = round(time.monotonic() - t0, 1)
     assert result.runs["train"]["state"] == "success", f"train failed; task logs under {stack.log_dir}"
 
     t1 = time.monotonic()
     monitor_id = f"stack_monitor__{CHAIN_DATE}__{int(time.time())}"
     body = {"dag_run_id": monitor_id, "logical_date": None, "conf": {"date": CHAIN_DATE}}
-    rest(stack.api_url, token, "POST", "/api/v2/dags/monitor/dagRuns", body)
-    result.runs["monitor"] = wait_run(stack, token, "monitor", monitor_id, timeout=300)
+    rest(stack.api_url, token, "POST", f"/api/v2/dags/{MONITOR}/dagRuns", body)
+    result.runs["monitor"] = wait_run(stack, token, MONITOR, monitor_id, timeout=300)
     result.seconds["monitor"] = round(time.monotonic() - t1, 1)
     assert result.runs["monitor"]["state"] == "success", f"monitor failed; task logs under {stack.log_dir}"
     return result

@@ -25,6 +25,8 @@ from tests.stack.api import rest, token_for
 pytestmark = pytest.mark.stack
 
 MUTATING = ("post", "put", "patch", "delete")
+# the stack's catalog (MLOPS_CONFIG: config/datasets/)
+DATASETS = ("churn", "diabetes")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -39,7 +41,7 @@ _NO_REDIRECT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}
 # refused before anything is looked up); "absent" ones name nothing, for calls with valid tokens, so an
 # admin's DELETE or PATCH cannot change the shared stack.
 PLAUSIBLE = {
-    "dag_id": "ingest",
+    "dag_id": "churn__ingest",
     "dag_run_id": "manual__2026-01-05T00:00:00+00:00",
     "task_id": "validate",
     "group_id": "checks",
@@ -236,14 +238,14 @@ def test_bad_or_missing_tokens_get_401_on_every_mutating_endpoint(stack, operati
 
 def test_the_report_app_answers_bad_tokens_401_and_serves_a_viewer(stack):
     """/mlops (the bundle's report app) refuses a bad credential the way /api/v2 does, and a viewer, who
-    may read the monitor DAG's task instances, gets the report index."""
+    may read every data set's monitor DAG's task instances, gets the index of both data sets."""
     for name, headers in _bad_credentials(stack).items():
         status, hdrs, body = _call(stack, "GET", "/mlops/reports?format=json", headers)
         assert status == 401, (name, status, body)
         assert (hdrs.get("WWW-Authenticate") or "").startswith("Bearer"), (name, dict(hdrs))
     viewer = {"Authorization": f"Bearer {token_for(stack.api_url, 'viewer', 'viewer')}"}
     status, _, body = _call(stack, "GET", "/mlops/reports?format=json", viewer)
-    assert status == 200, (status, body)
+    assert (status, body) == (200, {"datasets": list(DATASETS)})
 
 
 def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, operations):
@@ -251,7 +253,7 @@ def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, o
     viewer_token = token_for(stack.api_url, "viewer", "viewer")
     viewer = {"Authorization": f"Bearer {viewer_token}"}
     # reparsing is authorized on the DAGs of the file a signed token names: the viewer names a real one
-    file_token = rest(stack.api_url, viewer_token, "GET", "/api/v2/dags/ingest/details")["file_token"]
+    file_token = rest(stack.api_url, viewer_token, "GET", "/api/v2/dags/churn__ingest/details")["file_token"]
     failures: list[str] = []
     seen = {"admin": collections.Counter(), "viewer": collections.Counter()}
     for op in operations:
@@ -284,12 +286,14 @@ def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, o
 
     # a viewer may read but not trigger or change: 403 (authenticated, not allowed), not 401
     dags = rest(stack.api_url, viewer_token, "GET", "/api/v2/dags", limit=100)
-    assert {"ingest", "train", "monitor"} <= {d["dag_id"] for d in dags["dags"]}
+    assert {f"{ds}__{kind}" for ds in DATASETS for kind in ("ingest", "train", "monitor")} <= {
+        d["dag_id"] for d in dags["dags"]
+    }
     run_id = f"api_auth_viewer__{int(time.time())}"
     refused = {
         "trigger ingest": (
             "POST",
-            "/api/v2/dags/ingest/dagRuns",
+            "/api/v2/dags/churn__ingest/dagRuns",
             {"dag_run_id": run_id, "logical_date": None},
         ),
         "pause a DAG": ("PATCH", "/api/v2/dags/api_auth_no_such_dag", {"is_paused": True}),
@@ -303,12 +307,136 @@ def test_valid_tokens_are_never_answered_401_and_a_viewer_cannot_mutate(stack, o
         ),
         "approve a promotion": (
             "PATCH",
-            "/api/v2/dags/train/dagRuns/api_auth_no_such_run/taskInstances/approve/-1/hitlDetails",
+            "/api/v2/dags/churn__train/dagRuns/api_auth_no_such_run/taskInstances/approve/-1/hitlDetails",
             {"chosen_options": ["Approve"], "params_input": {}},
         ),
     }
     answers = {what: _call(stack, m, p, viewer, body=b)[::2] for what, (m, p, b) in refused.items()}
     assert {what: status for what, (status, _) in answers.items()} == dict.fromkeys(refused, 403), answers
     assert answers["trigger ingest"][1] == {"detail": "Forbidden"}
-    status, _, _ = _call(stack, "GET", f"/api/v2/dags/ingest/dagRuns/{run_id}", admin)
+    status, _, _ = _call(stack, "GET", f"/api/v2/dags/churn__ingest/dagRuns/{run_id}", admin)
     assert status == 404, "the viewer's refused trigger created a run anyway"
+
+
+# ------------------------------------------------------------------ the report app across data sets
+
+
+def _roleless_token(stack) -> str:
+    """A token the api-server accepts (signed with the stack's key, fresh, not revoked) for a user with no
+    role: authenticated, but allowed to read no DAG. SimpleAuthManager (the stack's auth manager) grants by
+    role over every DAG at once (VIEWER reads all of them), so it cannot express "churn__monitor but not
+    diabetes__monitor"; a user without any DAG read right is the refused side it can express."""
+    claims, header = _claims_of_a_real_token(stack)
+    now = int(time.time())
+    claims = {
+        **claims,
+        "sub": "api_auth_no_rights",
+        "role": None,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "jti": f"api-auth-roleless-{now}",
+    }
+    return jwt.encode(
+        claims, stack.env["AIRFLOW__API_AUTH__JWT_SECRET"], algorithm=header["alg"], headers=header
+    )
+
+
+def _leaks(stack, body) -> list[str]:
+    """What of the stack's paths, bucket or config files an answer shows (it should show none)."""
+    from tests.conftest import REPO
+
+    text = json.dumps(body) if not isinstance(body, str) else body
+    secrets_of_place = {
+        "the checkout": str(REPO),
+        "the catalog folder": stack.env["MLOPS_CONFIG"],
+        "the stack's home": stack.env["AIRFLOW_HOME"],
+        "the lake bucket": stack.bucket,
+        "the catalog's files": "config/datasets",  # (a name the request itself sent may be echoed)
+        "an S3 URI": "s3://",
+        "a traceback": "Traceback",
+    }
+    return [what for what, needle in secrets_of_place.items() if needle and needle in text]
+
+
+def test_report_app_authorizes_each_data_set_and_names_nothing_it_should_not(stack):
+    """The /mlops report app as an attacker probes it: every data set's routes check read access to that
+    data set's `<dataset>__monitor` before anything else; the index lists only what the user may read; a
+    malformed name is 400 and never reaches storage; a well-formed unknown name is 404 for a reader and
+    403 (not 404) for a user who may read nothing, so it does not tell which data sets exist; no answer
+    names a path, the bucket or a config file."""
+    admin = {"Authorization": f"Bearer {token_for(stack.api_url, 'admin', 'admin')}"}
+    viewer = {"Authorization": f"Bearer {token_for(stack.api_url, 'viewer', 'viewer')}"}
+    nobody = {"Authorization": f"Bearer {_roleless_token(stack)}"}
+    report = "2026-01-05/report.html"
+
+    # the index: the configured data sets each user may read, and nothing else
+    for who, headers, expected in (
+        ("admin", admin, list(DATASETS)),
+        ("viewer", viewer, list(DATASETS)),
+        ("a user without DAG read rights", nobody, []),
+    ):
+        status, hdrs, body = _call(stack, "GET", "/mlops/reports?format=json", headers)
+        assert (status, body) == (200, {"datasets": expected}), (who, status, body)
+        status, _, page = _call(stack, "GET", "/mlops/reports", headers)
+        assert status == 200, (who, status)
+        for ds in DATASETS:
+            assert (f'href="reports/{ds}"' in page) == (ds in expected), (who, ds, page)
+
+    # per data set: a reader gets the index of each, the user without rights 403 for each (and for a name
+    # no data set has: existence is not disclosed to someone who may not read)
+    for ds in DATASETS:
+        status, _, body = _call(stack, "GET", f"/mlops/reports/{ds}?format=json", viewer)
+        assert status == 200 and body["dataset"] == ds, (ds, status, body)
+        for path in (
+            f"/mlops/reports/{ds}",
+            f"/mlops/reports/{ds}?format=json",
+            f"/mlops/reports/{ds}/{report}",
+        ):
+            status, _, body = _call(stack, "GET", path, nobody)
+            assert (status, body) == (403, {"detail": "Forbidden"}), (path, status, body)
+    for path in ("/mlops/reports/api_auth_nosuch", f"/mlops/reports/api_auth_nosuch/{report}"):
+        status, _, body = _call(stack, "GET", path, nobody)
+        assert (status, body) == (403, {"detail": "Forbidden"}), (path, status, body)
+
+    # malformed data set names: 400 for a reader, before any lookup; none is a path
+    failures = []
+    # (percent-encoded as a client sends them: the api-server decodes them before routing)
+    for name in (
+        "Churn",
+        "..",
+        "%2E%2E",
+        "churn.yaml",
+        "churn%00",
+        "-churn",
+        "1churn",
+        "ch%20urn",
+        "churn%2A",
+    ):
+        for path in (f"/mlops/reports/{name}", f"/mlops/reports/{name}/{report}"):
+            status, hdrs, body = _call(stack, "GET", path, admin)
+            if (
+                status != 400
+                or not isinstance(body, dict)
+                or "not a data set name" not in body.get("detail", "")
+            ):
+                failures.append(f"{path}: {status} {str(body)[:200]}")
+            elif _leaks(stack, body):
+                failures.append(f"{path}: 400 names {_leaks(stack, body)}: {body}")
+    # a traversal spread over segments is no route of the app at all (404 from the router): never a file
+    traversals = ("/mlops/reports/../x", "/mlops/reports/..%2Fx", "/mlops/reports/churn%2F..")
+    for path in (*traversals, f"/mlops/reports/..%2F..%2Fconfig/{report}"):
+        status, _, body = _call(stack, "GET", path, admin)
+        if status not in (400, 404) or _leaks(stack, body):
+            failures.append(f"{path}: {status} {str(body)[:200]}")
+    assert not failures, "\n".join(failures)
+
+    # a well-formed name no data set has: 404 for a reader, naming no path
+    for path in ("/mlops/reports/api_auth_nosuch", f"/mlops/reports/api_auth_nosuch/{report}"):
+        status, _, body = _call(stack, "GET", path, viewer)
+        assert status == 404 and "api_auth_nosuch" in body["detail"], (path, status, body)
+        assert not _leaks(stack, body), (path, _leaks(stack, body), body)
+    # a configured data set without that day's report: 404, naming no bucket or key
+    status, _, body = _call(stack, "GET", "/mlops/reports/diabetes/2001-01-01/report.html", viewer)
+    assert status == 404 and "diabetes" in body["detail"], (status, body)
+    assert not _leaks(stack, body), (_leaks(stack, body), body)

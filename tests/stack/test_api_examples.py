@@ -1,5 +1,5 @@
 """The README's API examples run end to end on the stack: examples/api_curl.sh and examples/api_client.py
-(apache-airflow-client) each get a JWT, trigger ingest with conf for a freshly landed batch, follow the run,
+(apache-airflow-client) each get a JWT, trigger churn__ingest with conf for a freshly landed batch, follow the run,
 approve the promotion the validated-data asset's train run asks for, wait for it and roll the champion
 back, as a user would copy them.
 
@@ -29,7 +29,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
-from tests.stack.api import land_batch, q, rest, token_for
+from tests.stack.api import bundle_config, land_batch, q, rest, token_for
 
 pytestmark = pytest.mark.stack
 
@@ -37,15 +37,16 @@ CURL = REPO / "examples" / "api_curl.sh"
 CLIENT = REPO / "examples" / "api_client.py"
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 RUN_TIMEOUT = 2700  # one walkthrough: ingest, up to two train runs, rollback on a loaded 2-core machine
+# the data set the walkthroughs drive (the examples' default; the curl one names it with --dataset)
+DATASET = "churn"
+INGEST, TRAIN, ROLLBACK = (f"{DATASET}__{kind}" for kind in ("ingest", "train", "rollback"))
 
 
 def _aliases(stack) -> dict[str, str | None]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from mlops_bundle.config import load_config
-
-    name = load_config(environ=stack.env).model_name
+    name = bundle_config(stack, DATASET).model_name
     client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
     out = {}
     for alias in ("champion", "previous"):
@@ -110,15 +111,15 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
     """Assert what one walkthrough did through the REST API and MLflow; return the branch it took."""
     token = token_for(stack.api_url, "admin", "admin")
     # the user saw the run's state changes and, before approving, the gate's numbers and verdict
-    assert re.search(r"ingest \S+: \S+ -> success", progress), progress
+    assert re.search(rf"{INGEST} \S+: \S+ -> success", progress), progress
     assert re.search(r"candidate \w+ -> version \d+: .*roc_auc=0\.\d+", progress), progress
     assert re.search(r"gate (?:evaluation|decision) \w+: promote", progress), progress
     for key in ("ingest run", "train run", "approved", "promotion", "rollback run", "rollback"):
         assert len(lines.get(key, [])) == 1, f"expected one {key!r} line, got {lines.get(key)}"
 
-    ingest = _run_of(stack, token, "ingest", lines["ingest run"][0])
+    ingest = _run_of(stack, token, INGEST, lines["ingest run"][0])
     assert ingest["state"] == "success" and ingest["conf"] == {"date": date}, ingest
-    asset_train = _run_of(stack, token, "train", lines["train run"][0])
+    asset_train = _run_of(stack, token, TRAIN, lines["train run"][0])
     assert asset_train["run_type"] == "asset_triggered" and asset_train["state"] == "success", asset_train
     events = rest(stack.api_url, token, "GET", "/api/v2/assets/events", source_run_id=ingest["dag_run_id"])
     started = {r["run_id"] for e in events["asset_events"] for r in e["created_dagruns"]}
@@ -128,24 +129,24 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
     if "train run (forced)" in lines:
         branch = "gate rejected the asset-triggered run -> forced train run approved"
         assert lines["train run (forced)"] == [approved_id]
-        assert _ti(stack, token, "train", asset_train["dag_run_id"], "approve")["state"] == "skipped"
-        forced = _run_of(stack, token, "train", approved_id)
+        assert _ti(stack, token, TRAIN, asset_train["dag_run_id"], "approve")["state"] == "skipped"
+        forced = _run_of(stack, token, TRAIN, approved_id)
         assert forced["run_type"] == "manual" and forced["conf"]["force"] is True, forced["conf"]
         assert forced["conf"]["end_date"] == date and len(forced["conf"]["justification"]) >= 10
     else:
         branch = "gate passed: the asset-triggered run was approved"
         assert approved_id == asset_train["dag_run_id"]
-    train = _run_of(stack, token, "train", approved_id)
+    train = _run_of(stack, token, TRAIN, approved_id)
     assert train["state"] == "success", train
-    assert _ti(stack, token, "train", approved_id, "approve")["state"] == "success"
-    hitl = _ti(stack, token, "train", approved_id, "approve", "/-1/hitlDetails")
+    assert _ti(stack, token, TRAIN, approved_id, "approve")["state"] == "success"
+    hitl = _ti(stack, token, TRAIN, approved_id, "approve", "/-1/hitlDetails")
     assert hitl["response_received"] and hitl["chosen_options"] == ["Approve"], hitl
     # four eyes: the forced run (triggered by admin) was approved by the second admin
     approver = "approver" if "train run (forced)" in lines else "admin"
     assert hitl["responded_by_user"]["name"] == approver, hitl["responded_by_user"]
-    assert _ti(stack, token, "train", approved_id, "publish_champion")["state"] == "success"
+    assert _ti(stack, token, TRAIN, approved_id, "publish_champion")["state"] == "success"
 
-    promoted = _xcom(stack, token, "train", approved_id, "promote", "decision")
+    promoted = _xcom(stack, token, TRAIN, approved_id, "promote", "decision")
     assert promoted["verdict"] == "promote" and promoted["applied"], promoted
     assert promoted["approved_by"] == approver, promoted
     if "train run (forced)" in lines:
@@ -154,9 +155,9 @@ def _check_walkthrough(stack, lines: dict[str, list[str]], progress: str, date: 
     new_version = str(promoted["challenger"]["version"])
     assert new_version != before["champion"]
 
-    back = _run_of(stack, token, "rollback", lines["rollback run"][0])
+    back = _run_of(stack, token, ROLLBACK, lines["rollback run"][0])
     assert back["state"] == "success" and len(back["conf"]["reason"]) >= 10, back
-    record = _xcom(stack, token, "rollback", back["dag_run_id"], "roll_back", "return_value")
+    record = _xcom(stack, token, ROLLBACK, back["dag_run_id"], "roll_back", "return_value")
     assert record["verdict"] == "rollback" and record["previous_champion"] == new_version, record
     assert str(record["challenger"]["version"]) == before["champion"], record
 
@@ -170,7 +171,7 @@ def test_curl_walkthrough(chain, stack):
     land_batch(stack, date, drift=0.0)
     before = _aliases(stack)
     assert before["champion"], "the chain fixture should have left a champion"
-    lines, progress, seconds = _run(stack, ["bash", str(CURL), "walkthrough", date])
+    lines, progress, seconds = _run(stack, ["bash", str(CURL), "--dataset", DATASET, "walkthrough", date])
     branch = _check_walkthrough(stack, lines, progress, date, before)
     print(f"curl walkthrough {date}: {branch} ({seconds}s)")
 

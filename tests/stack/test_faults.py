@@ -45,6 +45,9 @@ MLFLOW_DATE = "2026-01-06"
 ROWS = {KILL_DATE: 16_000, MLFLOW_DATE: 4_000}
 CANDIDATE = "forest"
 MLFLOW_DOWN_S = 25
+# the data set driven here (the stack's catalog also holds diabetes, which stays idle)
+DATASET = "churn"
+INGEST, TRAIN = f"{DATASET}__ingest", f"{DATASET}__train"
 FAULT_ENV = {
     "MLOPS_TRAINING__CANDIDATES": json.dumps(
         [
@@ -75,7 +78,7 @@ def fault_stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token(fault_stack) -> str:
     token = token_for(fault_stack.api_url, "admin", "admin")
-    for dag_id in ("ingest", "train"):
+    for dag_id in (INGEST, TRAIN):
         rest(fault_stack.api_url, token, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     return token
 
@@ -84,9 +87,9 @@ def token(fault_stack) -> str:
 
 
 def _cfg(stack):
-    from mlops_bundle.config import load_config
+    from tests.stack.api import bundle_config
 
-    return load_config(environ=stack.env)
+    return bundle_config(stack, DATASET)
 
 
 def _client(stack):
@@ -101,16 +104,16 @@ def _ingest_and_wait_for_train(stack, token: str, date: str) -> dict:
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     run_id = f"faults__{date}__{int(time.time())}"
     body = {"dag_run_id": run_id, "logical_date": None, "conf": {"date": date}}
-    rest(stack.api_url, token, "POST", "/api/v2/dags/ingest/dagRuns", body)
-    ingest = wait_run(stack, token, "ingest", run_id, timeout=420)
+    rest(stack.api_url, token, "POST", f"/api/v2/dags/{INGEST}/dagRuns", body)
+    ingest = wait_run(stack, token, INGEST, run_id, timeout=420)
     assert ingest["state"] == "success", f"ingest {run_id} {ingest['state']}; task logs under {stack.log_dir}"
-    return wait_new_run(stack, token, "train", since, "asset_triggered", timeout=180)
+    return wait_new_run(stack, token, TRAIN, since, "asset_triggered", timeout=180)
 
 
 def _tries(stack, token: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
     """Every try of one task instance (history + current), oldest first."""
     mi = f"/{map_index}" if map_index >= 0 else ""
-    path = f"/api/v2/dags/train/dagRuns/{q(run_id)}/taskInstances/{task_id}{mi}/tries"
+    path = f"/api/v2/dags/{TRAIN}/dagRuns/{q(run_id)}/taskInstances/{task_id}{mi}/tries"
     try:
         rows = rest(stack.api_url, token, "GET", path)["task_instances"]
     except urllib.error.HTTPError as exc:
@@ -121,12 +124,12 @@ def _tries(stack, token: str, run_id: str, task_id: str, map_index: int = -1) ->
 
 
 def _xcom(stack, token: str, run_id: str, task_id: str):
-    path = f"/api/v2/dags/train/dagRuns/{q(run_id)}/taskInstances/{task_id}/xcomEntries/return_value"
+    path = f"/api/v2/dags/{TRAIN}/dagRuns/{q(run_id)}/taskInstances/{task_id}/xcomEntries/return_value"
     return rest(stack.api_url, token, "GET", path, deserialize="true")["value"]
 
 
 def _task_logs(stack, run_id: str, task_id: str) -> dict[str, str]:
-    folder = stack.log_dir / "dag_id=train" / f"run_id={run_id}" / f"task_id={task_id}"
+    folder = stack.log_dir / f"dag_id={TRAIN}" / f"run_id={run_id}" / f"task_id={task_id}"
     return {str(p.relative_to(folder)): p.read_text(errors="replace") for p in sorted(folder.rglob("*.log"))}
 
 
@@ -291,7 +294,7 @@ def test_worker_killed_mid_training_is_retried_on_the_other_worker(fault_stack, 
         interval=1,
     )
     first, last = tries[0], tries[-1]
-    run = wait_run(stack, token, "train", train_id, timeout=600)
+    run = wait_run(stack, token, TRAIN, train_id, timeout=600)
     seen["train_run_" + run["state"]] = round(time.monotonic() - t_kill, 1)
     print(
         f"\nworker kill: {victim} ({victim_node}) killed with {len(killed)} process(es); seconds after the "
@@ -371,7 +374,7 @@ def test_mlflow_outage_during_training_recovers_or_fails_clearly(fault_stack, to
     stack_runner.wait_http(stack.mlflow_url + "/health", "mlflow server (restarted)", 420, stack.infra)
     t_up = round(time.monotonic() - t_stop, 1)
 
-    run = wait_run(stack, token, "train", train_id, timeout=900)
+    run = wait_run(stack, token, TRAIN, train_id, timeout=900)
     t_end = round(time.monotonic() - t_stop, 1)
     history = {
         task: [(t["try_number"], t["state"], t["hostname"]) for t in _tries(stack, token, train_id, task, mi)]
@@ -401,9 +404,9 @@ def test_mlflow_outage_during_training_recovers_or_fails_clearly(fault_stack, to
         # the operator's remedy once MLflow is back: clear the failed tasks; the rerun must complete and
         # close what the interrupted attempt left open
         body = {"dry_run": False, "dag_run_id": train_id, "only_failed": True, "reset_dag_runs": True}
-        rest(stack.api_url, token, "POST", "/api/v2/dags/train/clearTaskInstances", body)
+        rest(stack.api_url, token, "POST", f"/api/v2/dags/{TRAIN}/clearTaskInstances", body)
         time.sleep(2)
-        run = wait_run(stack, token, "train", train_id, timeout=900)
+        run = wait_run(stack, token, TRAIN, train_id, timeout=900)
         print(f"after clearing the failed tasks: train run {run['state']}")
         assert run["state"] == "success", (
             f"train {train_id} {run['state']} after clearing; logs {stack.log_dir}"
@@ -423,7 +426,7 @@ def test_mlflow_outage_during_training_recovers_or_fails_clearly(fault_stack, to
         stack.api_url,
         token,
         "GET",
-        f"/api/v2/dags/train/dagRuns/{q(train_id)}/taskInstances/promote/xcomEntries/decision",
+        f"/api/v2/dags/{TRAIN}/dagRuns/{q(train_id)}/taskInstances/promote/xcomEntries/decision",
         deserialize="true",
     )["value"]
     expected = str(registered["version"]) if decision["applied"] else champion_before

@@ -174,7 +174,9 @@ def test_tasks_run_on_workers_and_their_logs_are_served(stack, chain):
     another key or none are refused."""
     token = chain.token
     run_id = chain.runs["ingest"]["dag_run_id"]
-    tis = [ti for ti in task_instances(stack, token, "ingest", run_id) if ti["state"] == "success"]
+    tis = [
+        ti for ti in task_instances(stack, token, chain.dag_id("ingest"), run_id) if ti["state"] == "success"
+    ]
     by_host = {ti["hostname"]: ti for ti in tis}
     assert by_host and set(by_host) <= set(stack.worker_hostnames.values()), by_host.keys()
     api_port = int(stack.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"])
@@ -186,10 +188,10 @@ def test_tasks_run_on_workers_and_their_logs_are_served(stack, chain):
         ti = by_host.get(node)
         if ti is None:
             continue
-        rel = f"dag_id=ingest/run_id={run_id}/task_id={ti['task_id']}/attempt={ti['try_number']}.log"
+        rel = f"dag_id={chain.dag_id('ingest')}/run_id={run_id}/task_id={ti['task_id']}/attempt={ti['try_number']}.log"
         assert (stack.log_dir / rel).is_file(), f"no log at {stack.log_dir / rel}"
         url = (
-            f"/api/v2/dags/ingest/dagRuns/{q(run_id)}/taskInstances/{q(ti['task_id'])}/logs/"
+            f"/api/v2/dags/{chain.dag_id('ingest')}/dagRuns/{q(run_id)}/taskInstances/{q(ti['task_id'])}/logs/"
             f"{ti['try_number']}"
         )
         body = rest(stack.api_url, token, "GET", url, full_content="true")

@@ -32,9 +32,19 @@ DENIED = (403,)
 
 
 def _cfg(stack):
-    from mlops_bundle.config import load_config
+    """The config of the data set the `chain` fixture drives (churn)."""
+    from tests.stack.api import bundle_config
 
-    return load_config(environ=stack.env)
+    return bundle_config(stack, "churn")
+
+
+def _catalog(stack) -> list:
+    """Every data set of the stack's catalog (MLOPS_CONFIG: config/datasets/, churn and diabetes)."""
+    from mlops_bundle.catalog import configs
+
+    cfgs = configs(environ=stack.env)
+    assert [c.dataset.name for c in cfgs] == ["churn", "diabetes"], [c.dataset.name for c in cfgs]
+    return cfgs
 
 
 def _registry(stack, name: str) -> dict:
@@ -107,14 +117,17 @@ def test_the_service_account_writes_and_holds_the_bundles_resources(stack, chain
     )
     assert status == 200 and data["model_version"]["version"] == champion, data
 
-    # it owns the bundle's experiments and registered model (it created them at start-up)
-    for rtype, rid in (
-        ("registered_model", cfg.model_name),
-        *(
+    # it owns every data set's experiments and registered model (it created them at start-up, diabetes'
+    # too although nothing trained it here)
+    owned = []
+    for c in _catalog(stack):
+        owned.append(("registered_model", c.model_name))
+        owned += [
             ("experiment", _experiment_id(stack, n))
-            for n in (cfg.experiment_name, cfg.monitoring_experiment_name)
-        ),
-    ):
+            for n in (c.experiment_name, c.monitoring_experiment_name)
+        ]
+    assert len({rid for _, rid in owned}) == 6, owned
+    for rtype, rid in owned:
         status, perm = mlflow_call(
             stack,
             "admin",
@@ -182,6 +195,16 @@ def test_the_read_only_account_reads_but_cannot_move_the_champion(stack, chain):
     mlflow.set_tracking_uri(stack.mlflow_url)
     mlflow.set_registry_uri(stack.mlflow_url)  # the autouse fixture of tests/conftest.py resets both
     assert hasattr(mlflow.sklearn.load_model(f"models:/{name}@champion"), "predict_proba")
+
+    # and every other data set's registered model (READ on all of them), but writes none of them
+    for c in _catalog(stack):
+        status, data = mlflow_call(
+            stack, "reader", "GET", "/api/2.0/mlflow/registered-models/get", name=c.model_name
+        )
+        assert status == 200 and data["registered_model"]["name"] == c.model_name, (c.model_name, data)
+        body = {"name": c.model_name, "key": "reader-was-here", "value": "1"}
+        status, data = mlflow_call(stack, "reader", "POST", "/api/2.0/mlflow/registered-models/set-tag", body)
+        assert status in DENIED, (c.model_name, status, data)
 
     # it cannot write: every attempt is 403 and the registry is unchanged
     other = next((v for v, _, _ in before["versions"] if v != champion), champion)

@@ -9,15 +9,15 @@ import pytest
 from tests.audit_trail import assert_dag_runs_audited
 from tests.envelope import kms_key_that_wrapped
 from tests.services import aws_client
-from tests.stack.api import task_instances
+from tests.stack.api import bundle_config, task_instances
 
 pytestmark = pytest.mark.stack
 
 
 def test_every_task_ran_on_a_celery_worker(stack, chain):
     tis = {
-        dag_id: task_instances(stack, chain.token, dag_id, run["dag_run_id"])
-        for dag_id, run in chain.runs.items()
+        kind: task_instances(stack, chain.token, chain.dag_id(kind), run["dag_run_id"])
+        for kind, run in chain.runs.items()
     }
     states = {(t["task_id"], t["map_index"]): t["state"] for t in tis["train"]}
     assert states[("approve", -1)] == "success"  # approved through the API by the chain fixture
@@ -31,8 +31,8 @@ def test_every_task_ran_on_a_celery_worker(stack, chain):
     # the TI hostname is the worker's node name; the scheduler completes EmptyOperator tasks itself
     workers = set(stack.worker_hostnames.values())
     hosts = {
-        (dag_id, t["task_id"], t["map_index"]): t["hostname"]
-        for dag_id, rows in tis.items()
+        (kind, t["task_id"], t["map_index"]): t["hostname"]
+        for kind, rows in tis.items()
         for t in rows
         if t["state"] == "success" and t["operator"] != "EmptyOperator"
     }
@@ -44,10 +44,9 @@ def test_champion_is_served_by_the_mlflow_server(stack, chain, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from mlops_bundle.config import load_config
     from mlops_bundle.sample import generate_batch
 
-    cfg = load_config(environ=stack.env)
+    cfg = bundle_config(stack, chain.dataset)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_url)
     mlflow.set_tracking_uri(stack.mlflow_url)
     mlflow.set_registry_uri(stack.mlflow_url)  # the autouse fixture of tests/conftest.py resets both
@@ -61,11 +60,10 @@ def test_champion_is_served_by_the_mlflow_server(stack, chain, monkeypatch):
 
 
 def test_lake_objects_are_encrypted_with_kms_and_the_landing_batch_stays_raw(stack, chain):
-    from mlops_bundle.config import load_config
     from mlops_bundle.crypto import DecryptionError, KmsKeyring, decrypt_bytes, object_context, read_key_id
     from mlops_bundle.monitoring import predictions_key, reports_prefix
 
-    cfg = load_config(environ=stack.env)
+    cfg = bundle_config(stack, chain.dataset)
     s3 = stack.s3()
     kms = aws_client("kms", stack.moto_url)
     checked, encrypted = {}, []
@@ -111,7 +109,7 @@ def test_audit_chain_in_postgres_records_the_chain_and_verifies(stack, chain):
     assert runs <= seen, f"runs without audit records: {runs - seen}"
     # every run's state changes, written by the scheduler: dag_run.running, then dag_run.success
     assert_dag_runs_audited(
-        uri, [(dag_id, run["dag_run_id"], "success") for dag_id, run in chain.runs.items()]
+        uri, [(chain.dag_id(kind), run["dag_run_id"], "success") for kind, run in chain.runs.items()]
     )
     result = audit.verify(uri, stack.env["MLOPS_AUDIT_HMAC_KEY"])
     assert result.ok, result

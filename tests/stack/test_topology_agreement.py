@@ -56,7 +56,7 @@ NOT_A_PROCESS = {
     "unique to the stack, and drops them at teardown",
     "minio-init": "start_stack creates the lake bucket on moto (moto accepts any access key: no user)",
     "airflow-init": "start_stack runs `airflow db migrate`, seeds the SimpleAuthManager password file and "
-    "creates the training pool (REST)",
+    "creates each data set's training pool (REST)",
     "env-check": "the stack has no .env: scripts/airflow_local.py generates its secrets, none is a placeholder",
     "mlflow-init": "start_stack runs scripts/mlflow_accounts.py's provision() once MLflow is healthy (the "
     "passwords generated into the stack's mlflow-secrets.json)",
@@ -351,7 +351,7 @@ def test_init_steps_have_their_stack_counterparts(compose):
     for call, what in (
         ("airflow_db_migrate(", "airflow db migrate"),
         ("write_auth_files(", "the SimpleAuthManager password file"),
-        ("ensure_pool(", "the training pool"),
+        ("ensure_pools(", "each data set's training pool"),
         ("create_bucket(", "the lake bucket"),
         ("mlflow_accounts.provision(", "MLflow's accounts (mlflow-init)"),
         ("db_roles.apply(", "the PostgreSQL roles and databases (compose: postgres-roles)"),
@@ -365,7 +365,11 @@ def test_init_steps_have_their_stack_counterparts(compose):
     argv = [*svc["entrypoint"], *svc["command"]]
     assert argv == ["python", "/opt/mlops/mlflow_accounts.py", "--bundle-config"], argv
     assert "./scripts/mlflow_accounts.py:/opt/mlops/mlflow_accounts.py:ro" in svc["volumes"], svc["volumes"]
-    assert "experiments=[cfg.experiment_name, cfg.monitoring_experiment_name]" in source
+    # ... for every data set of the catalog, as mlflow_accounts.py --bundle-config does
+    assert "cfgs = load_bundle_configs(env)" in source
+    assert "for c in cfgs for n in (c.experiment_name, c.monitoring_experiment_name)" in source
+    assert "models=[c.model_name for c in cfgs]" in source
+    assert "from mlops_bundle.catalog import configs" in inspect.getsource(stack_runner.mlflow_accounts.main)
     assert svc["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
     assert compose["services"]["airflow-worker"]["depends_on"]["mlflow-init"] == {
         "condition": "service_completed_successfully"
@@ -374,6 +378,92 @@ def test_init_steps_have_their_stack_counterparts(compose):
     assert roles["entrypoint"] == ["python", "/opt/mlops/db_roles.py"], roles["entrypoint"]
     assert "./scripts/db_roles.py:/opt/mlops/db_roles.py:ro" in roles["volumes"], roles["volumes"]
     assert set(stack_runner.db_roles.DATABASES) >= {"mlflow", "mlflow_auth", "audit", "state", "celery"}
+
+
+def _compose_catalog(compose, service: str) -> Path:
+    """The checkout folder behind `service`'s MLOPS_CONFIG (through its ./config mount)."""
+    env = compose["services"][service].get("environment") or {}
+    value = env.get("MLOPS_CONFIG") or compose["x-airflow-common"]["environment"]["MLOPS_CONFIG"]
+    mounts = compose["services"][service].get("volumes") or compose["x-airflow-common"]["volumes"]
+    for mount in mounts:
+        host, _, rest = str(mount).partition(":")
+        target = rest.split(":")[0]
+        if host.startswith("./") and (value == target or value.startswith(target + "/")):
+            return (REPO / host / value[len(target) :].lstrip("/")).resolve()
+    raise AssertionError(f"compose's {service}: MLOPS_CONFIG={value} is not under a mounted checkout folder")
+
+
+def test_both_topologies_load_the_whole_catalog(compose, stack_side):
+    """Compose's Airflow services, compose's mlflow-init and the stack name the same catalog folder
+    (config/datasets/, every data set: churn and diabetes), not one data set's file."""
+    folder = (REPO / "config" / "datasets").resolve()
+    assert Path(stack_side["env"]["MLOPS_CONFIG"]).resolve() == folder, stack_side["env"]["MLOPS_CONFIG"]
+    for service in ("airflow-scheduler", "airflow-worker", "airflow-dag-processor", "mlflow-init"):
+        assert _compose_catalog(compose, service) == folder, service
+    names = [c.dataset.name for c in stack_runner.load_bundle_configs(stack_side["env"])]
+    assert names == ["churn", "diabetes"], names
+
+
+def test_audit_anchors_are_the_deployments_in_both(compose_env, stack_side, env_example):
+    """One audit chain per deployment (every data set's DAGs write it): both anchor its head under the same
+    deployment-wide prefix of an S3 bucket, not under one data set's name."""
+    ours = urlsplit(_resolve(compose_env["MLOPS_AUDIT__ANCHOR_URI"], env_example))
+    theirs = urlsplit(stack_side["env"]["MLOPS_AUDIT__ANCHOR_URI"])
+    assert ours.scheme == theirs.scheme == "s3", (ours, theirs)
+    assert ours.path == theirs.path == "/deployment/", (ours.path, theirs.path)
+    # a bucket of its own (Object Lock), not the lake's
+    assert theirs.netloc and theirs.netloc != urlsplit(stack_side["env"]["MLOPS_STORAGE__ROOT_URI"]).netloc
+    assert (
+        ours.netloc
+        and ours.netloc != urlsplit(_resolve(compose_env["MLOPS_STORAGE__ROOT_URI"], env_example)).netloc
+    )
+
+
+def test_compose_creates_the_pools_the_stack_creates(compose, stack_side, tmp_path):
+    """airflow-init's pool step (run here under bash with compose's entrypoint flags and stubs: `python` is
+    this venv's, `airflow` prints its argv) sets one pool per data set, named and sized as ensure_pools (the stack) names and sizes them:
+    names.training_pool(<data set>) with training.pool_slots."""
+    bash = shutil.which("bash")
+    if not bash:
+        unavailable("bash is not installed")
+    import airflow_rest  # scripts/ (on sys.path above): puts plugins/ on sys.path, as ensure_pools does
+
+    airflow_rest.import_bundle()
+    from mlops_airflow.names import training_pool
+
+    script = "\n".join(compose["services"]["airflow-init"]["command"])
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if "training_pool(" in line)
+    end = next(i for i in range(start, len(lines)) if "airflow pools set" in lines[i])
+    snippet = "\n".join(lines[start : end + 1]).replace("$$", "$")
+    snippet = snippet.replace("/opt/airflow/plugins", str(REPO / "plugins"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    (bin_dir / "airflow").write_text("#!/bin/sh\nprintf '%s\\t' \"$@\"; echo\n", encoding="utf-8")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {k: v for k, v in stack_side["env"].items() if k.startswith("MLOPS_")}
+    entrypoint = list(compose["services"]["airflow-init"]["entrypoint"])  # its shell flags (pipefail) too
+    assert Path(entrypoint[0]).name == "bash" and entrypoint[-1] == "-c", entrypoint
+    proc = subprocess.run(
+        [bash, *entrypoint[1:], snippet],
+        env=env | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, f"airflow-init's pool step failed: {proc.stderr[-2000:]}"
+    calls = [line.rstrip("\t").split("\t") for line in proc.stdout.splitlines() if line.strip()]
+    created = {c[2]: int(c[3]) for c in calls if c[:2] == ["pools", "set"]}
+    assert len(created) == len(calls), calls
+    expected = {
+        training_pool(c.dataset.name): c.training.pool_slots
+        for c in stack_runner.load_bundle_configs(stack_side["env"])
+    }
+    assert set(expected) == {"churn__training", "diabetes__training"}, expected
+    assert created == expected, f"compose's airflow-init sets pools {created}, the stack {expected}"
 
 
 def test_backends_use_the_same_drivers(compose_env, stack_side, env_example):

@@ -31,7 +31,9 @@ from tests.stack.api import q, rest
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 
-BUNDLE_DAGS = ("audit_verify", "ingest", "monitor", "registry_watch", "rollback", "train")
+# the deployment's audit DAG and every data set's DAGs (the stack's catalog: churn and diabetes)
+KINDS = ("backfill", "ingest", "monitor", "registry_watch", "rollback", "train")
+BUNDLE_DAGS = ("audit_verify", *(f"{ds}__{kind}" for ds in ("churn", "diabetes") for kind in KINDS))
 # The machine running the tier is slow and busy (a whole Airflow + Celery stack on two cores): generous
 # budgets for Playwright's auto-waiting; every wait still ends as soon as its condition holds.
 ACTION_MS = 90_000
@@ -126,7 +128,7 @@ def ui(browser, stack):
     with session.step("dag-list"):
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(re.compile(r"/dags/?$"))
-        expect(_dag_link(page, "train")).to_be_visible()
+        expect(_dag_link(page, "churn__train")).to_be_visible()
     session.login_seconds = round(time.monotonic() - t0, 1)
     try:
         yield session
@@ -154,8 +156,8 @@ def test_login_lands_on_the_dag_list_with_the_bundles_dags(ui):
 @pytest.mark.parametrize(
     ("dag_id", "title", "text"),
     [
-        ("train", "Train: validated data -> candidate models -> gate vs champion -> promotion", "register_best"),
-        ("monitor", "Monitor: score with the champion -> Evidently drift report -> guarded retrain trigger",
+        ("churn__train", "Train: validated data -> candidate models -> gate vs champion -> promotion", "register_best"),
+        ("churn__monitor", "Monitor: score with the champion -> Evidently drift report -> guarded retrain trigger",
          "decide_retrain"),
     ],
 )  # fmt: skip
@@ -176,9 +178,12 @@ def test_dag_page_shows_its_docs(ui, dag_id, title, text):
     expect(page.get_by_role("dialog")).to_have_count(0)
 
 
-def _xcom(stack, chain, dag_id: str, task_id: str, key: str):
-    run_id = chain.runs[dag_id]["dag_run_id"]
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}/xcomEntries/{q(key)}"
+def _xcom(stack, chain, kind: str, task_id: str, key: str):
+    """An XCom of the chain's run of its data set's DAG of `kind`."""
+    run_id = chain.runs[kind]["dag_run_id"]
+    path = (
+        f"/api/v2/dags/{chain.dag_id(kind)}/dagRuns/{q(run_id)}/taskInstances/{task_id}/xcomEntries/{q(key)}"
+    )
     return rest(stack.api_url, chain.token, "GET", path)["value"]  # JSON-native as the task returned it
 
 
@@ -214,9 +219,9 @@ def test_train_run_mlflow_link_opens_the_registered_version_and_its_run(ui, stac
     from mlflow import MlflowClient
     from playwright.sync_api import expect
 
-    from mlops_bundle.config import load_config
+    from tests.stack.api import bundle_config
 
-    cfg = load_config(environ=stack.env)
+    cfg = bundle_config(stack, chain.dataset)
     run_id = chain.runs["train"]["dag_run_id"]
     best = _xcom(stack, chain, "train", "register_best", "return_value")
     version = str(best["version"])
@@ -225,7 +230,7 @@ def test_train_run_mlflow_link_opens_the_registered_version_and_its_run(ui, stac
 
     page = ui.page
     model_line = re.compile(rf"{re.escape(cfg.model_name)} version {version}\b")  # registered / reused
-    _open_task_details(ui, "train", run_id, "register_best", model_line)
+    _open_task_details(ui, chain.dag_id("train"), run_id, "register_best", model_line)
     link = page.get_by_role("link", name="MLflow model", exact=True)
     expect(link).to_be_visible()
     expected = f"{stack.mlflow_url}/#/models/{cfg.model_name}/versions/{version}"
@@ -260,11 +265,15 @@ def test_monitor_run_drift_report_link_shows_the_rendered_report(ui, browser, st
     summary = _xcom(stack, chain, "monitor", "drift_report", "return_value")
     page = ui.page
     _open_task_details(
-        ui, "monitor", run_id, "drift_report", re.compile(f"drift report for {chain.batch_date}:")
+        ui,
+        chain.dag_id("monitor"),
+        run_id,
+        "drift_report",
+        re.compile(f"drift report for {chain.batch_date}:"),
     )
     link = page.get_by_role("link", name="Drift report", exact=True)
     expect(link).to_be_visible()
-    report_path = f"/mlops/reports/churn/{chain.batch_date}/report.html"
+    report_path = f"/mlops/reports/{chain.dataset}/{chain.batch_date}/report.html"
     assert link.get_attribute("href") == ui.base_url + report_path
 
     # same origin: opened in the same tab, with the UI's session cookie

@@ -11,7 +11,6 @@ Whether this file and the process stack (scripts/stack.py) agree is tests/stack/
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
@@ -292,16 +291,37 @@ def test_airflow_commands(services, stack_env_file):
     assert "sh /opt/mlops/check-env.sh" in init.splitlines()[0], "airflow-init must check .env first"
 
 
-def test_airflow_init_creates_the_training_pool(services):
-    names = ast.parse((REPO / "plugins" / "mlops_airflow" / "names.py").read_text(encoding="utf-8"))
-    pool = next(
-        node.value.value
-        for node in names.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "TRAINING_POOL" for t in node.targets)
-    )
-    assert re.search(rf"^airflow pools set {re.escape(pool)} \"\$slots\" ", _init_script(services), re.M), (
-        f"airflow-init must create the {pool!r} pool: without it the training tasks never get scheduled"
-    )
+def test_airflow_init_creates_every_data_sets_training_pool(services):
+    """Each data set of the catalog trains in its own pool (mlops_airflow.names.training_pool,
+    ``<dataset>__training``): airflow-init must create one per configured data set, not a fixed pool
+    (without its pool a data set's training tasks never get scheduled)."""
+    script = _init_script(services)
+    assert re.search(r"\bairflow pools (set|import)\b", script), "airflow-init creates no pool"
+    assert "training_pool" in script, "pool names must come from mlops_airflow.names.training_pool"
+    assert re.search(r"catalog|configs\(\)", script), "airflow-init must create a pool for every data set"
+    assert "mlops_training" not in script, "the old single-data-set pool is gone"
+
+
+def test_airflow_init_pool_listing_names_each_data_sets_pool_and_slots(services, tmp_path):
+    """The Python step of airflow-init that lists the pools, run against a catalog of two data sets."""
+    from mlops_bundle.config import DEFAULT_CONFIG_PATH
+    from tests import sk_data
+
+    script = _init_script(services)
+    [code] = [c for c in re.findall(r"python -c '([^']*)'", script) if "training_pool" in c]
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    shutil.copy(DEFAULT_CONFIG_PATH, folder / "churn.yaml")
+    sk_data.write_config(folder, "diabetes", [{"name": "ridge", "family": "ridge"}], audit={}, pool_slots=3)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")},
+        "MLOPS_CONFIG": str(folder),
+        "MLOPS_AUDIT__STORE_URI": f"sqlite:///{tmp_path / 'audit.db'}",
+        "PYTHONPATH": str(REPO / "plugins"),
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    churn_slots = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["training"]["pool_slots"]
+    assert out.stdout.split("\n")[:2] == [f"churn__training {churn_slots}", "diabetes__training 3"], out
 
 
 def test_published_ports(services):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlops_bundle.config import ConfigError, load_config
+from mlops_bundle.config import DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_PATH, ConfigError, load_config
 from tests.conftest import REPO
 
-DEFAULT = REPO / "config" / "churn.yaml"
+DEFAULT = REPO / "config" / "datasets" / "churn.yaml"
 
 
 def test_default_config_declares_the_sample_data_set():
@@ -16,7 +16,8 @@ def test_default_config_declares_the_sample_data_set():
     assert cfg.dataset.target == "churned" and cfg.dataset.id_column == "customer_id"
     assert "churned" not in cfg.dataset.feature_columns and "customer_id" not in cfg.dataset.feature_columns
     assert cfg.root_uri == f"file://{REPO / 'var' / 'lake'}"
-    assert cfg.gx_root == REPO / "great_expectations"  # ../great_expectations from config/
+    assert cfg.gx_root == REPO / "great_expectations"  # ../../great_expectations from config/datasets/
+    assert DEFAULT_CONFIG_PATH == DEFAULT and DEFAULT_CONFIG_DIR == DEFAULT.parent
 
 
 def test_env_overrides_keep_types():
@@ -43,7 +44,7 @@ def test_mlops_config_env_selects_the_file(tmp_path):
     [
         (("target: churned", "target: label"), "target='label' is not one of the declared columns"),
         (("result_retention: 30", "result_retention: 0"), "validation.result_retention"),
-        (("root_uri: ../var/lake", "root_uri: gs://bucket"), "only file:// and s3:// are supported"),
+        (("root_uri: ../../var/lake", "root_uri: gs://bucket"), "only file:// and s3:// are supported"),
         (('csv_delimiter: ","', 'csv_delimiter: ";;"'), "ingest.csv_delimiter"),
         (
             ("  name: churn\n", "  name: churn\n  colour: blue\n"),

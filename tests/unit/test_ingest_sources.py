@@ -15,7 +15,9 @@ SECRET = "foreign-secret-name"  # a path part that must never reach an error mes
 
 
 def _cfg(*allowed: str):
-    return load_config(environ={"MLOPS_INGEST__ALLOWED_SOURCES": json.dumps(list(allowed))})
+    return load_config(
+        DEFAULT_CONFIG_PATH, environ={"MLOPS_INGEST__ALLOWED_SOURCES": json.dumps(list(allowed))}
+    )
 
 
 @pytest.fixture
@@ -41,8 +43,8 @@ def _refused(cfg, requested: str) -> str:
 
 def test_default_config_allows_no_override(folders):
     allowed, _ = folders
-    assert load_config(environ={}).ingest.allowed_sources == []
-    message = _refused(load_config(environ={}), f"file://{allowed}/partner-a")
+    assert load_config(DEFAULT_CONFIG_PATH, environ={}).ingest.allowed_sources == []
+    message = _refused(load_config(DEFAULT_CONFIG_PATH, environ={}), f"file://{allowed}/partner-a")
     assert "is empty, so this deployment accepts no source override" in message
     assert isinstance(ingest.SourceNotAllowed("x"), ValueError)
 

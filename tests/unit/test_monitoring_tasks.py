@@ -74,7 +74,7 @@ def _frame(loader: str, style: str) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _config(root: Path, name: str, task: str, features: list[str], style: str):
-    data = yaml.safe_load((REPO / "config" / "churn.yaml").read_text())
+    data = yaml.safe_load((REPO / "config" / "datasets" / "churn.yaml").read_text())
     target_dtype = {"int": "int", "text": "string", "float": "float", "ab": "string", "cjk": "string"}[style]
     data["dataset"] = {
         "name": name,

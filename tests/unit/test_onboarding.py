@@ -2,7 +2,8 @@
 validation path (``ingest.schema.coerce`` + ``validation.validation_from_config``), no mocks.
 
 Three samples are written in the test (numeric-only binary from sklearn's breast cancer data; mixed types
-with categories and nulls, multiclass; regression from sklearn's diabetes data) and onboarded, one
+with categories and nulls, multiclass; regression from sklearn's diabetes data, as data set `progression`: the committed GX
+context has the demo's own `diabetes`) and onboarded, one
 subprocess each, into a copy of the committed GX context, whose churn files must stay byte-identical.
 """
 
@@ -89,9 +90,9 @@ def _samples(folder: Path) -> dict[str, Path]:
     paths = {
         "cancer": folder / "cancer.csv",
         "orders": folder / "orders.csv",
-        "diabetes": folder / "diabetes.csv",
+        "progression": folder / "progression.csv",
     }
-    for name, df in (("cancer", cancer), ("orders", orders), ("diabetes", diabetes)):
+    for name, df in (("cancer", cancer), ("orders", orders), ("progression", diabetes)):
         df.to_csv(paths[name], index=False)
     return paths
 
@@ -99,7 +100,7 @@ def _samples(folder: Path) -> dict[str, Path]:
 ARGS = {
     "cancer": ["--target", "malignant", "--id-column", "row_id", "--timestamp-column", "event_ts"],
     "orders": ["--target", "segment", "--id-column", "order_id", "--timestamp-column", "event_ts"],
-    "diabetes": ["--target", "target"],
+    "progression": ["--target", "target"],
 }
 
 
@@ -149,7 +150,7 @@ def test_commands_succeed_and_print_what_to_review(onboarded):
     out = onboarded["runs"]
     assert "task: binary (inferred" in out["cancer"].stdout
     assert "task: multiclass (inferred" in out["orders"].stdout
-    assert "task: regression (inferred" in out["diabetes"].stdout
+    assert "task: regression (inferred" in out["progression"].stdout
     assert "value set channel: ['phone', 'store', 'web']" in out["orders"].stdout
     assert "nullable coupon" in out["orders"].stdout and "free text note" in out["orders"].stdout
     assert "range mean_radius:" in out["cancer"].stdout
@@ -159,16 +160,16 @@ def test_written_configs_load_with_the_right_task_and_types(onboarded):
     work = onboarded["work"]
     cancer = load_config(work / "cfg" / "cancer.yaml", environ={})
     orders = load_config(work / "cfg" / "orders.yaml", environ={})
-    diabetes = load_config(work / "cfg" / "diabetes.yaml", environ={})
+    diabetes = load_config(work / "cfg" / "progression.yaml", environ={})
     assert (cancer.dataset.task, orders.dataset.task, diabetes.dataset.task) == (
         "binary",
         "multiclass",
         "regression",
     )
     assert cancer.training.metric == "roc_auc" and diabetes.training.metric == "rmse"
-    assert cancer.model_name == "cancer-classifier" and diabetes.model_name == "diabetes-regressor"
+    assert cancer.model_name == "cancer-classifier" and diabetes.model_name == "progression-regressor"
     assert diabetes.dataset.id_column is None and diabetes.dataset.timestamp_column is None
-    assert "no --timestamp-column" in onboarded["runs"]["diabetes"].stdout
+    assert "no --timestamp-column" in onboarded["runs"]["progression"].stdout
     assert cancer.gx_root == (work / "gx").resolve()
     assert cancer.validation.suite_name == "cancer_batch"
     assert cancer.validation.checkpoint_name == "cancer_batch_checkpoint"
@@ -203,7 +204,7 @@ def test_written_configs_load_with_the_right_task_and_types(onboarded):
     assert "churn" not in text.lower()
 
 
-@pytest.mark.parametrize("name", ["cancer", "orders", "diabetes"])
+@pytest.mark.parametrize("name", ["cancer", "orders", "progression"])
 def test_generated_suite_accepts_its_sample(onboarded, name):
     work = onboarded["work"]
     df = pd.read_csv(onboarded["samples"][name])
@@ -214,7 +215,7 @@ def test_generated_suite_accepts_its_sample(onboarded, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "column"), [("cancer", "mean_texture"), ("orders", "channel"), ("diabetes", "bmi")]
+    ("name", "column"), [("cancer", "mean_texture"), ("orders", "channel"), ("progression", "bmi")]
 )
 def test_missing_column_is_rejected(onboarded, name, column):
     df = pd.read_csv(onboarded["samples"][name]).drop(columns=[column])
@@ -230,7 +231,7 @@ def test_missing_column_is_rejected(onboarded, name, column):
         ("cancer", "mean_area", 10),
         ("orders", "amount", -1),
         ("orders", "items", 100),
-        ("diabetes", "target", 5),
+        ("progression", "target", 5),
     ],
 )
 def test_out_of_range_values_are_rejected(onboarded, name, column, factor):
@@ -284,10 +285,16 @@ def test_other_data_sets_files_are_untouched(onboarded):
     assets = yaml.safe_load((gx / "great_expectations.yml").read_text())["fluent_datasources"]["pandas"][
         "assets"
     ]
-    assert sorted(assets) == ["cancer_batches", "churn_batches", "diabetes_batches", "orders_batches"]
+    assert sorted(assets) == [
+        "cancer_batches",
+        "churn_batches",
+        "diabetes_batches",
+        "orders_batches",
+        "progression_batches",
+    ]
     assert sorted(set(after) - set(onboarded["churn_before"])) == sorted(
         f"{folder}/{name}{suffix}.json"
-        for name in ("cancer", "orders", "diabetes")
+        for name in ("cancer", "orders", "progression")
         for folder, suffix in (
             ("expectations", "_batch"),
             ("validation_definitions", "_batch_validation"),
@@ -297,7 +304,7 @@ def test_other_data_sets_files_are_untouched(onboarded):
     # churn still validates through the shared great_expectations.yml
     from mlops_bundle.sample import generate_batch
 
-    churn = load_config(PROJECT_ROOT / "config" / "churn.yaml", environ={})
+    churn = load_config(PROJECT_ROOT / "config" / "datasets" / "churn.yaml", environ={})
     v = churn.validation
     outcome = validate_frame(
         generate_batch("2026-01-05", 300),
@@ -371,15 +378,28 @@ def test_gx_init_check_is_clean_and_reproduces_churn(tmp_path):
         [sys.executable, str(script), "--check"], cwd=PROJECT_ROOT, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
-    fresh = tmp_path / "gx"
-    run = subprocess.run(
-        [sys.executable, str(script), "--target", str(fresh)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
-    assert _hashes(fresh) == _hashes(REPO_GX)
+    committed = _hashes(REPO_GX)
+
+    def generate(target: Path) -> dict[str, str]:
+        run = subprocess.run(
+            [sys.executable, str(script), "--target", str(target)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        return _hashes(target)
+
+    # from nothing: churn's files are the committed ones (the committed context also holds the files of
+    # the data sets onboarded with new-dataset, e.g. the demo's diabetes, and their assets in the yml)
+    fresh = generate(tmp_path / "gx")
+    assert set(fresh) <= set(committed)
+    churn_files = sorted(k for k in fresh if k != "great_expectations.yml")
+    assert churn_files and {k: fresh[k] for k in churn_files} == {k: committed[k] for k in churn_files}
+    # over a copy of the committed context: byte-identical, no other data set's file rewritten
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO_GX, copy, ignore=shutil.ignore_patterns("uncommitted"))
+    assert generate(copy) == committed
 
 
 def _small_sample(rows: int = 300, **columns) -> pd.DataFrame:

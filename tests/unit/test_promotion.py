@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mlops_bundle import promotion
-from mlops_bundle.config import load_config
+from mlops_bundle.config import DEFAULT_CONFIG_PATH, load_config
 from mlops_bundle.promotion import (
     NOOP,
     PROMOTE,
@@ -128,7 +128,7 @@ def test_decide_errors(challenger, champion, kwargs, message):
 
 
 def test_policy_from_config_and_validation():
-    cfg = load_config(environ={})
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ={})
     policy = GatePolicy.from_config(cfg)
     assert policy.metric == cfg.training.metric
     assert policy.floor == cfg.promotion.floor
@@ -203,7 +203,7 @@ def mlflow_store(tmp_path, template_db):
 def test_gate_promote_reject_rollback_with_records(tmp_path, mlflow_store):
     from mlflow import MlflowClient
 
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     v = register(cfg, ["f3", "f1", "f5"])
     client = MlflowClient(cfg.tracking_uri)
     score = make_scorer(tmp_path / "downloads")
@@ -280,7 +280,7 @@ def test_a_decision_key_decides_once(tmp_path, mlflow_store):
     was promoted by another run). Fault injection on a real server: tests/integration/test_decision_faults.py."""
     from mlflow import MlflowClient
 
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     v = register(cfg, ["f3", "f5"])
     client = MlflowClient(cfg.tracking_uri)
     calls: list[str] = []
@@ -320,7 +320,7 @@ def test_a_default_rollback_never_undoes_a_rollback(tmp_path, mlflow_store):
     the version the first removed; it is refused and the champion stays; to_version does it on purpose."""
     from mlflow import MlflowClient
 
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     v = register(cfg, ["f3", "f5"])
     client = MlflowClient(cfg.tracking_uri)
     score = make_scorer(tmp_path / "downloads")
@@ -345,7 +345,7 @@ def test_four_eyes_in_the_gate(tmp_path, mlflow_store):
     (promotion.four_eyes extends that to every promotion); otherwise the decision is a recorded reject."""
     from mlflow import MlflowClient
 
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     v = register(cfg, ["f3", "f1"])
     client = MlflowClient(cfg.tracking_uri)
     score = make_scorer(tmp_path / "downloads")
@@ -362,7 +362,7 @@ def test_four_eyes_in_the_gate(tmp_path, mlflow_store):
     assert (ok.verdict, ok.applied, ok.triggered_by, ok.approved_by) == (PROMOTE, True, "alice", "bob")
     assert client.get_model_version(cfg.model_name, v["f1"]).tags["gate.approved_by"] == "bob"
     # the same rule for normal promotions, by config
-    strict = load_config(environ=_env(tmp_path, four_eyes="true"))
+    strict = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path, four_eyes="true"))
     assert promotion.approval_rules(strict, forced=False) == (True, True)
     assert promotion.approval_rules(cfg, forced=False) == (False, False)
     assert promotion.approval_rules(cfg, forced=True) == (True, True)
@@ -371,7 +371,7 @@ def test_four_eyes_in_the_gate(tmp_path, mlflow_store):
 def test_gate_and_rollback_errors(tmp_path, mlflow_store):
     from mlflow import MlflowClient
 
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     v = register(cfg, ["noise", "f2"])
     client = MlflowClient(cfg.tracking_uri)
     score = make_scorer(tmp_path / "downloads")
@@ -410,7 +410,7 @@ def test_gate_and_rollback_errors(tmp_path, mlflow_store):
 
 
 def test_file_lock_timeout_names_model_and_holder(tmp_path):
-    cfg = load_config(environ=_env(tmp_path))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path))
     with promotion.promotion_lock(cfg, "churn-classifier"):
         lock_file = tmp_path / "mlflow" / "promotion-churn-classifier.lock"
         assert f"pid {os.getpid()}" in lock_file.read_text()
@@ -428,7 +428,7 @@ def test_file_lock_timeout_names_model_and_holder(tmp_path):
 
 
 def test_unsupported_lock_uri(tmp_path):
-    cfg = load_config(environ=_env(tmp_path, lock_uri="redis://localhost"))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path, lock_uri="redis://localhost"))
     with pytest.raises(GateError, match="promotion.lock_uri 'redis://localhost' is not supported"):
         with promotion.promotion_lock(cfg, "m"):
             pass
@@ -441,7 +441,7 @@ def pg_lock_uri(pg_database):
 
 
 def test_pg_lock_timeout_and_release(tmp_path, pg_lock_uri):
-    cfg = load_config(environ=_env(tmp_path, lock_uri=pg_lock_uri))
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=_env(tmp_path, lock_uri=pg_lock_uri))
     assert promotion.lock_description(cfg, "m").startswith("postgres advisory lock")
     acquired = threading.Event()
     release = threading.Event()
@@ -560,7 +560,7 @@ def _race_worker(env, version, rank, mode, start, read, results, turn, arrive):
         import mlflow
         from mlflow import MlflowClient
 
-        cfg = load_config(environ=env)
+        cfg = load_config(DEFAULT_CONFIG_PATH, environ=env)
         mlflow.set_tracking_uri(cfg.tracking_uri)
         client = MlflowClient(cfg.tracking_uri)
         if mode == "nolock":  # patch the defining module: champion.py looks it up there
@@ -585,7 +585,7 @@ def _race(tmp_path, mode: str, **promotion_env: str):
     from mlflow import MlflowClient
 
     env = _env(tmp_path, guard_metrics="{}", **promotion_env)
-    cfg = load_config(environ=env)
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ=env)
     versions = register(cfg, list(FEATURE_SETS))
     score = make_scorer(tmp_path / "downloads")
     scores = {v: score(f"models:/{cfg.model_name}/{v}")["roc_auc"] for v in versions.values()}

@@ -19,7 +19,7 @@ import tink
 from tink import streaming_aead
 
 from mlops_bundle import ingest, monitoring, tracking, training
-from mlops_bundle.config import load_config
+from mlops_bundle.config import DEFAULT_CONFIG_PATH, load_config
 from mlops_bundle.crypto import (
     MAGIC,
     DecryptionError,
@@ -52,11 +52,12 @@ def inner(lake_storage):
 
 def _cfg(root: Path, **env: str):
     return load_config(
+        DEFAULT_CONFIG_PATH,
         environ={
             "MLOPS_STORAGE__ROOT_URI": (root / "lake").as_uri(),
             "MLOPS_MLFLOW__TRACKING_URI": str(root / "mlflow"),
             **env,
-        }
+        },
     )
 
 
@@ -240,9 +241,9 @@ def test_config_allowlist_takes_arns_only():
     from mlops_bundle.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"kms_key_ids\[0\]='alias/old' is not a KMS key ARN"):
-        load_config(environ={"MLOPS_ENCRYPTION__KMS_KEY_IDS": "[alias/old]"})
+        load_config(DEFAULT_CONFIG_PATH, environ={"MLOPS_ENCRYPTION__KMS_KEY_IDS": "[alias/old]"})
     arn = "arn:aws:kms:us-east-1:123456789012:key/0b5f1c1e-0000-4000-8000-000000000000"
-    cfg = load_config(environ={"MLOPS_ENCRYPTION__KMS_KEY_IDS": f"[{arn}]"})
+    cfg = load_config(DEFAULT_CONFIG_PATH, environ={"MLOPS_ENCRYPTION__KMS_KEY_IDS": f"[{arn}]"})
     assert cfg.encryption.kms_key_ids == [arn] and cfg.encryption.allow_legacy_objects is False
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from mlops_bundle import provenance, tracking, training
-from mlops_bundle.config import CandidateSpec, load_config
+from mlops_bundle.config import DEFAULT_CONFIG_PATH, CandidateSpec, load_config
 from mlops_bundle.storage import LocalStorage
 from tests import lake
 from tests.conftest import REPO
@@ -33,7 +33,7 @@ def make_cfg(root: Path, **env: str):
         "MLOPS_MLFLOW__TRACKING_URI": str(root / "mlflow"),
         **env,
     }
-    return load_config(environ=environ)
+    return load_config(DEFAULT_CONFIG_PATH, environ=environ)
 
 
 def stage(store, cfg, date: str, rows: int = ROWS, mutate=None) -> None:

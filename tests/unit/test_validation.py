@@ -31,7 +31,7 @@ REPO_GX = PROJECT_ROOT / "great_expectations"
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(PROJECT_ROOT / "config" / "churn.yaml", environ={})
+    return load_config(PROJECT_ROOT / "config" / "datasets" / "churn.yaml", environ={})
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_validation_from_config(gx_root, cfg):
 def test_config_suite_mismatch_names_columns(gx_root, cfg):
     columns = [c for c in cfg.dataset.column_names if c != "region"] + ["segment"]
     with pytest.raises(ValueError) as err:
-        check_suite_columns(gx_root, "churn_batch", columns, config_source="config/churn.yaml")
+        check_suite_columns(gx_root, "churn_batch", columns, config_source="config/datasets/churn.yaml")
     msg = str(err.value)
     assert "churn_batch.json" in msg
     assert "only in the suite: ['region']" in msg
@@ -250,9 +250,9 @@ def test_config_suite_mismatch_names_columns(gx_root, cfg):
 
 
 def test_validation_from_config_checks_columns(gx_root, cfg, tmp_path):
-    text = (PROJECT_ROOT / "config" / "churn.yaml").read_text(encoding="utf-8")
+    text = (PROJECT_ROOT / "config" / "datasets" / "churn.yaml").read_text(encoding="utf-8")
     text = text.replace("- {name: region, dtype: category}", "- {name: segment, dtype: category}")
-    text = text.replace("gx_root: ../great_expectations", f"gx_root: {gx_root}")
+    text = text.replace("gx_root: ../../great_expectations", f"gx_root: {gx_root}")
     path = tmp_path / "renamed.yaml"
     path.write_text(text, encoding="utf-8")
     renamed = load_config(path, environ={})

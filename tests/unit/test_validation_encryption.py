@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_bundle.config import PROJECT_ROOT, load_config
+from mlops_bundle.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, load_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.validation import validation_from_config
 
@@ -35,11 +35,12 @@ def test_gx_keeps_no_example_values_when_encryption_is_on(tmp_path, encrypted):
         PROJECT_ROOT / "great_expectations", gx_root, ignore=shutil.ignore_patterns("uncommitted")
     )
     cfg = load_config(
+        DEFAULT_CONFIG_PATH,
         environ={
             "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
             "MLOPS_VALIDATION__BUILD_DATA_DOCS": "true",
             "MLOPS_ENCRYPTION__ENABLED": str(encrypted).lower(),
-        }
+        },
     )
     df = generate_batch(DAY, 500, corrupt="out_of_range")
     outcome = validation_from_config(df, cfg, f"churn/{DAY}")
