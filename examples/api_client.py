@@ -3,21 +3,29 @@ ingest with conf, follow runs, approve a pending promotion, roll the champion ba
 
     export AIRFLOW_URL=http://localhost:8080 AIRFLOW_USERNAME=admin AIRFLOW_PASSWORD=...
     python examples/api_client.py walkthrough 2026-01-07     # every step below, in order
+    python examples/api_client.py --dataset diabetes walkthrough 2026-01-07   # another data set's DAGs
+
+Each data set of the deployment has its own DAGs, named <dataset>__<kind> (churn__ingest, churn__train,
+churn__rollback, ...). --dataset NAME (before or after the step; default $MLOPS_DATASET, else churn) picks
+the data set; a DAG argument may be a kind (ingest, train, monitor, rollback, backfill, registry_watch:
+that data set's DAG) or a full DAG id (churn__train, audit_verify).
 
 Steps (each usable on its own; results go to stdout, progress to stderr):
 
     token                         print a JWT (export AIRFLOW_TOKEN=... to reuse it)
     unpause DAG...                unpause DAGs that are paused (runs of paused DAGs stay queued)
-    trigger-ingest DATE           trigger `ingest` with conf {"date": DATE}; print the run id
+    trigger-ingest DATE           trigger `<dataset>__ingest` with conf {"date": DATE}; print the run id
     wait DAG RUN                  follow a run, printing run and task state changes; exit 1 unless success
-    train-run INGEST_RUN          print the `train` run the ingest run's mlops.validated_data event started
+    train-run INGEST_RUN          print the `<dataset>__train` run that the ingest run's
+                                  mlops.<dataset>.validated_data event started
     approve RUN                   wait until train RUN's `approve` task awaits input, show the gate numbers,
                                   approve; exit 3 if the gate rejected the model (nothing to approve)
     trigger-train END_DATE [--force WHY]
-                                  trigger `train` for a window ending END_DATE; --force overrides the gate's
-                                  verdict with a recorded justification (a human still approves)
+                                  trigger `<dataset>__train` for a window ending END_DATE; --force overrides
+                                  the gate's verdict with a recorded justification (a human still approves)
     rollback REASON [--to-version N]
-                                  trigger `rollback` (champion -> `previous`, or version N); print the run id
+                                  trigger `<dataset>__rollback` (champion -> `previous`, or version N); print
+                                  the run id
     walkthrough DATE              unpause, trigger-ingest, wait, train-run, approve (if the gate rejects:
                                   trigger-train DATE --force WHY, approve as the second person), wait,
                                   rollback, wait
@@ -28,8 +36,8 @@ person); the walkthrough approves its forced run as AIRFLOW_APPROVER_USERNAME / 
 
 Environment: AIRFLOW_URL (default http://localhost:8080), AIRFLOW_USERNAME and AIRFLOW_PASSWORD (for the
 token) or AIRFLOW_TOKEN; AIRFLOW_APPROVER_USERNAME and AIRFLOW_APPROVER_PASSWORD (the second person, for the
-walkthrough's forced promotion); WAIT_TIMEOUT seconds per wait (1800), POLL_SECONDS (3),
-REPEAT_ANSWER_DELAY (5).
+walkthrough's forced promotion); MLOPS_DATASET (the default of --dataset: churn); WAIT_TIMEOUT seconds per
+wait (1800), POLL_SECONDS (3), REPEAT_ANSWER_DELAY (5).
 Needs only `pip install apache-airflow-client==3.3.2` (the token request uses the standard library).
 """
 
@@ -53,6 +61,9 @@ POLL_SECONDS = float(os.environ.get("POLL_SECONDS", "3"))
 # a repeated question is answered after this pause, so the scheduler has handled the paused attempt
 REPEAT_ANSWER_DELAY = float(os.environ.get("REPEAT_ANSWER_DELAY", "5"))
 REJECTED = 3  # exit code of `approve` when the gate rejected the model, so nothing awaits approval
+DATASET = os.environ.get("MLOPS_DATASET") or "churn"  # the data set whose DAGs the steps use
+# the kinds of a data set's DAGs: its DAG ids are <dataset>__<kind>
+KINDS = ("ingest", "train", "monitor", "rollback", "backfill", "registry_watch")
 
 
 class StepError(Exception):
@@ -105,9 +116,16 @@ def approver_client() -> af.ApiClient:
 # -------------------------------------------------------------------------------------------- steps
 
 
-def unpause(api: af.ApiClient, *dag_ids: str) -> None:
+def dag(kind: str, dataset: str | None = None) -> str:
+    """A data set's DAG id: ``dag("train", "churn")`` -> ``churn__train``; other names (a full DAG id such
+    as ``churn__train`` or ``audit_verify``) are returned as they are."""
+    return f"{dataset or DATASET}__{kind}" if kind in KINDS else kind
+
+
+def unpause(api: af.ApiClient, *dag_ids: str, dataset: str | None = None) -> None:
+    """Unpause DAGs (kinds of ``dataset``'s DAGs or DAG ids) that are paused."""
     dags = af.DAGApi(api)
-    for dag_id in dag_ids:
+    for dag_id in (dag(d, dataset) for d in dag_ids):
         if dags.get_dag(dag_id).is_paused:
             dags.patch_dag(dag_id, af.DAGPatchBody(is_paused=False))
             say(f"unpaused {dag_id}")
@@ -121,31 +139,38 @@ def trigger(api: af.ApiClient, dag_id: str, conf: dict) -> str:
     return run.dag_run_id
 
 
-def trigger_ingest(api: af.ApiClient, date: str) -> str:
-    return trigger(api, "ingest", {"date": date})
+def trigger_ingest(api: af.ApiClient, date: str, dataset: str | None = None) -> str:
+    return trigger(api, dag("ingest", dataset), {"date": date})
 
 
-def trigger_train(api: af.ApiClient, end_date: str, force: str | None = None) -> str:
+def trigger_train(
+    api: af.ApiClient, end_date: str, force: str | None = None, dataset: str | None = None
+) -> str:
     conf: dict = {"end_date": end_date}
     if force:
         conf.update(force=True, justification=force)
-    return trigger(api, "train", conf)
+    return trigger(api, dag("train", dataset), conf)
 
 
-def rollback(api: af.ApiClient, reason: str, to_version: str | None = None) -> str:
+def rollback(
+    api: af.ApiClient, reason: str, to_version: str | None = None, dataset: str | None = None
+) -> str:
     conf = {"reason": reason}
     if to_version:
         conf["to_version"] = str(to_version)
-    return trigger(api, "rollback", conf)
+    return trigger(api, dag("rollback", dataset), conf)
 
 
 def _value(state) -> str | None:
     return None if state is None else getattr(state, "value", str(state))
 
 
-def wait(api: af.ApiClient, dag_id: str, run_id: str) -> None:
-    """Follow a run to its end, printing run and task state changes; raise unless it succeeded."""
+def wait(api: af.ApiClient, dag_id: str, run_id: str, dataset: str | None = None) -> None:
+    """Follow a run to its end, printing run and task state changes; raise unless it succeeded.
+
+    ``dag_id``: a DAG id, or the kind of one of ``dataset``'s DAGs."""
     runs, tis = af.DagRunApi(api), af.TaskInstanceApi(api)
+    dag_id = dag(dag_id, dataset)
     deadline = time.monotonic() + WAIT_TIMEOUT
     last, seen = None, {}
     while True:
@@ -169,25 +194,26 @@ def wait(api: af.ApiClient, dag_id: str, run_id: str) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def train_run(api: af.ApiClient, ingest_run: str) -> str:
+def train_run(api: af.ApiClient, ingest_run: str, dataset: str | None = None) -> str:
     """The train run started by the ingest run's asset event (the event lists the runs it created)."""
     assets = af.AssetApi(api)
+    ingest, train = dag("ingest", dataset), dag("train", dataset)
     deadline = time.monotonic() + WAIT_TIMEOUT
     while True:
         try:
-            events = assets.get_asset_events(source_dag_id="ingest", source_run_id=ingest_run).asset_events
+            events = assets.get_asset_events(source_dag_id=ingest, source_run_id=ingest_run).asset_events
         except ApiException as exc:
             # Airflow 3.3 answers 500 while a created run is queued without a start_date: "not yet"
             if not (exc.status or 0) >= 500:
                 raise
             events = []
-        started = [r.run_id for e in events for r in e.created_dagruns if r.dag_id == "train"]
+        started = [r.run_id for e in events for r in e.created_dagruns if r.dag_id == train]
         if started:
-            say(f"ingest {ingest_run} started train run {started[0]}")
+            say(f"{ingest} {ingest_run} started {train} run {started[0]}")
             return started[0]
         if time.monotonic() > deadline:
             raise StepError(
-                f"no train run started by ingest {ingest_run} after {WAIT_TIMEOUT:.0f}s (train paused?)"
+                f"no {train} run started by {ingest} {ingest_run} after {WAIT_TIMEOUT:.0f}s ({train} paused?)"
             )
         time.sleep(POLL_SECONDS)
 
@@ -198,15 +224,16 @@ def _xcom(api: af.ApiClient, dag_id: str, run_id: str, task_id: str, key: str):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def gate_numbers(api: af.ApiClient, run_id: str) -> None:
+def gate_numbers(api: af.ApiClient, run_id: str, dataset: str | None = None) -> None:
     """The registered version with its holdout metrics, and the gate's verdict from evaluate_gate's log."""
-    best = _xcom(api, "train", run_id, "register_best", "return_value")
+    train = dag("train", dataset)
+    best = _xcom(api, train, run_id, "register_best", "return_value")
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(best["metrics"].items()) if k != "fit_seconds")
     say(f"  candidate {best['candidate']} -> version {best['version']}: {metrics}")
     tis = af.TaskInstanceApi(api)
-    ti = tis.get_task_instance("train", run_id, "evaluate_gate")
+    ti = tis.get_task_instance(train, run_id, "evaluate_gate")
     raw = tis.get_log_without_preload_content(
-        "train", run_id, "evaluate_gate", ti.try_number, accept="application/json"
+        train, run_id, "evaluate_gate", ti.try_number, accept="application/json"
     )
     for line in json.loads(raw.data)["content"]:
         text = line.get("event", "") if isinstance(line, dict) else str(line)
@@ -214,15 +241,15 @@ def gate_numbers(api: af.ApiClient, run_id: str) -> None:
             say(f"  {text}")
 
 
-def _past(tis: af.TaskInstanceApi, run_id: str, task_id: str) -> bool:
+def _past(tis: af.TaskInstanceApi, train: str, run_id: str, task_id: str) -> bool:
     """The train run's ``task_id`` has been scheduled at least (or the run ended without it)."""
     try:
-        return _value(tis.get_task_instance("train", run_id, task_id).state) is not None
+        return _value(tis.get_task_instance(train, run_id, task_id).state) is not None
     except NotFoundException:
         return False
 
 
-def approve(api: af.ApiClient, run_id: str) -> bool:
+def approve(api: af.ApiClient, run_id: str, dataset: str | None = None) -> bool:
     """Wait for the approval request of a train run and approve it; False if the gate rejected the model.
 
     Returns once the approval task got past the question. Airflow 3.3 can fail the resumed attempt when
@@ -231,54 +258,54 @@ def approve(api: af.ApiClient, run_id: str) -> bool:
     REPEAT_ANSWER_DELAY seconds (answering the repeat at once can meet the same race again).
     """
     tis, runs = af.TaskInstanceApi(api), af.DagRunApi(api)
+    train = dag("train", dataset)
     deadline = time.monotonic() + WAIT_TIMEOUT
     answered = None  # the try number whose question was answered last
     while True:
         try:
-            ti = tis.get_task_instance("train", run_id, "approve")
+            ti = tis.get_task_instance(train, run_id, "approve")
             state = _value(ti.state)
         except NotFoundException:
             ti, state = None, None  # not created yet
-        if state == "success" and answered is not None and _past(tis, run_id, "promote"):
+        if state == "success" and answered is not None and _past(tis, train, run_id, "promote"):
             # Airflow 3.3 can report the answered attempt "success" for a moment and then put it up for
             # retry (and ask again): done only once the next step has started
             return True
         if state == "awaiting_input" and ti.try_number != answered:
             if answered is None:
-                say(f"train {run_id} awaits approval:")
+                say(f"{train} {run_id} awaits approval:")
                 try:
-                    gate_numbers(api, run_id)
+                    gate_numbers(api, run_id, dataset)
                 except (ApiException, KeyError, ValueError) as exc:
                     say(f"  (gate numbers not available: {exc})")
             else:
-                say(f"train {run_id}: Airflow asked again on try {ti.try_number} (try {answered} failed "
+                say(f"{train} {run_id}: Airflow asked again on try {ti.try_number} (try {answered} failed "
                     f"after the answer); approving again in {REPEAT_ANSWER_DELAY:g} s")  # fmt: skip
                 time.sleep(REPEAT_ANSWER_DELAY)
             payload = af.UpdateHITLDetailPayload(chosen_options=["Approve"], params_input={})
             try:
-                done = tis.update_hitl_detail("train", run_id, "approve", -1, payload)
+                done = tis.update_hitl_detail(train, run_id, "approve", -1, payload)
             except ApiException as exc:
                 if exc.status != 403:
                     raise
                 raise StepError(
-                    f"Airflow refused this user's approval of train run {run_id} (403: {exc.body}). Four "
+                    f"Airflow refused this user's approval of {train} run {run_id} (403: {exc.body}). Four "
                     "eyes: the user who triggered a forced promotion cannot approve it; approve as a "
                     "second person (AIRFLOW_USERNAME/AIRFLOW_PASSWORD of another user)"
                 ) from None
-            say(
-                f"approved promotion in train run {run_id}: {done.chosen_options} by {done.responded_by.name}"
-            )
+            by = done.responded_by.name
+            say(f"approved promotion in {train} run {run_id}: {done.chosen_options} by {by}")
             answered = ti.try_number
         if state in ("skipped", "removed") and answered is None:
-            say(f"train {run_id} did not ask for approval (approve: {state}): the gate rejected the model")
-            gate_numbers(api, run_id)
+            say(f"{train} {run_id} did not ask for approval (approve: {state}): the gate rejected the model")
+            gate_numbers(api, run_id, dataset)
             return False
-        if _value(runs.get_dag_run("train", run_id).state) == "failed":
+        if _value(runs.get_dag_run(train, run_id).state) == "failed":
             when = "after" if answered is not None else "before"
-            raise StepError(f"train run {run_id} failed {when} its approval step")
+            raise StepError(f"{train} run {run_id} failed {when} its approval step")
         if time.monotonic() > deadline:
             raise StepError(
-                f"train {run_id}: approve still {state or 'not created'} after {WAIT_TIMEOUT:.0f}s"
+                f"{train} {run_id}: approve still {state or 'not created'} after {WAIT_TIMEOUT:.0f}s"
             )
         time.sleep(POLL_SECONDS)
 
@@ -291,28 +318,29 @@ def decision(api: af.ApiClient, dag_id: str, run_id: str, task_id: str, key: str
     )
 
 
-def walkthrough(api: af.ApiClient, date: str) -> None:
-    unpause(api, "ingest", "train", "rollback")
-    ingest = trigger_ingest(api, date)
+def walkthrough(api: af.ApiClient, date: str, dataset: str | None = None) -> None:
+    ds = dataset or DATASET
+    unpause(api, "ingest", "train", "rollback", dataset=ds)
+    ingest = trigger_ingest(api, date, dataset=ds)
     print(f"ingest run: {ingest}", flush=True)
-    wait(api, "ingest", ingest)
-    train = train_run(api, ingest)
+    wait(api, "ingest", ingest, dataset=ds)
+    train = train_run(api, ingest, dataset=ds)
     print(f"train run: {train}", flush=True)
-    if not approve(api, train):
-        wait(api, "train", train)
-        why = f"API walkthrough: promote the model trained up to {date} for a rollback drill"
-        train = trigger_train(api, date, force=why)
+    if not approve(api, train, dataset=ds):
+        wait(api, "train", train, dataset=ds)
+        why = f"API walkthrough: promote the {ds} model trained up to {date} for a rollback drill"
+        train = trigger_train(api, date, force=why, dataset=ds)
         print(f"train run (forced): {train}", flush=True)
         with approver_client() as second:  # four eyes: not the user who triggered the forced run
-            if not approve(second, train):
-                raise StepError(f"forced train run {train} did not ask for approval")
+            if not approve(second, train, dataset=ds):
+                raise StepError(f"forced {dag('train', ds)} run {train} did not ask for approval")
     print(f"approved: {train}", flush=True)
-    wait(api, "train", train)
-    print(f"promotion: {decision(api, 'train', train, 'promote', 'decision')}", flush=True)
-    back = rollback(api, f"API walkthrough: roll back the promotion of {date}")
+    wait(api, "train", train, dataset=ds)
+    print(f"promotion: {decision(api, dag('train', ds), train, 'promote', 'decision')}", flush=True)
+    back = rollback(api, f"API walkthrough: roll back the promotion of {date}", dataset=ds)
     print(f"rollback run: {back}", flush=True)
-    wait(api, "rollback", back)
-    print(f"rollback: {decision(api, 'rollback', back, 'roll_back', 'return_value')}", flush=True)
+    wait(api, "rollback", back, dataset=ds)
+    print(f"rollback: {decision(api, dag('rollback', ds), back, 'roll_back', 'return_value')}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -321,23 +349,33 @@ def walkthrough(api: af.ApiClient, date: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    dataset_help = "the data set whose DAGs (<dataset>__<kind>) the step uses (default: %(default)s)"
+    parser.add_argument("--dataset", default=DATASET, help=dataset_help)
+    # --dataset also after the step (SUPPRESS: a step's default does not override the one given before it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dataset", default=argparse.SUPPRESS, help=dataset_help)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("token")
-    sub.add_parser("unpause").add_argument("dag_ids", nargs="+")
-    sub.add_parser("trigger-ingest").add_argument("date")
-    p = sub.add_parser("wait")
-    p.add_argument("dag_id")
+
+    def step(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common])
+
+    step("token")
+    step("unpause").add_argument("dag_ids", nargs="+", metavar="DAG", help="a kind (train) or a DAG id")
+    step("trigger-ingest").add_argument("date")
+    p = step("wait")
+    p.add_argument("dag_id", metavar="DAG", help="a kind (train) or a DAG id (churn__train)")
     p.add_argument("run_id")
-    sub.add_parser("train-run").add_argument("ingest_run")
-    sub.add_parser("approve").add_argument("run_id")
-    p = sub.add_parser("trigger-train")
+    step("train-run").add_argument("ingest_run")
+    step("approve").add_argument("run_id")
+    p = step("trigger-train")
     p.add_argument("end_date")
     p.add_argument("--force", metavar="WHY", help="override the gate; WHY is the recorded justification")
-    p = sub.add_parser("rollback")
+    p = step("rollback")
     p.add_argument("reason")
     p.add_argument("--to-version")
-    sub.add_parser("walkthrough").add_argument("date")
+    step("walkthrough").add_argument("date")
     args = parser.parse_args(argv)
+    ds = args.dataset
 
     try:
         if args.cmd == "token":
@@ -345,21 +383,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         with client() as api:
             if args.cmd == "unpause":
-                unpause(api, *args.dag_ids)
+                unpause(api, *args.dag_ids, dataset=ds)
             elif args.cmd == "trigger-ingest":
-                print(trigger_ingest(api, args.date))
+                print(trigger_ingest(api, args.date, dataset=ds))
             elif args.cmd == "wait":
-                wait(api, args.dag_id, args.run_id)
+                wait(api, args.dag_id, args.run_id, dataset=ds)
             elif args.cmd == "train-run":
-                print(train_run(api, args.ingest_run))
+                print(train_run(api, args.ingest_run, dataset=ds))
             elif args.cmd == "approve":
-                return 0 if approve(api, args.run_id) else REJECTED
+                return 0 if approve(api, args.run_id, dataset=ds) else REJECTED
             elif args.cmd == "trigger-train":
-                print(trigger_train(api, args.end_date, args.force))
+                print(trigger_train(api, args.end_date, args.force, dataset=ds))
             elif args.cmd == "rollback":
-                print(rollback(api, args.reason, args.to_version))
+                print(rollback(api, args.reason, args.to_version, dataset=ds))
             else:
-                walkthrough(api, args.date)
+                walkthrough(api, args.date, dataset=ds)
     except StepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ nothing carries over between attempts except what the bundle itself stored (MLfl
 the audit store)::
 
     python -m tests.decision_attempt '{"action": "promote", "version": "2", "decision_key":
-        "train/r1/promote", "actor": "fault-test", "reason": "...", "download_dir": "/tmp/x"}'
+        "churn__train/r1/promote", "actor": "fault-test", "reason": "...", "download_dir": "/tmp/x"}'
 
 Without an argument the process first imports MLflow and the bundle (seconds), then reads the arguments
 as one JSON line from stdin: a pre-started attempt, like a warm worker, so a test can start the retry's

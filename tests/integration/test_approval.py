@@ -16,6 +16,7 @@ import pytest
 
 from tests.audit_trail import assert_dag_runs_audited
 from tests.conftest import _SESSION_DIR, REPO
+from tests.integration.conftest import DATASET, dag
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,7 @@ LOCAL_AIRFLOW_ENV = {
 DAYS = ["2026-08-01", "2026-08-02", "2026-08-03"]
 AT_ONCE_DAYS = ["2026-08-04", "2026-08-05", "2026-08-06"]
 FOUR_EYES_DAYS = ["2026-08-07", "2026-08-08", "2026-08-09"]
+TRAIN = dag("train")
 
 
 def test_api_refuses_missing_or_bad_tokens(local_airflow):
@@ -40,7 +42,7 @@ def test_api_refuses_missing_or_bad_tokens(local_airflow):
     codes = {}
     for token in ("", "not-a-jwt"):
         with pytest.raises(urllib.error.HTTPError) as info:
-            af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None}, token=token)
+            af.call("POST", f"/api/v2/dags/{TRAIN}/dagRuns", {"logical_date": None}, token=token)
         codes[token] = info.value.code
     # plain Airflow 3.3 answers 403 for a token that is not a valid JWT; the bundle's plugin makes it 401
     # (plugins/mlops_airflow/auth_errors.py), as for a missing token
@@ -53,16 +55,16 @@ def test_promotion_waits_for_human_approval(local_airflow):
     af = local_airflow
     af.stage(DAYS)
     cfg = af.bundle_config()
-    af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
+    af.call("PATCH", f"/api/v2/dags/{TRAIN}", {"is_paused": False})
     run = af.call(
         "POST",
-        "/api/v2/dags/train/dagRuns",
+        f"/api/v2/dags/{TRAIN}/dagRuns",
         {"logical_date": None, "conf": {"end_date": DAYS[-1], "window_days": 3}},
     )
     run_id = run["dag_run_id"]
 
     def run_goes_on() -> None:
-        assert af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}")["state"] in ("queued", "running")
+        assert af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}")["state"] in ("queued", "running")
 
     af.await_approval(run_id, alive=run_goes_on)
     # Airflow 3.3 race: an answer given within ~1 s of the pause can reach the resumed task before the
@@ -71,20 +73,20 @@ def test_promotion_waits_for_human_approval(local_airflow):
     time.sleep(5)
     # waiting for a human: nothing promoted yet
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") is None
-    detail = af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    detail = af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     assert detail["options"] == ["Approve", "Reject"]
     af.call(
         "PATCH",
-        f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+        f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
         {"chosen_options": ["Approve"], "params_input": {}},
     )
-    final = af.wait_run("train", run_id, timeout=300)
-    states = af.task_states("train", run_id)
+    final = af.wait_run(TRAIN, run_id, timeout=300)
+    states = af.task_states(TRAIN, run_id)
     assert final["state"] == "success", states
     assert states[("promote", -1)] == "success" and states[("publish_champion", -1)] == "success"
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == "1"
     # the scheduler audited the run's state changes (audit_listener.on_dag_run_running / _success)
-    assert_dag_runs_audited(cfg.audit_uri, [("train", run_id, "success")])
+    assert_dag_runs_audited(cfg.audit_uri, [(TRAIN, run_id, "success")])
 
 
 def _api_client_example():
@@ -111,22 +113,25 @@ def test_an_answer_given_at_once_is_completed_even_if_airflow_asks_again(local_a
     monkeypatch.setattr(example, "AIRFLOW_URL", af.url)
     monkeypatch.setattr(example, "WAIT_TIMEOUT", 600)
     monkeypatch.setattr(example, "POLL_SECONDS", 0.2)  # answer within ~0.2 s of the question
-    monkeypatch.setattr(example, "gate_numbers", lambda api, run_id: None)  # nothing before the answer
+    monkeypatch.setattr(
+        example, "gate_numbers", lambda api, run_id, dataset=None: None
+    )  # nothing before the answer
     second = af.login("approver", "approver")
     with (
         client.ApiClient(client.Configuration(host=af.url, access_token=af.token)) as api,
         client.ApiClient(client.Configuration(host=af.url, access_token=second)) as approver_api,
     ):
-        example.unpause(api, "train")
+        example.unpause(api, "train", dataset=DATASET)
         # force (with a justification): the gate's verdict is promote whatever champion an earlier test
         # left, so the run asks for approval and the promotion can be checked; four eyes: admin triggers,
         # the second admin approves
-        run_id = example.trigger_train(api, AT_ONCE_DAYS[-1], force="integration test: approve at once")
-        assert example.approve(approver_api, run_id) is True
-        example.wait(api, "train", run_id)
+        why = "integration test: approve at once"
+        run_id = example.trigger_train(api, AT_ONCE_DAYS[-1], force=why, dataset=DATASET)
+        assert example.approve(approver_api, run_id, dataset=DATASET) is True
+        example.wait(api, "train", run_id, dataset=DATASET)
     progress = capsys.readouterr().err
-    answers = progress.count(f"approved promotion in train run {run_id}")
-    approve_ti = af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve")
+    answers = progress.count(f"approved promotion in {TRAIN} run {run_id}")
+    approve_ti = af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve")
     asked_again = progress.count("Airflow asked again on try")
     with capsys.disabled():
         print(
@@ -137,14 +142,14 @@ def test_an_answer_given_at_once_is_completed_even_if_airflow_asks_again(local_a
     assert answers == approve_ti["try_number"] == asked_again + 1, progress
     assert approve_ti["state"] == "success"
 
-    states = af.task_states("train", run_id)
+    states = af.task_states(TRAIN, run_id)
     assert states[("promote", -1)] == "success" and states[("publish_champion", -1)] == "success", states
     best = af.call(
-        "GET", f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/register_best/xcomEntries/return_value"
+        "GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/register_best/xcomEntries/return_value"
     )["value"]
     best = json.loads(best) if isinstance(best, str) else best
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == str(best["version"])
-    assert_dag_runs_audited(cfg.audit_uri, [("train", run_id, "success")])
+    assert_dag_runs_audited(cfg.audit_uri, [(TRAIN, run_id, "success")])
 
 
 def test_four_eyes_on_a_forced_promotion_through_the_rest_api(local_airflow):
@@ -156,11 +161,13 @@ def test_four_eyes_on_a_forced_promotion_through_the_rest_api(local_airflow):
     af = local_airflow
     af.stage(FOUR_EYES_DAYS)
     cfg = af.bundle_config()
-    af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
+    af.call("PATCH", f"/api/v2/dags/{TRAIN}", {"is_paused": False})
     conf = {"end_date": FOUR_EYES_DAYS[-1], "window_days": 3, "force": True}
     conf["justification"] = "integration test: four eyes on a forced promotion"
-    run_id = af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
-    base = f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve"
+    run_id = af.call("POST", f"/api/v2/dags/{TRAIN}/dagRuns", {"logical_date": None, "conf": conf})[
+        "dag_run_id"
+    ]
+    base = f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve"
     af.await_approval(run_id)
     time.sleep(5)  # a human is never faster (see test_promotion_waits_for_human_approval)
     champion_before = tracking.alias_version(tracking.client(cfg), MODEL, "champion")
@@ -174,14 +181,14 @@ def test_four_eyes_on_a_forced_promotion_through_the_rest_api(local_airflow):
     assert [u["id"] for u in detail["assigned_users"]] == ["approver"], detail["assigned_users"]
     assert "Four eyes" in detail["body"] and "admin triggered this run" in detail["body"]
     time.sleep(3)  # still waiting: nothing moved
-    assert af.task_states("train", run_id)[("approve", -1)] == "awaiting_input"
-    assert af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}")["state"] == "running"
+    assert af.task_states(TRAIN, run_id)[("approve", -1)] == "awaiting_input"
+    assert af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}")["state"] == "running"
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") == champion_before
 
     done = af.call("PATCH", f"{base}/-1/hitlDetails", answer, token=af.login("approver", "approver"))
     assert done["responded_by"]["name"] == "approver", done
-    final = af.wait_run("train", run_id, timeout=300)
-    assert final["state"] == "success", af.task_states("train", run_id)
+    final = af.wait_run(TRAIN, run_id, timeout=300)
+    assert final["state"] == "success", af.task_states(TRAIN, run_id)
     decision = af.call("GET", f"{base.rsplit('/', 1)[0]}/promote/xcomEntries/decision")["value"]
     decision = json.loads(decision) if isinstance(decision, str) else decision
     assert (decision["verdict"], decision["applied"], decision["forced"]) == ("promote", True, True)

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from tests.conftest import _SESSION_DIR
+from tests.integration.conftest import dag
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ LOCAL_AIRFLOW_ENV = {
     "MLOPS_AUDIT__STORE_URI": f"sqlite:///{_SESSION_DIR / f'audit-{MODEL}.db'}",
 }
 DAYS = ["2026-09-01", "2026-09-02", "2026-09-03"]
+TRAIN = dag("train")
 
 
 def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_airflow):
@@ -36,12 +38,12 @@ def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_ai
     af = local_airflow
     cfg = af.bundle_config()
     af.stage(DAYS)
-    af.call("PATCH", "/api/v2/dags/train", {"is_paused": False})
+    af.call("PATCH", f"/api/v2/dags/{TRAIN}", {"is_paused": False})
     conf = {"end_date": DAYS[-1], "window_days": 3, "force": True, "justification": "four eyes: refused"}
-    run = af.call("POST", "/api/v2/dags/train/dagRuns", {"logical_date": None, "conf": conf})
+    run = af.call("POST", f"/api/v2/dags/{TRAIN}/dagRuns", {"logical_date": None, "conf": conf})
     run_id, trigger = run["dag_run_id"], run["triggering_user_name"]
     assert trigger, run
-    base = f"/api/v2/dags/train/dagRuns/{run_id}/taskInstances/approve"
+    base = f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve"
 
     def awaiting() -> dict:
         return wait_for(
@@ -64,7 +66,7 @@ def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_ai
     records = wait_for(
         refused, bool, timeout=120, describe=lambda r: "no approval.refused record", interval=2
     )
-    assert records[0]["subject"] == f"train/{run_id}/approve" and records[0]["actor"] == f"user:{trigger}"
+    assert records[0]["subject"] == f"{TRAIN}/{run_id}/approve" and records[0]["actor"] == f"user:{trigger}"
     again = awaiting()
     assert again["try_number"] == first["try_number"]
     detail = wait_for(
@@ -75,8 +77,8 @@ def test_the_triggering_user_cannot_approve_even_when_the_api_lets_them(local_ai
         interval=1,
     )
     assert detail["chosen_options"] in (None, [])
-    assert af.call("GET", f"/api/v2/dags/train/dagRuns/{run_id}")["state"] == "running"
+    assert af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}")["state"] == "running"
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") is None
-    states = af.task_states("train", run_id)
+    states = af.task_states(TRAIN, run_id)
     assert states.get(("promote", -1)) is None, states  # promote never ran
-    af.call("PATCH", f"/api/v2/dags/train/dagRuns/{run_id}", {"state": "failed"})  # end the drill
+    af.call("PATCH", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}", {"state": "failed"})  # end the drill

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlops_bundle import ingest
-from mlops_bundle.config import load_config
+from mlops_bundle.catalog import dataset_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
 from tests.conftest import REPO
@@ -109,8 +109,10 @@ CORPUS = {
 
 @pytest.fixture
 def lake(tmp_path, gx_root):
-    cfg = load_config(
-        environ={"MLOPS_STORAGE__ROOT_URI": tmp_path.as_uri(), "MLOPS_VALIDATION__GX_ROOT": str(gx_root)}
+    # churn from the default catalog (config/datasets/), as a deployment without MLOPS_CONFIG finds it
+    cfg = dataset_config(
+        "churn",
+        environ={"MLOPS_STORAGE__ROOT_URI": tmp_path.as_uri(), "MLOPS_VALIDATION__GX_ROOT": str(gx_root)},
     )
     store = LocalStorage(tmp_path)
     # a good partition is already staged for the date: a bad re-delivery must leave it as it was

@@ -39,6 +39,7 @@ from mlops_bundle.tracking import alias_version
 from tests.conftest import REPO
 from tests.faultproxy import Fault, FaultProxy
 from tests.gate_models import decisions_of, make_scorer, register
+from tests.integration.conftest import dag
 
 ACTOR = "fault-test"
 REASON = "the champion misbehaves on live traffic"
@@ -234,7 +235,7 @@ def _decided(world: World, action: str) -> tuple[str, str]:
 def _key(action: str) -> str:
     """A fresh decision key like the Airflow side's dag_id/run_id/task_id."""
     run = f"manual__{uuid.uuid4().hex}"
-    return f"train/{run}/promote" if action == "promote" else f"rollback/{run}/roll_back"
+    return f"{dag('train')}/{run}/promote" if action == "promote" else f"{dag('rollback')}/{run}/roll_back"
 
 
 def _assert_one_decision(world: World, action: str, key: str, attempts: list[Attempt]) -> None:

@@ -1,6 +1,8 @@
 """`make demo`'s runner end to end with real Airflow processes (api-server, scheduler, dag-processor,
-triggerer; LocalExecutor on SQLite): runs are triggered through the REST API with a JWT, followed to the
-end, summarised, and every process is stopped. Uses a private AIRFLOW_HOME, port, lake and GX copy."""
+triggerer; LocalExecutor on SQLite): the two sample data sets of config/datasets/ (churn: classification;
+diabetes: regression, onboarded by a backfill) run side by side through their own DAGs, triggered through
+the REST API with a JWT, followed to the end, summarised, and every process is stopped. Uses a private
+AIRFLOW_HOME, port, lake and GX copy."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
         "DEMO_PORT": str(free_port()),
         "DEMO_MLFLOW_PORT": str(free_port()),
         "MLOPS_MLFLOW__TRACKING_URI": str(tmp_path / "mlflow"),
-        "MLOPS_CONFIG": str(REPO / "config" / "churn.yaml"),
+        # the catalog folder: the demo runs both of its data sets (the overrides below apply to each)
+        "MLOPS_CONFIG": str(REPO / "config" / "datasets"),
         "MLOPS_STORAGE__ROOT_URI": f"file://{lake}",
         "MLOPS_VALIDATION__GX_ROOT": str(gx_root),
         "MLOPS_ENCRYPTION__ENABLED": "true",
@@ -41,8 +44,20 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     }
     out = _demo(env)
     assert "RESULT: OK" in out
-    assert "rows ingested : 5000" in out
-    assert "expect_column_values_to_be_in_set" in out  # the corrupt batch's failure is explained
+    print(out[out.find("\nSUMMARY\n") :])  # shown when an assertion below fails
+    runs = _summary(out)
+    # every run of the summary belongs to one of the two data sets' DAGs, and each judged run ended as
+    # the demo expected
+    assert {dag_id.partition("__")[0] for dag_id, _ in runs} == {"churn", "diabetes"}, list(runs)
+    for (dag_id, run_id), text in runs.items():
+        assert "UNEXPECTED" not in text, (dag_id, run_id, text)
+
+    # churn: a good batch (5000 rows), a corrupt one stopped at the gate, a drifted day
+    [good] = _of(runs, "churn__ingest", "date 2026-01-05")
+    assert "rows ingested : 5000" in good and "GX verdict    : passed" in good, good
+    [corrupt] = _of(runs, "churn__ingest", "date 2026-01-06")
+    assert "as expected: the quality gate stopped a corrupt batch" in corrupt, corrupt
+    assert "expect_column_values_to_be_in_set" in corrupt  # the corrupt batch's failure is explained
     from mlops_bundle.crypto import is_encrypted
 
     assert is_encrypted((lake / "staging/churn/ds=2026-01-05/part-0.parquet").read_bytes()[:16])
@@ -50,11 +65,32 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     assert list((lake / "quarantine/churn/ds=2026-01-06").iterdir())
     assert not (lake / "staging/churn/ds=2026-01-06").exists()
     # the lifecycle reached a champion, a drift report and a drift-triggered retrain judged by the gate
-    assert "gate decision : promote - no champion yet: first model promoted" in out
-    assert "drift verdict : DRIFT" in out
-    assert "retrain       : triggered" in out
-    assert (lake / "reports/churn/2026-01-07/report.html").exists()
+    first = "gate decision : promote - no champion yet: first model promoted"
+    churn_train = _of(runs, "churn__train")
+    assert [t for t in churn_train if first in t], churn_train
+    assert all("roc_auc=" in t for t in churn_train), churn_train
+    # (the monitor DAGs' own scheduled runs, created when the demo unpauses them, are not the demo's)
+    [churn_monitor] = _of(runs, "churn__monitor", "date 2026-01-07")
+    assert "drift verdict : DRIFT" in churn_monitor, churn_monitor
+    assert "retrain       : triggered (asset mlops.churn.drift_detected -> churn__train)" in churn_monitor
     assert re.search(r"champion: churn-classifier version \d+", out)
+
+    # diabetes (regression): three days backfilled with one train run on them (the first champion), a
+    # fourth day ingested, monitored against that champion; its files are its own, encrypted too
+    [backfill] = _of(runs, "diabetes__backfill", "[manual]")
+    assert "-> as expected" in backfill, backfill
+    diabetes_train = _of(runs, "diabetes__train")
+    assert [t for t in diabetes_train if t.startswith("diabetes__train  backfill__")], diabetes_train
+    assert [t for t in diabetes_train if first in t], diabetes_train
+    assert all("rmse=" in t for t in diabetes_train), diabetes_train
+    [day4] = _of(runs, "diabetes__ingest", "date 2026-01-07")
+    assert "GX verdict    : passed" in day4, day4
+    [diabetes_monitor] = _of(runs, "diabetes__monitor", "date 2026-01-07")
+    assert "drift verdict :" in diabetes_monitor and "rmse" in diabetes_monitor, diabetes_monitor
+    for day in ("2026-01-04", "2026-01-05", "2026-01-06", "2026-01-07"):
+        assert is_encrypted((lake / f"staging/diabetes/ds={day}/part-0.parquet").read_bytes()[:16])
+    assert is_encrypted((lake / "reports/diabetes/2026-01-07/report.html").read_bytes()[:16])
+    assert re.search(r"champion: diabetes-regressor version \d+", out)
     # every Airflow process it started is gone
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 5, out[:2000]  # mlflow server + 4 Airflow components
@@ -70,7 +106,9 @@ def test_demo_runs_through_real_airflow_and_stops(tmp_path, gx_root):
     out2 = _demo(env)
     assert "RESULT: OK" in out2
     assert out2.count("unchanged     : batch churn/") == 2, out2[-6000:]
-    assert not re.search(r"^train  ", out2, re.M), "an unchanged re-ingest must not start a train run"
+    assert out2.count("unchanged     : batch diabetes/2026-01-07") == 1, out2[-6000:]
+    runs2 = _summary(out2)
+    assert not _of(runs2, "churn__train"), "an unchanged re-ingest must not start a train run"
     assert "expect_column_values_to_be_in_set" in out2  # the corrupt batch is still stopped at the gate
 
 
@@ -81,11 +119,34 @@ def _demo(env: dict) -> str:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out
+
+
+def _summary(out: str) -> dict[tuple[str, str], str]:
+    """The demo's SUMMARY: (dag_id, run_id) -> that run's block of lines (header line first)."""
+    assert "\nSUMMARY\n" in out, out[-6000:]
+    text = out.split("\nSUMMARY\n", 1)[1]
+    runs: dict[tuple[str, str], str] = {}
+    key = None
+    for line in text.splitlines():
+        m = re.match(r"^(\w+__\w+)  (\S+)  \[", line)
+        if m:
+            key = (m.group(1), m.group(2))
+            runs[key] = ""
+        elif line.startswith("RESULT:"):
+            key = None
+        if key is not None:
+            runs[key] += line + "\n"
+    return runs
+
+
+def _of(runs: dict[tuple[str, str], str], dag_id: str, header: str = "") -> list[str]:
+    """The blocks of ``dag_id``'s runs (whose header line contains ``header``), in the summary's order."""
+    return [text for (d, _), text in runs.items() if d == dag_id and header in text.partition("\n")[0]]
 
 
 def _no_key_material_in_logs(logs, keyset):

@@ -1,6 +1,6 @@
 """The continuous-training loop with real Airflow processes: a champion, a drifted day, the monitor run's
-Evidently report reachable through its extra link, the `mlops.drift_detected` asset event, and the train
-run the scheduler creates from it (observed through the REST API, not by calling the DAG)."""
+Evidently report reachable through its extra link, the `mlops.churn.drift_detected` asset event, and the
+`churn__train` run the scheduler creates from it (observed through the REST API, not by calling the DAG)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import uuid
 import pytest
 
 from mlops_bundle import ingest
-from mlops_bundle.config import load_config
+from mlops_bundle.catalog import dataset_config
 from mlops_bundle.sample import generate_batch
 from mlops_bundle.storage import LocalStorage
+from tests.integration.conftest import DATASET, dag
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,11 +31,13 @@ LOCAL_AIRFLOW_ENV = {
 }
 TRAIN_DAYS = [f"2026-10-0{d}" for d in range(1, 6)]
 DRIFT_DAY = "2026-10-07"
+INGEST, TRAIN, MONITOR = dag("ingest"), dag("train"), dag("monitor")
+DRIFT_ASSET = f"mlops.{DATASET}.drift_detected"
 
 
 def _cfg(af):
     env = {k: v for k, v in af.env.items() if k.startswith("MLOPS_")}
-    return load_config(environ=env)
+    return dataset_config(DATASET, environ=env)
 
 
 def _stage(cfg, lake, day, df):
@@ -56,20 +59,20 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
     for day in TRAIN_DAYS:
         _stage(cfg, af.lake, day, generate_batch(day, rows=2000))
     _stage(cfg, af.lake, DRIFT_DAY, generate_batch(DRIFT_DAY, rows=2000, drift=1.0))
-    for dag_id in ("train", "monitor"):
+    for dag_id in (TRAIN, MONITOR):
         af.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-    train_run = _trigger(af, "train", {"end_date": TRAIN_DAYS[-1], "window_days": 5})
-    assert af.wait_run("train", train_run, timeout=400)["state"] == "success"
+    train_run = _trigger(af, TRAIN, {"end_date": TRAIN_DAYS[-1], "window_days": 5})
+    assert af.wait_run(TRAIN, train_run, timeout=400)["state"] == "success"
 
     started = time.time()
-    monitor_run = _trigger(af, "monitor", {"date": DRIFT_DAY})
-    assert af.wait_run("monitor", monitor_run, timeout=400)["state"] == "success"
-    states = af.task_states("monitor", monitor_run)
+    monitor_run = _trigger(af, MONITOR, {"date": DRIFT_DAY})
+    assert af.wait_run(MONITOR, monitor_run, timeout=400)["state"] == "success"
+    states = af.task_states(MONITOR, monitor_run)
     assert states[("decide_retrain", -1)] == "success", states
 
     # the extra link of drift_report resolves to the report, served by the api-server behind its auth
-    links = af.call("GET", f"/api/v2/dags/monitor/dagRuns/{monitor_run}/taskInstances/drift_report/links")
+    links = af.call("GET", f"/api/v2/dags/{MONITOR}/dagRuns/{monitor_run}/taskInstances/drift_report/links")
     url = links["extra_links"]["Drift report"]
     assert url and url.endswith(f"/mlops/reports/churn/{DRIFT_DAY}/report.html")
     full = url if url.startswith("http") else af.url + url
@@ -79,8 +82,8 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
         assert len(resp.read()) > 100_000
 
     # Airflow recorded the asset event with the numbers in its extra...
-    assets = af.call("GET", "/api/v2/assets?name_pattern=mlops.drift_detected")["assets"]
-    [asset] = [a for a in assets if a["name"] == "mlops.drift_detected"]
+    assets = af.call("GET", f"/api/v2/assets?name_pattern={DRIFT_ASSET}")["assets"]
+    [asset] = [a for a in assets if a["name"] == DRIFT_ASSET]
 
     def drift_events() -> list[dict] | None:
         try:
@@ -97,13 +100,13 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
     )
     [event] = [e for e in events if (e.get("extra") or {}).get("date") == DRIFT_DAY]
     assert event["extra"]["drift_share"] >= cfg.monitoring.drift_share_threshold
-    assert event["source_dag_id"] == "monitor" and event["source_run_id"] == monitor_run
+    assert event["source_dag_id"] == MONITOR and event["source_run_id"] == monitor_run
 
     # ...and the scheduler created an asset-triggered train run from it, which the gate judged
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 5))
 
     def new_train_runs() -> list[dict]:
-        runs = af.call("GET", "/api/v2/dags/train/dagRuns?run_type=asset_triggered&limit=20")["dag_runs"]
+        runs = af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns?run_type=asset_triggered&limit=20")["dag_runs"]
         return [r for r in runs if r["run_after"] and r["run_after"] >= since]
 
     mine = wait_for(
@@ -113,11 +116,11 @@ def test_drift_report_link_asset_event_and_triggered_retrain(local_airflow):
         describe=lambda _: "no asset-triggered train run appeared",
         interval=3,
     )
-    final = af.wait_run("train", mine[0]["dag_run_id"], timeout=400)
-    assert final["state"] == "success", af.task_states("train", mine[0]["dag_run_id"])
+    final = af.wait_run(TRAIN, mine[0]["dag_run_id"], timeout=400)
+    assert final["state"] == "success", af.task_states(TRAIN, mine[0]["dag_run_id"])
     decision = af.call(
         "GET",
-        f"/api/v2/dags/train/dagRuns/{mine[0]['dag_run_id']}/taskInstances/promote/xcomEntries/decision",
+        f"/api/v2/dags/{TRAIN}/dagRuns/{mine[0]['dag_run_id']}/taskInstances/promote/xcomEntries/decision",
     )["value"]
     if isinstance(decision, str):
         decision = json.loads(decision)
@@ -140,15 +143,15 @@ def test_batches_validated_while_train_is_busy_reach_a_train_run_that_includes_t
     cfg = _cfg(af)
     # the drift-triggered retrain of the test above started, so it counts against the cooldown now
     records = load_history(LocalStorage(af.lake), history_key(cfg))
-    assert records and records[-1]["status"] == "started" and records[-1]["train_run"].startswith("train/")
+    assert records and records[-1]["status"] == "started" and records[-1]["train_run"].startswith(f"{TRAIN}/")
 
-    for dag_id in ("ingest", "train"):
+    for dag_id in (INGEST, TRAIN):
         af.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     # forced promotions of new versions (other windows than the champion's) wait for a second person
     holders = [
         _trigger(
             af,
-            "train",
+            TRAIN,
             {"end_date": TRAIN_DAYS[-1], "window_days": days, "force": True, "justification": "hold a slot"},
         )
         for days in (4, 3)
@@ -159,23 +162,23 @@ def test_batches_validated_while_train_is_busy_reach_a_train_run_that_includes_t
     busy_days = ["2026-10-20", "2026-10-21"]
     for day in busy_days:
         write_landing(generate_batch(day, rows=2000, seed=31), af.lake / "landing" / "churn" / day)
-        run = _trigger(af, "ingest", {"date": day, "source": None})
-        assert af.wait_run("ingest", run, timeout=300)["state"] == "success"
+        run = _trigger(af, INGEST, {"date": day, "source": None})
+        assert af.wait_run(INGEST, run, timeout=300)["state"] == "success"
 
     def asset_runs() -> list[dict]:
-        runs = af.call("GET", "/api/v2/dags/train/dagRuns?run_type=asset_triggered&limit=50")["dag_runs"]
+        runs = af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns?run_type=asset_triggered&limit=50")["dag_runs"]
         return [r for r in runs if r["run_after"] and r["run_after"] >= since]
 
     time.sleep(10)  # several scheduler loops: the deferral is what we look at
     assert asset_runs() == [], "train is at max_active_runs: Airflow defers the run, it must not exist yet"
     for run_id in holders:  # free the slots
-        af.call("PATCH", f"/api/v2/dags/train/dagRuns/{run_id}", {"state": "failed"})
+        af.call("PATCH", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}", {"state": "failed"})
 
     created = wait_for(asset_runs, bool, timeout=300, describe=lambda _: "no asset-triggered run", interval=3)
     first = sorted(created, key=lambda r: r["run_after"])[0]["dag_run_id"]
-    assert af.wait_run("train", first, timeout=500)["state"] == "success", af.task_states("train", first)
+    assert af.wait_run(TRAIN, first, timeout=500)["state"] == "success", af.task_states(TRAIN, first)
     jobs = af.call(
-        "GET", f"/api/v2/dags/train/dagRuns/{first}/taskInstances/prepare_window/xcomEntries/return_value"
+        "GET", f"/api/v2/dags/{TRAIN}/dagRuns/{first}/taskInstances/prepare_window/xcomEntries/return_value"
     )["value"]
     if isinstance(jobs, str):
         jobs = json.loads(jobs)

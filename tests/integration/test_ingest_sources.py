@@ -19,6 +19,7 @@ import pytest
 
 from mlops_bundle.sample import generate_batch, write_landing
 from tests.conftest import _SESSION_DIR
+from tests.integration.conftest import dag
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow_procs]
 
@@ -30,6 +31,7 @@ CONTROL_DATE, ATTACK_DATE = "2026-11-11", "2026-11-12"
 # valid batches planted where an attacker points ingest: unchecked, they would be listed, read, named in
 # the log and staged (or quarantined)
 CANARIES = [f"canary-home-{_TAG}", f"canary-outside-{_TAG}"]
+INGEST = dag("ingest")
 
 
 def _foreign_names(*folders: Path) -> list[str]:
@@ -50,7 +52,7 @@ def _files(folder: Path) -> set[str]:
 
 def _task_log(af, run_id: str) -> str:
     """Every log file of the run's tasks, as written by the task processes (what the UI shows)."""
-    folder = af.home / "logs" / "dag_id=ingest" / f"run_id={run_id}"
+    folder = af.home / "logs" / f"dag_id={INGEST}" / f"run_id={run_id}"
     return "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*.log")))
 
 
@@ -73,21 +75,21 @@ def test_sources_outside_the_allowlist_fail_before_anything_is_listed(local_airf
     }
     written_before = {p: _files(af.lake / p) for p in ("staging", "quarantine")}
 
-    af.call("PATCH", "/api/v2/dags/ingest", {"is_paused": False})
+    af.call("PATCH", f"/api/v2/dags/{INGEST}", {"is_paused": False})
 
     def trigger(date: str, source: str) -> str:
         body = {"logical_date": None, "conf": {"date": date, "source": source}}
-        return af.call("POST", "/api/v2/dags/ingest/dagRuns", body)["dag_run_id"]
+        return af.call("POST", f"/api/v2/dags/{INGEST}/dagRuns", body)["dag_run_id"]
 
     control = trigger(CONTROL_DATE, f"file://{ALLOWED}/partner-a/{CONTROL_DATE}")
     runs = {name: trigger(ATTACK_DATE, source) for name, source in attacks.items()}
 
     for name, run_id in runs.items():
-        assert af.wait_run("ingest", run_id, timeout=300)["state"] == "failed", name
-        states = af.task_states("ingest", run_id)
+        assert af.wait_run(INGEST, run_id, timeout=300)["state"] == "failed", name
+        states = af.task_states(INGEST, run_id)
         assert states[("discover_files", -1)] == "failed", (name, states)
         assert states[("validate_and_stage", -1)] == "upstream_failed", (name, states)
-        ti = af.call("GET", f"/api/v2/dags/ingest/dagRuns/{run_id}/taskInstances/discover_files")
+        ti = af.call("GET", f"/api/v2/dags/{INGEST}/dagRuns/{run_id}/taskInstances/discover_files")
         assert ti["try_number"] == 1, f"{name}: a refused source must not be retried ({ti})"
         log = _task_log(af, run_id)
         assert "is refused" in log and f"['file://{ALLOWED}/']" in log, f"{name}:\n{log[-3000:]}"
@@ -101,7 +103,7 @@ def test_sources_outside_the_allowlist_fail_before_anything_is_listed(local_airf
         leaked = [n for n in [*foreign, echoed.get(name, "")] if n and n in log]
         assert not leaked, f"{name}: foreign names {leaked} in the task log:\n{log[-3000:]}"
 
-    assert af.wait_run("ingest", control, timeout=400)["state"] == "success", _task_log(af, control)[-3000:]
+    assert af.wait_run(INGEST, control, timeout=400)["state"] == "success", _task_log(af, control)[-3000:]
     staged = _files(af.lake / "staging") - written_before["staging"]
     assert staged == {
         f"churn/ds={CONTROL_DATE}/_manifest.json",

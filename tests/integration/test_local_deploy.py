@@ -3,8 +3,10 @@
 One module, three starts in about 3-4 minutes of CI:
 
 1. a start on a task-log port something else holds is refused at once, naming DEMO_WORKER_LOG_PORT;
-2. checkout A (this one, with its own Airflow home) and checkout B (a copy of the files `make up` reads,
-   so its config, lake and MLflow store are its own) start at the same time on different ports;
+2. checkout A (this one, with its own Airflow home; churn's config file only) and checkout B (a copy of
+   the files `make up` reads, so its config, lake and MLflow store are its own; its whole catalog
+   config/datasets/, as `make up` runs it: churn and diabetes, a pool each) start at the same time on
+   different ports;
 3. A is stopped and started again on the same home: the second `up` reuses what the first set up (DB,
    pool, secrets) and comes up (it used to fail: `HTTP 422 ... include_deferred ... Field required`).
 """
@@ -33,11 +35,11 @@ READY = "press Ctrl-C to stop"
 COPIED = ("config", "dags", "plugins", "scripts", "great_expectations")
 
 
-def _env(home: Path, checkout: Path, ports: dict[str, int]) -> dict[str, str]:
+def _env(home: Path, config: Path, ports: dict[str, int]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS_", "DEMO_"))}
     return env | {
         "DEMO_AIRFLOW_HOME": str(home),
-        "MLOPS_CONFIG": str(checkout / "config" / "churn.yaml"),
+        "MLOPS_CONFIG": str(config),
         **{k: str(v) for k, v in ports.items()},
     }
 
@@ -100,13 +102,13 @@ def test_up_twice_and_two_checkouts_side_by_side(tmp_path):
     for name in COPIED:
         shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
     ports_a, ports_b = _ports(), _ports()
-    env_a = _env(tmp_path / "home-a", REPO, ports_a)
+    env_a = _env(tmp_path / "home-a", REPO / "config" / "datasets" / "churn.yaml", ports_a)
     # A's lake and MLflow store would be the checkout's var/: keep this test's own out of it
     env_a |= {
         "MLOPS_STORAGE__ROOT_URI": (tmp_path / "lake-a").as_uri(),
         "MLOPS_MLFLOW__TRACKING_URI": str(tmp_path / "mlflow-a"),
     }
-    env_b = _env(tmp_path / "home-b", copy, ports_b)
+    env_b = _env(tmp_path / "home-b", copy / "config" / "datasets", ports_b)
 
     ups: list[Up] = []
     try:
@@ -127,12 +129,17 @@ def test_up_twice_and_two_checkouts_side_by_side(tmp_path):
         b.wait_ready()
         assert _answers(ports_a["DEMO_PORT"]) and _answers(ports_b["DEMO_PORT"])
         assert str(copy / "dags") in b.text() and str(REPO / "dags") in a.text()
+        # each data set of a checkout's catalog gets its own training pool
+        assert "pool            churn__training" in a.text() and "diabetes__training" not in a.text()
+        assert (
+            "pool            churn__training" in b.text() and "pool            diabetes__training" in b.text()
+        )
         # A again on the same home: the second `up` works
         a.stop()
         again = Up(REPO, env_a, tmp_path / "a2.log")
         ups.append(again)
         again.wait_ready()
-        assert "pool " in again.text() and _answers(ports_a["DEMO_PORT"])
+        assert "pool            churn__training" in again.text() and _answers(ports_a["DEMO_PORT"])
     finally:
         for up in reversed(ups):
             up.stop()

@@ -61,7 +61,7 @@ def test_a_reader_of_one_data_set_reads_its_reports_and_no_others(api):
     churn_reader, viewer = _bearer("churn-reader"), _bearer("someone")
     r = api.get(f"/mlops/reports/churn/{DATE}/report.html", headers=churn_reader)
     assert r.status_code == 200 and b"churn report" in r.content
-    assert api.get("/mlops/reports/churn?format=json", headers=churn_reader).json()["dates"] == [DATE]
+    assert DATE in api.get("/mlops/reports/churn?format=json", headers=churn_reader).json()["dates"]
     for path in (f"/mlops/reports/diabetes/{DATE}/report.html", "/mlops/reports/diabetes?format=json"):
         r = api.get(path, headers=churn_reader)
         assert r.status_code == 403 and b"diabetes" not in r.content, (path, r.text)
