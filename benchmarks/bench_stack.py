@@ -22,14 +22,18 @@ encrypted with the stack's KMS key, written by a child process through the bundl
    timestamps (POST -> queued -> running -> first task start -> last task end -> run end), against the
    same runs under ``dag.test()`` in one child process (SQLite metadata DB, same S3/KMS/MLflow/audit
    services): the first ``dag.test()`` in the process pays the imports ("cold"), the later ones not
-   ("warm"). No goal: the ratio is reported.
+   ("warm"). The same again on a one-day window of ``--large-rows`` rows (default 50,000; 0: off): what
+   the API path adds (API - dag.test warm) at both sizes shows whether it is a fixed per-run cost (the
+   ratio then falls as the data grows). No goal: the ratios are reported. ``--no-fanout`` runs only
+   stack B and only the latency runs.
 
 Exit 0 unless ``--strict`` is given and the speedup misses the goal; 1 if a run fails. Without the
 services (PostgreSQL and Redis on 127.0.0.1, see scripts/stack.py) it prints SKIPPED and exits 0, or 1
 with ``--strict`` or when ``CI`` is set.
 
     .venv/bin/python benchmarks/bench_stack.py [--candidates 4] [--trees 150] [--days 10] [--rows 15000]
-                                               [--repeat 3] [--quick] [--strict] [--keep]
+                                               [--small-rows 2000] [--large-rows 50000] [--repeat 3]
+                                               [--no-fanout] [--quick] [--strict] [--keep]
 """
 
 from __future__ import annotations
@@ -159,9 +163,15 @@ def candidates_env(n: int, trees: int) -> list[dict]:
     return [*forests, {"name": "logreg", "family": "logistic_regression", "params": {"C": 1.0}}]
 
 
-def latency_dates(repeat: int, dagtest_runs: int) -> tuple[list[str], list[str]]:
-    days = [(LATENCY_FIRST + dt.timedelta(days=i)).isoformat() for i in range(repeat + dagtest_runs)]
+def latency_dates(repeat: int, dagtest_runs: int, size_index: int = 0) -> tuple[list[str], list[str]]:
+    """API-run and dag.test dates of one latency size (each size 20 days after the previous)."""
+    first = LATENCY_FIRST + dt.timedelta(days=20 * size_index)
+    days = [(first + dt.timedelta(days=i)).isoformat() for i in range(repeat + dagtest_runs)]
     return days[:repeat], days[repeat:]
+
+
+def latency_sizes(args) -> list[int]:
+    return [args.small_rows, *([args.large_rows] if args.large_rows else [])]
 
 
 def train_conf(end_date: str, window_days: int, candidates: list[str]) -> dict:
@@ -395,16 +405,21 @@ def latency_api(stack, dates: list[str]) -> list[dict]:
     return out
 
 
-def stack_phase(label: str, workers: tuple[str, ...], args, tmp: Path, latency: bool) -> dict:
+def stack_phase(
+    label: str, workers: tuple[str, ...], args, tmp: Path, latency: bool, fanout_run: bool = True
+) -> dict:
     extra_env = {
         "MLOPS_TRAINING__CANDIDATES": json.dumps(candidates_env(args.candidates, args.trees)),
         "MLOPS_TRAINING__POOL_SLOTS": str(max(args.candidates, 2)),
         "MLOPS_PROMOTION__REQUIRE_APPROVAL": "false",
     }
-    api_dates, dagtest_dates = latency_dates(args.repeat, args.repeat + 1)
-    parts = [{"end": FANOUT_END, "days": args.days, "rows": args.rows}]
+    sizes = {
+        rows: latency_dates(args.repeat, args.repeat + 1, i) for i, rows in enumerate(latency_sizes(args))
+    }
+    parts = [{"end": FANOUT_END, "days": args.days, "rows": args.rows}] if fanout_run else []
     if latency:
-        parts += [{"end": d, "days": 1, "rows": args.small_rows} for d in api_dates + dagtest_dates]
+        for rows, (api_dates, dagtest_dates) in sizes.items():
+            parts += [{"end": d, "days": 1, "rows": rows} for d in api_dates + dagtest_dates]
     t0 = time.monotonic()
     say(f"\n[{label}] starting a stack with {len(workers)} Celery worker(s), concurrency 1 each...")
     with stack_runner.start_stack(
@@ -419,34 +434,44 @@ def stack_phase(label: str, workers: tuple[str, ...], args, tmp: Path, latency: 
         staged = run_child(stack, "stage", {"parts": parts}, tmp / label)
         say(f"  [{label}] staged {staged['rows']:,} rows in {staged['seconds']:.0f}s")
         stack.api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-        result = {"startup": stack.timings["start_s"], "fanout": fanout(stack, args, label)}
+        result = {"startup": stack.timings["start_s"], "latency": {}}
+        result["fanout"] = fanout(stack, args, label) if fanout_run else None
         if latency:
-            result["api"] = latency_api(stack, api_dates)
-            say(f"  [{label}] dag.test() of the same runs in a child process...")
-            home = tmp / label / "dagtest"
-            home.mkdir(parents=True, exist_ok=True)
-            overrides = {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            }
-            confs = [train_conf(d, 1, ["logreg"]) for d in dagtest_dates]
-            result["dagtest"] = run_child(stack, "dagtest", {"confs": confs}, tmp / label, overrides)["runs"]
-            bad = [r["state"] for r in result["dagtest"] if r["state"] != "success"]
-            if bad:
-                raise RuntimeError(f"dag.test() runs ended {bad}; see {tmp / label / 'child-dagtest.log'}")
+            for rows, (api_dates, dagtest_dates) in sizes.items():
+                say(f"  [{label}] latency runs on a one-day window of {rows:,} rows")
+                api = latency_api(stack, api_dates)
+                say(f"  [{label}] dag.test() of the same runs in a child process...")
+                home = tmp / label / f"dagtest-{rows}"
+                home.mkdir(parents=True, exist_ok=True)
+                overrides = {
+                    "AIRFLOW_HOME": str(home),
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+                }
+                confs = [train_conf(d, 1, ["logreg"]) for d in dagtest_dates]
+                dagtest = run_child(stack, "dagtest", {"confs": confs}, tmp / label, overrides)["runs"]
+                bad = [r["state"] for r in dagtest if r["state"] != "success"]
+                if bad:
+                    raise RuntimeError(
+                        f"dag.test() runs ended {bad}; see {tmp / label / 'child-dagtest.log'}"
+                    )
+                result["latency"][rows] = {"api": api, "dagtest": dagtest}
     result["phase_s"] = time.monotonic() - t0
     say(f"  [{label}] done in {result['phase_s']:.0f}s (stack stopped, databases dropped)")
     return result
 
 
-def phase_with_retry(label: str, workers: tuple[str, ...], args, tmp: Path, latency: bool) -> dict:
+def phase_with_retry(
+    label: str, workers: tuple[str, ...], args, tmp: Path, latency: bool, fanout_run: bool = True
+) -> dict:
     """stack_phase, retried once (in a fresh folder) when PostgreSQL ran out of connections: on a machine
     shared with other stacks that is a transient outside this benchmark, not a result."""
     for attempt in (1, 2):
         try:
-            return stack_phase(label if attempt == 1 else f"{label}-retry", workers, args, tmp, latency)
+            return stack_phase(
+                label if attempt == 1 else f"{label}-retry", workers, args, tmp, latency, fanout_run
+            )
         except Exception as exc:
             if attempt == 2 or "too many clients" not in str(exc):
                 raise
@@ -463,7 +488,19 @@ def secs(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.1f}s"  # None or nan (nothing measured) -> "-"
 
 
-def report(args, one: dict, two: dict) -> bool:
+def report(args, one: dict | None, two: dict) -> bool:
+    ok = report_fanout(args, one, two) if one is not None else True
+    overheads = {}
+    for rows, runs in two["latency"].items():
+        overheads[rows] = report_latency(args, rows, runs["api"], runs["dagtest"])
+    if len(overheads) > 1:
+        say("\nWhat the API path adds to a train run, by window size (API median - dag.test warm median):")
+        for rows, (extra, ratio) in overheads.items():
+            say(f"  {rows:>9,} rows: +{extra:5.1f}s, API / dag.test warm {ratio:.2f}x")
+    return ok
+
+
+def report_fanout(args, one: dict, two: dict) -> bool:
     f1, f2 = one["fanout"], two["fanout"]
     train_rows = int(args.days * args.rows * 0.8)
     say(
@@ -515,13 +552,16 @@ def report(args, one: dict, two: dict) -> bool:
     )
     share = mean(f1["overheads"]) / mean(f1["durations"]) if f1["overheads"] else float("nan")
     say(f"  overhead share of a task (1 worker): {share:.0%}")
+    return ok
 
-    api, dagtest = two["api"], two["dagtest"]
+
+def report_latency(args, rows: int, api: list[dict], dagtest: list[dict]) -> tuple[float, float]:
+    """Print one window size's latency table; (API - dag.test warm, API / dag.test warm) medians."""
     e2e = statistics.median(r["e2e"] for r in api)
     cold = dagtest[0]["seconds"]
     warm = statistics.median(r["seconds"] for r in dagtest[1:]) if len(dagtest) > 1 else float("nan")
     say(
-        f"\nLatency: train run with 1 logistic-regression candidate on a one-day window ({args.small_rows:,} "
+        f"\nLatency: train run with 1 logistic-regression candidate on a one-day window ({rows:,} "
         f"rows); stack with 2 workers; {len(api)} API run(s), median"
     )
     steps = [
@@ -551,7 +591,7 @@ def report(args, one: dict, two: dict) -> bool:
         w = [r["tasks"][k] for r in warm_runs for k in r["tasks"] if k.split("[")[0] == t]
         warm_s = f"{statistics.median(w):.1f}s" if w else "-"
         say(f"  {t:<28} {a:12.1f}s {warm_s:>14}")
-    return ok
+    return e2e - warm, e2e / warm
 
 
 _TASK_ORDER = [
@@ -584,7 +624,16 @@ def main(argv: list[str] | None = None) -> int:
         "--small-rows", type=int, default=2_000, help="rows of a latency run's one-day window"
     )
     parser.add_argument(
+        "--large-rows",
+        type=int,
+        default=50_000,
+        help="a second latency window size, to show how the API path's cost shrinks as data grows (0: off)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="API-triggered latency runs (dag.test: +1 cold)"
+    )
+    parser.add_argument(
+        "--no-fanout", action="store_true", help="latency only: one stack (2 workers), no fan-out runs"
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a fan-out run may take")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 small candidates, 1 latency run")
@@ -608,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             1_000,
             1,
         )
+        args.large_rows = 0
     if args.candidates < 2 or args.repeat < 1:
         parser.error("--candidates must be >= 2 and --repeat >= 1")
 
@@ -626,11 +676,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     try:
         say(f"bench_stack: working folder {tmp}; {os.cpu_count()} CPUs; stacks run one after the other")
-        one = phase_with_retry("1-worker", ("w1",), args, tmp, latency=False)
-        two = phase_with_retry("2-workers", ("w1", "w2"), args, tmp, latency=True)
+        one = None if args.no_fanout else phase_with_retry("1-worker", ("w1",), args, tmp, latency=False)
+        two = phase_with_retry(
+            "2-workers", ("w1", "w2"), args, tmp, latency=True, fanout_run=not args.no_fanout
+        )
         ok = report(args, one, two)
-        say(f"\nwhole benchmark: {time.monotonic() - t0:.0f}s (stack start-up {one['startup']:.0f}s + "
-            f"{two['startup']:.0f}s)")  # fmt: skip
+        starts = " + ".join(f"{p['startup']:.0f}s" for p in (one, two) if p is not None)
+        say(f"\nwhole benchmark: {time.monotonic() - t0:.0f}s (stack start-up {starts})")
         failed = False
         return 1 if args.strict and not ok else 0
     except Exception as exc:  # noqa: BLE001 - a stack or run failure: say what and where the logs are

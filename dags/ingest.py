@@ -1,7 +1,7 @@
 """
 ### Ingest: landing batch -> Great Expectations gate -> staging (or quarantine)
 
-One per data set (`<dataset>__ingest`). Runs daily (and on demand from the UI or the REST API). For the run's batch date it
+One per data set (`<dataset>__ingest`). Runs on the config's `ingest.schedule` (default daily at 00:30 UTC) and on demand from the UI or the REST API. For the run's batch date it
 
 1. **discovers** the landing files `landing/<dataset>/<date>/*.csv|*.csv.gz|*.parquet` under the storage
    root (a local folder or `s3://bucket/prefix` through the Airflow AWS connection in the config), or
@@ -38,7 +38,7 @@ def build(ds: DatasetDags) -> None:
 
     @dag(
         dag_id=ds.dag_id(names.INGEST),
-        schedule="30 0 * * *",
+        schedule=ds.ingest_schedule,  # ingest.schedule of the config
         max_active_runs=4,
         params={
             "date": date_param("Batch date YYYY-MM-DD; empty = the day before the run's logical date"),

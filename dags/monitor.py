@@ -1,7 +1,7 @@
 """
 ### Monitor: score with the champion -> Evidently drift report -> guarded retrain trigger
 
-One per data set (`<dataset>__monitor`). Runs daily at 06:00 UTC for the day before (and on demand with a `date` Param).
+One per data set (`<dataset>__monitor`). Runs on the config's `monitoring.schedule` (default daily at 06:00 UTC) for the day before (and on demand with a `date` Param).
 
 1. **score_batch** scores the day's validated partition with `models:/<registered model>@champion`
    and writes `predictions/<dataset>/ds=<date>/predictions.parquet` (a rerun replaces it). No champion
@@ -33,7 +33,7 @@ def build(ds: DatasetDags) -> None:
 
     @dag(
         dag_id=ds.dag_id(names.MONITOR),
-        schedule="0 6 * * *",
+        schedule=ds.monitor_schedule,  # monitoring.schedule of the config
         max_active_runs=1,  # the retrain history is read-modify-write
         params={
             "date": date_param("Day to monitor YYYY-MM-DD; empty = the day before the run's logical date")

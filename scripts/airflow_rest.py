@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import airflow_local as al  # noqa: E402
 from airflow_procs import Processes, RunnerError, say, wait_for  # noqa: E402
 
 TERMINAL = {"success", "failed"}
+POLL_S = 1.0  # how often follow() reads the runs (a few light REST calls per run)
 TI_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
 
@@ -87,8 +89,12 @@ class Api:
         self.token = resp["access_token"]
 
     def ready(self) -> bool:
+        """The public API answers, and so does the execution API the task processes call. Its first request
+        builds that app (3-5 s on 2 cores, measured) and blocks the whole single-worker api-server meanwhile:
+        paid here, not by the first tasks' start calls."""
         try:
             self._call("GET", "/api/v2/monitor/health", auth=False, timeout=3)
+            self._call("GET", "/execution/health", auth=False, timeout=60)
             return True
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
@@ -145,8 +151,9 @@ def wait_for_dags(api: Api, procs: Processes, need: set[str], timeout: float = 1
         state.update(dags=dags, errors=errors, missing=files - seen)
         stable_for = time.monotonic() - state["changed_at"]
         if need <= names:
-            # files that hold no DAG (helpers) leave no trace: accept once the DAG list stops changing
-            return not state["missing"] or stable_for > 15
+            # a file can hold no DAG (config_errors.py while every config is valid) and leave no trace:
+            # accept once the DAG list stops changing (soon when the DAGs asked for are all there)
+            return not state["missing"] or (names and stable_for > (3 if need else 15))
         if not state["missing"] or stable_for > 30:
             # every file parsed (or nothing changes any more) but a needed DAG is absent: say so
             state.setdefault("parsed_at", time.monotonic())
@@ -250,15 +257,29 @@ def _progress_line(run: dict, tis: list[dict]) -> str:
     return line
 
 
+def pending_asset_triggers(api: Api, dag_ids: Iterable[str]) -> list[str]:
+    """The DAGs among `dag_ids` with Asset events queued for a run the scheduler has not created yet."""
+    return [d for d in dag_ids if api.get(f"/api/v2/dags/{q(d)}/assets/queuedEvents")["queued_events"]]
+
+
 def follow(
-    api: Api, procs: Processes, since: dt.datetime, mine: set[tuple[str, str]], timeout: float, settle: float
+    api: Api,
+    procs: Processes,
+    since: dt.datetime,
+    mine: set[tuple[str, str]],
+    timeout: float,
+    settle: float,
+    asset_dags: Iterable[str] = (),
 ) -> dict[tuple[str, str], dict]:
     """Poll the runs we started and every run created since `since` (e.g. Asset-triggered ones) until
-    all are finished and nothing new appeared for `settle` seconds."""
+    all are finished and nothing new can appear: no Asset event queued for any of `asset_dags` (the DAGs
+    that Assets schedule) on two polls in a row (a run created between our two reads shows up on the
+    second). Queued events that stay (e.g. a paused consumer) are waited for at most `settle` seconds."""
     runs: dict[tuple[str, str], dict] = {}
     shown: dict[tuple[str, str], str] = {}
     t0 = time.monotonic()
     quiet_since: float | None = None
+    quiet_polls = 0
     # updated_at covers runs created since (any run type); queued_at/run_after then drops older runs
     # that merely changed state meanwhile
     params = {"updated_at_gte": since.isoformat(), "limit": 100, "order_by": "id"}
@@ -279,12 +300,19 @@ def follow(
                 shown[key] = line
             active |= run["state"] not in TERMINAL
         if active:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-            say(f"all {len(runs)} run(s) finished; watching {settle:.0f}s for runs they trigger...")
-        elif time.monotonic() - quiet_since >= settle:
-            return runs
+            quiet_since, quiet_polls = None, 0
+        else:
+            if quiet_since is None:
+                quiet_since = time.monotonic()
+                say(f"all {len(runs)} run(s) finished; checking for runs they trigger...")
+            waiting = pending_asset_triggers(api, asset_dags)
+            quiet_polls = 0 if waiting else quiet_polls + 1
+            if quiet_polls >= 2 or time.monotonic() - quiet_since >= settle:
+                if waiting:
+                    say(
+                        f"still queued after {settle:.0f}s, not followed: Asset events for {', '.join(waiting)}"
+                    )
+                return runs
         if time.monotonic() - t0 > timeout:
             still = [
                 f"{d} {r} ({run['state']})" for (d, r), run in runs.items() if run["state"] not in TERMINAL
@@ -293,7 +321,7 @@ def follow(
                 f"timed out after {timeout:.0f}s; still not finished: {', '.join(still) or 'none'}. "
                 f"Airflow logs: {procs.log_dir} (task logs under dag_id=*/); UI: {al.ui_url()}"
             )
-        time.sleep(2)
+        time.sleep(POLL_S)
 
 
 def xcom_return(

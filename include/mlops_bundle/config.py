@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlops_bundle.features import PROBA_PREFIX, RESERVED_COLUMNS
 from mlops_bundle.names import DATASET_NAME_PATTERN
@@ -35,6 +35,27 @@ DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "churn.yaml"
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DType = Literal["int", "float", "string", "category", "bool", "datetime"]
+
+_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+
+
+def _cron_or_preset(value: str | None) -> str | None:
+    """A DAG schedule: a five-field cron expression or one of Airflow's presets, in UTC; None = triggered
+    only (the UI, the REST API, a backfill). Checked here, so a typo is its config file's error and never
+    breaks the DAG file that builds every data set's DAGs."""
+    if value is None or value in _PRESETS:
+        return value
+    from croniter import croniter  # Airflow's own cron parser (a dependency of the scheduler)
+
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(
+            f"{value!r} is not a five-field cron expression (minute hour day month weekday, UTC) nor one of "
+            f"{', '.join(_PRESETS)}; use null for a DAG that only runs when triggered"
+        )
+    return value
+
+
+Schedule = Annotated[str | None, AfterValidator(_cron_or_preset)]
 
 
 class ConfigError(ValueError):
@@ -146,6 +167,8 @@ def absolute_location(uri: str, base_dir: Path, field: str) -> str:
 
 
 class IngestConfig(_Strict):
+    # when the data set's ingest DAG runs (UTC): it ingests the day before the run's logical date
+    schedule: Schedule = "30 0 * * *"
     file_patterns: list[str] = Field(default_factory=lambda: ["*.csv", "*.csv.gz", "*.parquet"])
     csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: Literal["utf-8"] = "utf-8"
@@ -302,6 +325,8 @@ class PromotionConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
+    # when the data set's monitor DAG runs (UTC): it scores and reports on the day before its logical date
+    schedule: Schedule = "0 6 * * *"
     # the verdict is "drift" when this share of the feature columns drifted
     drift_share_threshold: float = Field(default=0.3, gt=0, le=1)
     # fewer rows than this on either side: the verdict is "insufficient data" (reported, never a retrain)

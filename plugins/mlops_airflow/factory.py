@@ -25,6 +25,8 @@ class DatasetDags:
     source: str  # the config file
     task: str  # binary | multiclass | regression
     pool_slots: int
+    ingest_schedule: str | None  # cron or preset (UTC); None: triggered only
+    monitor_schedule: str | None
 
     def dag_id(self, kind: str) -> str:
         return names.dag_id(self.name, kind)
@@ -48,7 +50,14 @@ def _entries() -> list[Entry]:
 def datasets() -> list[DatasetDags]:
     """The data sets whose config is valid, sorted by name (a broken one is left to config_errors())."""
     return [
-        DatasetDags(e.name, str(e.path), e.config.dataset.task, e.config.training.pool_slots)
+        DatasetDags(
+            e.name,
+            str(e.path),
+            e.config.dataset.task,
+            e.config.training.pool_slots,
+            e.config.ingest.schedule,
+            e.config.monitoring.schedule,
+        )
         for e in _entries()
         if e.config is not None
     ]

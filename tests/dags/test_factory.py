@@ -145,6 +145,22 @@ def test_each_data_set_gets_its_own_dags_assets_and_pool(two_datasets):
             assert all(n.startswith(f"mlops.{ds}.") for n in used), (dag.dag_id, used)
 
 
+def test_each_data_sets_schedules_come_from_its_config(two_datasets):
+    path = two_datasets / f"{B}.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["ingest"] = {"schedule": None}
+    doc["monitoring"] = {"schedule": "15 */4 * * *"}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    bag = _dagbag()
+
+    def summary(ds: str, kind: str) -> str | None:
+        return bag.get_dag(names.dag_id(ds, kind)).schedule
+
+    assert (summary(A, names.INGEST), summary(A, names.MONITOR)) == ("30 0 * * *", "0 6 * * *")
+    assert summary(B, names.INGEST) is None, "null: triggered only (UI, REST API, backfill)"
+    assert summary(B, names.MONITOR) == "15 */4 * * *"
+
+
 def test_an_ingest_queues_only_its_own_data_sets_train_dag(two_datasets):
     bag = _dagbag()
     trains = [names.dag_id(A, names.TRAIN), names.dag_id(B, names.TRAIN)]

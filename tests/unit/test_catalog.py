@@ -235,3 +235,35 @@ def test_load_config_without_a_path_needs_the_data_set_named_in_a_folder_of_two(
     # a folder of one is that data set
     (tmp_path / "telco.yaml").unlink()
     assert load_config(environ={"MLOPS_CONFIG": str(tmp_path)}).dataset.name == "churn"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["0 25 * * *", "daily", "* * * * * *", ""],
+    ids=["hour-25", "a-word", "six-fields", "empty"],
+)
+def test_a_bad_schedule_is_its_files_error_naming_the_field_and_the_valid_forms(tmp_path, bad):
+    _churn(tmp_path, "churn")
+    _churn(tmp_path, "telco", edit=lambda d: d["ingest"].update(schedule=bad))
+    entries = {e.name: e for e in catalog.scan(tmp_path, ENV)}
+    assert entries["churn"].config is not None, "the other data set keeps its DAGs"
+    error = entries["telco"].error
+    assert "ingest.schedule" in error and "cron" in error and "null" in error, error
+
+
+def test_schedules_are_per_data_set_and_null_means_triggered_only(tmp_path):
+    _churn(tmp_path, "churn")
+    _churn(
+        tmp_path,
+        "telco",
+        edit=lambda d: (d["ingest"].update(schedule=None), d["monitoring"].update(schedule="@hourly")),
+    )
+    by_name = {c.dataset.name: c for c in catalog.configs(tmp_path, ENV)}
+    assert (by_name["churn"].ingest.schedule, by_name["churn"].monitoring.schedule) == (
+        "30 0 * * *",
+        "0 6 * * *",
+    )
+    assert (by_name["telco"].ingest.schedule, by_name["telco"].monitoring.schedule) == (None, "@hourly")
+    # the demo's switch: a YAML null through the environment turns every data set's schedule off
+    off = catalog.configs(tmp_path, {**ENV, "MLOPS_INGEST__SCHEDULE": "null"})
+    assert [c.ingest.schedule for c in off] == [None, None]
