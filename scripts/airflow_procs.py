@@ -28,10 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import airflow_local as al  # noqa: E402
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-# The triggerer only runs deferred tasks (an approval waiting for its answer) and is idle otherwise; at a
-# lower CPU priority its start-up imports (~5 s of CPU) yield to the scheduler's, whose preload is what the
-# first task waits for on 2 cores. Its triggers are light work, so the lower priority costs them little.
-NICE = {"triggerer": 10}
 # loopback servers: never through a proxy
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -228,8 +224,14 @@ def _signal_all(pids, sig: int, *, group: bool) -> None:
 class Processes:
     """Subprocesses (the Airflow components by default), each in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], extra: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        extra: dict[str, list[str]] | None = None,
+        nice: dict[str, int] | None = None,
+    ) -> None:
         self.env = env
+        self.nice = nice or {}  # name -> niceness increment of that process (lower CPU priority)
         # name -> settings only that process gets on top of `env` (e.g. the MLflow server's secrets)
         self.env_of: dict[str, dict[str, str]] = {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -253,7 +255,7 @@ class Processes:
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop them in order
-            preexec_fn=(lambda n=NICE[name]: os.nice(n)) if name in NICE else None,
+            preexec_fn=(lambda n=self.nice[name]: os.nice(n)) if name in self.nice else None,
         )
         fh.close()
         return self.procs[name]
@@ -343,9 +345,11 @@ def exit_on_signal(signum: int, _frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def airflow_running(env: dict[str, str], extra: dict[str, list[str]] | None = None) -> Iterator[Processes]:
+def airflow_running(
+    env: dict[str, str], extra: dict[str, list[str]] | None = None, nice: dict[str, int] | None = None
+) -> Iterator[Processes]:
     """Start the Airflow components (after the `extra` services); stop them all on exit, Ctrl-C or SIGTERM."""
-    procs = Processes(env, extra)
+    procs = Processes(env, extra, nice)
     old = {s: signal.signal(s, exit_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         procs.start()

@@ -326,3 +326,32 @@ def test_adding_a_reader_for_a_person(stack, chain):
     assert refused.returncode == 1 and "not only READ" in refused.stderr, refused.stderr
     status, _ = mlflow_call(stack, "service", "GET", "/api/2.0/mlflow/registered-models/get", name=name)
     assert status == 200
+
+
+def test_the_credential_cache_never_remembers_a_refusal_and_forgets_a_changed_password(stack, chain):
+    """config/mlflow-auth.ini turns on MLflow's cache of successful password checks (auth_cache_ttl_seconds:
+    without it every request pays a scrypt check; benchmarks/README.md). What an attacker could hope from
+    a cache, tried on the stack's server: a wrong password is refused every time (failures are not
+    cached), and once the admin changes a password or deletes the account, the old credential is refused
+    at once (the server process that made the change drops its entry; the stack runs one)."""
+    name = _cfg(stack).model_name
+    user, password = f"cache-{uuid.uuid4().hex[:6]}", "first-long-enough-password"
+    read = ("GET", "/api/2.0/mlflow/registered-models/get")
+    status, body = mlflow_call(
+        stack, "admin", "POST", "/api/2.0/mlflow/users/create", {"username": user, "password": password}
+    )
+    assert status == 200, body
+    for _ in range(2):  # authenticated (then cached): 403, the account holds no grant; never 401
+        assert mlflow_call(stack, (user, password), *read, name=name)[0] in DENIED
+    for _ in range(3):  # a wrong password right after a cached success: refused each time
+        assert mlflow_call(stack, (user, password + "x"), *read, name=name)[0] in UNAUTHENTICATED
+    new = "second-long-enough-password"
+    status, body = mlflow_call(
+        stack, "admin", "PATCH", "/api/2.0/mlflow/users/update-password", {"username": user, "password": new}
+    )
+    assert status == 200, body
+    assert mlflow_call(stack, (user, password), *read, name=name)[0] in UNAUTHENTICATED, "old password cached"
+    assert mlflow_call(stack, (user, new), *read, name=name)[0] in DENIED
+    status, body = mlflow_call(stack, "admin", "DELETE", "/api/2.0/mlflow/users/delete", {"username": user})
+    assert status == 200, body
+    assert mlflow_call(stack, (user, new), *read, name=name)[0] in UNAUTHENTICATED, "deleted account cached"
