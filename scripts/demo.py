@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settle",
         type=float,
         default=15,
-        help="demo: after the last run finished, wait this long for runs it triggers (15)",
+        help="demo: once every run finished, wait at most this long for an Asset event still queued for a "
+        "train DAG to become a run (15)",
     )
     parser.add_argument("--no-seed", action="store_true", help="up: do not write the sample landing batches")
     parser.add_argument("--paused", action="store_true", help="up: leave the DAGs paused")
