@@ -5,7 +5,7 @@ in its own temp folder (Airflow home, lake, MLflow store, audit store, GX copy, 
 starts from the same empty state, after the metadata DB was migrated once for that home (`airflow db
 migrate` is run first and not counted, as after a newcomer's first `make demo`). Printed per mode: the
 demo's own `demo timings` line (start = processes up + DAGs parsed + pools + unpaused; phase1..3 = each
-phase's runs and the runs they trigger, incl. the 15 s settle wait; summary; total), the summed duration of
+phase's runs and the runs they trigger, until no Asset event is left queued; summary; total), the summed duration of
 every task instance the demo followed (task_s) and how many there were, and the 1-minute load average
 before and after (the machine may be shared).
 
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in result.items():
                 print(f"  {key:<24} {value}")
             print("  where the task time went (benchmarks/task_costs.py):")
-            result["costs"] = task_costs.report(
-                task_costs.itemize(tmp / "airflow"), out=lambda t: print("  " + t)
-            )
+            if (tmp / "airflow" / "airflow.db").is_file():
+                costs = task_costs.itemize(tmp / "airflow")
+                result["costs"] = task_costs.report(costs, out=lambda t: print("  " + t))
             if not result["ok"]:
                 print(f"  demo did not end OK: see {tmp / 'demo.log'}")
         finally:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             share = max(body_off - body_on, 0.0) / body_off
             print(
                 f"  task-body time spent importing with the preload off: {share:.0%} "
-                f"({body_off} s of task bodies off vs {body_on} s on; all task time {off['task_s']} s vs "
+                f"({body_off} s of task bodies off vs {body_on} s on; all task time {off.get('task_s')} s vs "
                 f"{fork.get('task_s')} s)"
             )
     return 0 if all(r["ok"] for r in results.values()) else 1

@@ -164,8 +164,8 @@ def candidates_env(n: int, trees: int) -> list[dict]:
 
 
 def latency_dates(repeat: int, dagtest_runs: int, size_index: int = 0) -> tuple[list[str], list[str]]:
-    """API-run and dag.test dates of one latency size (each size 20 days after the previous)."""
-    first = LATENCY_FIRST + dt.timedelta(days=20 * size_index)
+    """API-run and dag.test dates of one latency size (each size's days after the previous size's)."""
+    first = LATENCY_FIRST + dt.timedelta(days=(repeat + dagtest_runs) * size_index)
     days = [(first + dt.timedelta(days=i)).isoformat() for i in range(repeat + dagtest_runs)]
     return days[:repeat], days[repeat:]
 

@@ -14,7 +14,8 @@ instance that ran into consecutive segments, each marked with whose cost it is:
 | post | -> TI `end_date` | Airflow: XCom push, state update; ours: the audit listener's "success" record |
 
 and, per DAG run, the time between its tasks (run span minus the time any of its tasks was running): the
-scheduler noticing a finished task and queueing the next (Airflow). EmptyOperators and skipped-before-start
+scheduler noticing a finished task and queueing the next (Airflow), but also any wait for a free executor
+slot while other runs use them, retry delays and deferrals (the demo has none of the last two). EmptyOperators and skipped-before-start
 tasks have no log and are left out. Used by benchmarks/bench_demo.py; runnable on a kept folder:
 
     .venv/bin/python benchmarks/task_costs.py AIRFLOW_HOME
@@ -161,7 +162,10 @@ def report(result: dict, out=print) -> dict:
         f"    {'all segments':<24} {'':6} / {total:7.1f}   task bodies {ours:.1f} s = {ours / total:.0%}; "
         f"the rest per task: {(total - ours) / len(items):.2f} s"
     )
-    out(f"  between tasks of a run (scheduler hops), all runs: {sum(gaps):.1f} s over {len(gaps)} run(s)")
+    out(
+        f"  between tasks of a run (scheduler hops, waits for a free slot), all runs: {sum(gaps):.1f} s "
+        f"over {len(gaps)} run(s)"
+    )
     by_task: dict[str, list[dict]] = {}
     for i in items:
         by_task.setdefault(i["task"], []).append(i)

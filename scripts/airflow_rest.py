@@ -274,7 +274,8 @@ def follow(
     """Poll the runs we started and every run created since `since` (e.g. Asset-triggered ones) until
     all are finished and nothing new can appear: no Asset event queued for any of `asset_dags` (the DAGs
     that Assets schedule) on two polls in a row (a run created between our two reads shows up on the
-    second). Queued events that stay (e.g. a paused consumer) are waited for at most `settle` seconds."""
+    second). Queued events that stay (e.g. a train DAG at its max_active_runs) are waited for at most `settle`
+    seconds."""
     runs: dict[tuple[str, str], dict] = {}
     shown: dict[tuple[str, str], str] = {}
     t0 = time.monotonic()

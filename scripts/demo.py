@@ -55,6 +55,7 @@ from airflow_rest import (  # noqa: E402
     follow,
     http_detail,
     import_bundle,
+    list_all,
     parse_ts,
     q,
     run_key,
@@ -174,6 +175,25 @@ def demo_datasets() -> list[str]:
             "(unset MLOPS_CONFIG, or use `make up` for your own data sets)"
         )
     return [CHURN, DIABETES]
+
+
+def demo_dags_ready(api: Api, procs: Any, dags: list[dict], need: set[str]) -> list[dict]:
+    """Before the demo unpauses anything: pause every other DAG (a `make up` on the same home left them
+    unpaused, and their schedules would run inside the demo's phases) and wait until the DAGs it runs were
+    parsed with the schedules off (no next scheduled run), so a DAG serialized by an earlier `make up` with
+    its cron schedule cannot start a catch-up run when the demo unpauses it."""
+    others = [d["dag_id"] for d in dags if d["dag_id"] not in need and not d["is_paused"]]
+    for other in others:
+        api.call("PATCH", f"/api/v2/dags/{q(other)}", {"is_paused": True})
+    if others:
+        say(f"paused          {', '.join(sorted(others))} (not part of the demo)")
+
+    def parsed_off() -> list[dict] | None:
+        current = list_all(api, "/api/v2/dags", "dags")
+        ours = [d for d in current if d["dag_id"] in need]
+        return current if ours and all(d.get("next_dagrun_run_after") is None for d in ours) else None
+
+    return wait_for("the demo's DAGs parsed with their schedules off", parsed_off, 180, procs)
 
 
 def seed_landing(datasets: list[str], scheduled: bool) -> None:
@@ -534,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             need |= {dag_id(d, "train") for d in datasets} if args.mode == "demo" else set()
             dags = wait_for_dags(api, procs, need)
+            if args.mode == "demo":
+                dags = demo_dags_ready(api, procs, dags, need)
             since = now_utc() - dt.timedelta(seconds=1)
             ensure_pools(api)
             if not args.paused:  # the demo unpauses the DAGs it runs; `up` every DAG

@@ -14,6 +14,7 @@ parsed as YAML scalars so ``true``/``42``/``0.5`` keep their types.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -37,6 +38,9 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DType = Literal["int", "float", "string", "category", "bool", "datetime"]
 
 _PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+_CRON_FIELD = re.compile(
+    r"(?:[0-9*/,-]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|SUN|MON|TUE|WED|THU|FRI|SAT)+", re.I
+)
 
 
 def _cron_or_preset(value: str | None) -> str | None:
@@ -47,7 +51,9 @@ def _cron_or_preset(value: str | None) -> str | None:
         return value
     from croniter import croniter  # Airflow's own cron parser (a dependency of the scheduler)
 
-    if len(value.split()) != 5 or not croniter.is_valid(value):
+    # standard fields only: croniter also takes R (random, a new schedule at every parse), H, L, W, # and ?
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields) or not croniter.is_valid(value):
         raise ValueError(
             f"{value!r} is not a five-field cron expression (minute hour day month weekday, UTC) nor one of "
             f"{', '.join(_PRESETS)}; use null for a DAG that only runs when triggered"

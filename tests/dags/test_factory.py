@@ -157,7 +157,7 @@ def test_each_data_sets_schedules_come_from_its_config(two_datasets):
         return bag.get_dag(names.dag_id(ds, kind)).schedule
 
     assert (summary(A, names.INGEST), summary(A, names.MONITOR)) == ("30 0 * * *", "0 6 * * *")
-    assert summary(B, names.INGEST) is None, "null: triggered only (UI, REST API, backfill)"
+    assert summary(B, names.INGEST) is None, "null: triggered only (UI, REST API)"
     assert summary(B, names.MONITOR) == "15 */4 * * *"
 
 

@@ -333,7 +333,8 @@ def test_the_credential_cache_never_remembers_a_refusal_and_forgets_a_changed_pa
     without it every request pays a scrypt check; benchmarks/README.md). What an attacker could hope from
     a cache, tried on the stack's server: a wrong password is refused every time (failures are not
     cached), and once the admin changes a password or deletes the account, the old credential is refused
-    at once (the server process that made the change drops its entry; the stack runs one)."""
+    at once (the server process that made the change drops its entry; the stack runs one, compose's other
+    processes forget it within the 10 s TTL)."""
     name = _cfg(stack).model_name
     user, password = f"cache-{uuid.uuid4().hex[:6]}", "first-long-enough-password"
     read = ("GET", "/api/2.0/mlflow/registered-models/get")

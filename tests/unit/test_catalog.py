@@ -239,8 +239,8 @@ def test_load_config_without_a_path_needs_the_data_set_named_in_a_folder_of_two(
 
 @pytest.mark.parametrize(
     "bad",
-    ["0 25 * * *", "daily", "* * * * * *", ""],
-    ids=["hour-25", "a-word", "six-fields", "empty"],
+    ["0 25 * * *", "daily", "* * * * * *", "", "R R * * *", "0 0 L * *"],
+    ids=["hour-25", "a-word", "six-fields", "empty", "random", "last-day"],
 )
 def test_a_bad_schedule_is_its_files_error_naming_the_field_and_the_valid_forms(tmp_path, bad):
     _churn(tmp_path, "churn")
