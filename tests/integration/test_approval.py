@@ -67,10 +67,12 @@ def test_promotion_waits_for_human_approval(local_airflow):
         assert af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}")["state"] in ("queued", "running")
 
     af.await_approval(run_id, alive=run_goes_on)
-    # Airflow 3.3 race: an answer given within ~1 s of the pause can reach the resumed task before the
-    # scheduler has handled the pausing process's exit, which then fails the resumed attempt and asks
-    # again on try 2 (seen on a quiet machine). A human is never that fast; give the scheduler a moment.
-    time.sleep(5)
+    # Airflow 3.3 race: an answer that reaches the scheduler before the executor reported the pausing
+    # process's exit fails that attempt and asks again on try 2 (examples/api_client.py copes, see the
+    # next test). That report can take [workers] min_heartbeat_interval (5 s) plus the scheduler's loop:
+    # a CI run saw it 6 s after the pause, with an answer given 5 s after it. A human is never that
+    # fast; wait past it.
+    time.sleep(10)
     # waiting for a human: nothing promoted yet
     assert tracking.alias_version(tracking.client(cfg), MODEL, "champion") is None
     detail = af.call("GET", f"/api/v2/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
