@@ -14,15 +14,15 @@ parsed as YAML scalars so ``true``/``42``/``0.5`` keep their types.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlops_bundle.features import PROBA_PREFIX, RESERVED_COLUMNS
 from mlops_bundle.names import DATASET_NAME_PATTERN
+from mlops_bundle.schedules import Schedule
 from mlops_bundle.task_types import TASKS, TaskName, task_type
 
 ENV_PREFIX = "MLOPS_"
@@ -36,32 +36,6 @@ DEFAULT_CONFIG_PATH = DEFAULT_CONFIG_DIR / "churn.yaml"
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DType = Literal["int", "float", "string", "category", "bool", "datetime"]
-
-_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
-_CRON_FIELD = re.compile(
-    r"(?:[0-9*/,-]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|SUN|MON|TUE|WED|THU|FRI|SAT)+", re.I
-)
-
-
-def _cron_or_preset(value: str | None) -> str | None:
-    """A DAG schedule: a five-field cron expression or one of Airflow's presets, in UTC; None = triggered
-    only (the UI, the REST API, a backfill). Checked here, so a typo is its config file's error and never
-    breaks the DAG file that builds every data set's DAGs."""
-    if value is None or value in _PRESETS:
-        return value
-    from croniter import croniter  # Airflow's own cron parser (a dependency of the scheduler)
-
-    # standard fields only: croniter also takes R (random, a new schedule at every parse), H, L, W, # and ?
-    fields = value.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields) or not croniter.is_valid(value):
-        raise ValueError(
-            f"{value!r} is not a five-field cron expression (minute hour day month weekday, UTC) nor one of "
-            f"{', '.join(_PRESETS)}; use null for a DAG that only runs when triggered"
-        )
-    return value
-
-
-Schedule = Annotated[str | None, AfterValidator(_cron_or_preset)]
 
 
 class ConfigError(ValueError):
